@@ -1,0 +1,354 @@
+"""The scikit-learn estimator: validate, dispatch to the algorithms, keep attributes."""
+
+from __future__ import annotations
+
+import numbers
+import os
+import sys
+import time
+import warnings
+from typing import Any, Literal
+
+import dask
+import dask.array as da
+import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, validate_data
+from threadpoolctl import threadpool_limits
+
+from .graph import DaskSource
+from .io import check_data, check_sample_weight, is_lazy_input, to_dask_array
+from .kernels import center_distances, nearest_centers, pass_statistics
+from .lloyd import IterationReport, LloydResult, lloyd
+from .resources import blas_threads, should_persist
+from .seeding import kmeans_parallel, kmeans_plusplus, random_centers
+
+Init = Literal["k-means||", "k-means++", "random"]
+
+
+def _interval(low: float, high: float | None, closed_low: bool = True) -> str:
+    left = "[" if closed_low else "("
+    return f"in the range {left}{low}, {'inf' if high is None else high}]"
+
+
+def _check_number(name: str, value: Any, kind: type, low: float, closed_low: bool = True) -> None:
+    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    ok_type = integral if kind is int else isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok_range = ok_type and (value >= low if closed_low else value > low)
+    if not ok_range:
+        what = "an int" if kind is int else "a float"
+        raise ValueError(
+            f"The '{name}' parameter of KMeans must be {what} {_interval(low, None, closed_low)}. "
+            f"Got {value!r} instead."
+        )
+
+
+class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
+    """K-means clustering of arrays of any size, on Dask.
+
+    Each Lloyd iteration is one pass over the row blocks of X: every block yields
+    per-cluster sums, counts and inertia, and these are added up in a tree. X is
+    never loaded whole unless it fits comfortably in memory (``persist``).
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        Number of clusters.
+    init : {"k-means||", "k-means++", "random"} or array of shape (n_clusters, n_features), default="k-means||"
+        Initial centres. ``"k-means||"`` is the scalable k-means++ of Bahmani et al.
+        (``init_rounds + 2`` passes over X); ``"k-means++"`` is scikit-learn's greedy
+        k-means++ (``n_clusters + 1`` passes: fine in memory, slow when streaming);
+        ``"random"`` picks ``n_clusters`` rows at random (one pass).
+    n_init : int, default=1
+        Independent runs; the one with the lowest inertia is kept. All runs share
+        their passes over X.
+    max_iter : int, default=300
+        Maximum Lloyd iterations of a run.
+    tol : float, default=1e-4
+        Convergence tolerance relative to the mean per-feature variance of X, as in
+        scikit-learn.
+    oversampling_factor : float, default=2.0
+        k-means||: expected candidates per round, in multiples of ``n_clusters``.
+    init_rounds : int, default=5
+        k-means||: sampling rounds.
+    random_state : int, numpy Generator or RandomState, default=None
+        Seeds all randomness. The same seed and chunking give identical results on
+        any scheduler.
+    persist : "auto" or bool, default="auto"
+        "auto" keeps X in (cluster) memory when it takes under half of the memory
+        available, otherwise X is streamed from its source at every pass.
+    verbose : bool, default=False
+        Print one line per iteration (iteration, inertia, centre shift, seconds).
+    checkpoint : str or path, default=None
+        Reserved for saving the fit's state after every pass.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, n_features)
+        Centres, in the floating dtype of X.
+    labels_ : ndarray or dask.array.Array of shape (n_samples,)
+        Labels of the training data: NumPy for NumPy input, a lazy Dask array
+        otherwise.
+    inertia_ : float
+        Sum over samples of (weight times) the squared distance to the nearest centre.
+    n_iter_ : int
+        Lloyd iterations run by the best run.
+    n_features_in_ : int
+        Number of features seen during fit.
+
+    See Also
+    --------
+    sklearn.cluster.KMeans : in-memory k-means with the same semantics.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dkmeans import KMeans
+    >>> X = np.array([[1, 2], [1, 4], [1, 0], [10, 2], [10, 4], [10, 0]])
+    >>> km = KMeans(n_clusters=2, random_state=0).fit(X)
+    >>> sorted(km.cluster_centers_[:, 0].tolist())
+    [1.0, 10.0]
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 8,
+        *,
+        init: Init | np.ndarray = "k-means||",
+        n_init: int = 1,
+        max_iter: int = 300,
+        tol: float = 1e-4,
+        oversampling_factor: float = 2.0,
+        init_rounds: int = 5,
+        random_state: int | np.random.Generator | np.random.RandomState | None = None,
+        persist: Literal["auto"] | bool = "auto",
+        verbose: bool = False,
+        checkpoint: str | os.PathLike | None = None,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.oversampling_factor = oversampling_factor
+        self.init_rounds = init_rounds
+        self.random_state = random_state
+        self.persist = persist
+        self.verbose = verbose
+        self.checkpoint = checkpoint
+
+    # validation -------------------------------------------------------------------
+
+    def _validate_params(self) -> None:
+        _check_number("n_clusters", self.n_clusters, int, 1)
+        _check_number("n_init", self.n_init, int, 1)
+        _check_number("max_iter", self.max_iter, int, 1)
+        _check_number("tol", self.tol, float, 0)
+        _check_number("oversampling_factor", self.oversampling_factor, float, 0, closed_low=False)
+        _check_number("init_rounds", self.init_rounds, int, 1)
+        if isinstance(self.init, str):
+            if self.init not in ("k-means||", "k-means++", "random"):
+                raise ValueError(
+                    "The 'init' parameter of KMeans must be a str among "
+                    "{'k-means||', 'k-means++', 'random'} or an array-like of shape "
+                    f"(n_clusters, n_features). Got {self.init!r} instead."
+                )
+        elif not hasattr(self.init, "__array__") and not isinstance(self.init, (list, tuple)):
+            raise ValueError(
+                "The 'init' parameter of KMeans must be 'k-means||', 'k-means++', 'random' "
+                f"or an array of shape (n_clusters, n_features). Got {self.init!r} instead."
+            )
+        if not (
+            self.random_state is None
+            or isinstance(self.random_state, (numbers.Integral, np.random.RandomState, np.random.Generator))
+        ) or isinstance(self.random_state, bool):
+            raise ValueError(
+                "The 'random_state' parameter of KMeans must be an int, a numpy Generator or "
+                f"RandomState, or None. Got {self.random_state!r} instead."
+            )
+        if not (self.persist == "auto" or isinstance(self.persist, (bool, np.bool_))):
+            raise ValueError(
+                f"The 'persist' parameter of KMeans must be 'auto', True or False. Got {self.persist!r} instead."
+            )
+        if not isinstance(self.verbose, (bool, numbers.Integral)):
+            raise ValueError(f"The 'verbose' parameter of KMeans must be a bool. Got {self.verbose!r} instead.")
+        if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
+            raise ValueError(
+                f"The 'checkpoint' parameter of KMeans must be a path or None. Got {self.checkpoint!r} instead."
+            )
+
+    def _check_X(self, X: Any, *, reset: bool) -> tuple[da.Array, bool]:
+        """Validated data as a Dask array, and whether it came in as NumPy."""
+        if is_lazy_input(X):
+            data = check_data(to_dask_array(X))
+            if reset:
+                self.n_features_in_ = data.shape[1]
+            elif data.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"X has {data.shape[1]} features, but KMeans is expecting "
+                    f"{self.n_features_in_} features as input."
+                )
+            return data, False
+        array = validate_data(
+            self, X, accept_sparse=False, dtype=[np.float64, np.float32], order="C", reset=reset
+        )
+        return check_data(to_dask_array(array)), True
+
+    def _check_init(self, n_features: int) -> np.ndarray | None:
+        if isinstance(self.init, str):
+            return None
+        init = np.asarray(self.init, dtype=np.float64)
+        if init.shape != (self.n_clusters, n_features):
+            raise ValueError(
+                f"The shape of the initial centers {init.shape} does not match the number of "
+                f"clusters and features: expected ({self.n_clusters}, {n_features})."
+            )
+        if not np.isfinite(init).all():
+            raise ValueError("The initial centers contain NaN or infinity.")
+        return init
+
+    def _seeds(self, n_runs: int) -> np.ndarray:
+        if isinstance(self.random_state, np.random.Generator):
+            return self.random_state.integers(np.iinfo(np.int32).max, size=n_runs)
+        return check_random_state(self.random_state).randint(np.iinfo(np.int32).max, size=n_runs)
+
+    # fitting ----------------------------------------------------------------------
+
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> KMeans:
+        """Compute k-means clustering.
+
+        Parameters
+        ----------
+        X : array-like, dask array, zarr.Array, xarray.DataArray or str of shape (n_samples, n_features)
+            Training data; a string is a Zarr path or fsspec URL.
+        y : Ignored
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weight of every sample.
+
+        Returns
+        -------
+        self : KMeans
+        """
+        self._validate_params()
+        data, in_memory = self._check_X(X, reset=True)
+        n_samples, n_features = data.shape
+        if n_samples < self.n_clusters:
+            raise ValueError(f"n_samples={n_samples} should be >= n_clusters={self.n_clusters}.")
+        init = self._check_init(n_features)
+        n_init = self.n_init
+        if init is not None and n_init != 1:
+            warnings.warn(
+                "Explicit initial center position passed: performing only one init in "
+                f"KMeans instead of n_init={n_init}.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            n_init = 1
+        weights = check_sample_weight(sample_weight, data)
+        if not in_memory and should_persist(self.persist, data):
+            data, weights = dask.persist(data, weights)
+        source = DaskSource(data, weights)
+        seeds = self._seeds(n_init)
+        with threadpool_limits(limits=blas_threads(), user_api="blas"):
+            initial = self._initial_centers(source, init, seeds)
+            results = lloyd(
+                source,
+                initial,
+                max_iter=self.max_iter,
+                tol=self.tol,
+                on_iteration=self._report if self.verbose else None,
+            )
+        best = min(range(len(results)), key=lambda r: (results[r].inertia, r))
+        self._store_result(results[best], data, in_memory)
+        return self
+
+    def _initial_centers(
+        self, source: DaskSource, init: np.ndarray | None, seeds: np.ndarray
+    ) -> list[np.ndarray]:
+        if init is not None:
+            return [init]
+        if self.init == "random":
+            return random_centers(source, self.n_clusters, seeds)
+        if self.init == "k-means++":
+            return [kmeans_plusplus(source, self.n_clusters, int(seed)) for seed in seeds]
+        return kmeans_parallel(
+            source,
+            self.n_clusters,
+            seeds,
+            oversampling_factor=self.oversampling_factor,
+            init_rounds=self.init_rounds,
+        )
+
+    def _report(self, report: IterationReport) -> None:
+        print(
+            f"run {report.run} iteration {report.iteration}: inertia {report.inertia:.6g}, "
+            f"centre shift {report.center_shift:.3g}, {report.seconds:.3f} s",
+            file=sys.stderr,
+        )
+
+    def _store_result(self, result: LloydResult, data: da.Array, in_memory: bool) -> None:
+        self.cluster_centers_ = result.centers.astype(data.dtype)
+        self.inertia_ = result.inertia
+        self.n_iter_ = result.n_iter
+        labels = self._labels(data)
+        self.labels_ = labels.compute() if in_memory else labels
+        distinct = int(np.count_nonzero(result.counts))
+        if distinct < self.n_clusters:
+            warnings.warn(
+                f"Number of distinct clusters ({distinct}) found smaller than "
+                f"n_clusters ({self.n_clusters}). Possibly due to duplicate points in X.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+
+    # prediction -------------------------------------------------------------------
+
+    def _labels(self, data: da.Array) -> da.Array:
+        return data.map_blocks(
+            _block_labels, self.cluster_centers_, drop_axis=1, dtype=np.int32, meta=np.empty(0, np.int32)
+        )
+
+    def predict(self, X: Any, sample_weight: Any = None) -> np.ndarray | da.Array:
+        """Index of the nearest centre of every sample (NumPy in, NumPy out; else lazy Dask)."""
+        check_is_fitted(self)
+        data, in_memory = self._check_X(X, reset=False)
+        labels = self._labels(data)
+        return labels.compute() if in_memory else labels
+
+    def transform(self, X: Any) -> np.ndarray | da.Array:
+        """Euclidean distance of every sample to every centre, shape (n_samples, n_clusters)."""
+        check_is_fitted(self)
+        data, in_memory = self._check_X(X, reset=False)
+        distances = data.map_blocks(
+            center_distances,
+            self.cluster_centers_,
+            chunks=(data.chunks[0], (self.n_clusters,)),
+            dtype=data.dtype,
+        )
+        return distances.compute() if in_memory else distances
+
+    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray | da.Array:
+        """Fit and return ``labels_``."""
+        return self.fit(X, sample_weight=sample_weight).labels_
+
+    def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray | da.Array:
+        """Fit and return the distances of X to the centres."""
+        return self.fit(X, sample_weight=sample_weight).transform(X)
+
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
+        """Opposite of the inertia of X under the fitted centres."""
+        check_is_fitted(self)
+        data, _ = self._check_X(X, reset=False)
+        weights = check_sample_weight(sample_weight, data)
+        centers = self.cluster_centers_.astype(np.float64)
+        stats = DaskSource(data, weights).map_reduce(
+            pass_statistics, centers, np.array([0, len(centers)]), far_capacity=0
+        )
+        return -float(stats.cluster_inertia.sum())
+
+
+def _block_labels(block: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    labels, _ = nearest_centers(block, centers)
+    return labels[:, 0].astype(np.int32)

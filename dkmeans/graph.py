@@ -1,0 +1,120 @@
+"""Map a block kernel over the row blocks of the data and tree-reduce its results.
+
+A *source* is the data an algorithm passes over: :class:`DaskSource` for a Dask
+array (every pass is one ``compute`` of a tree reduction), :class:`InMemorySource`
+for a small NumPy array on the client (the kernel runs once on the whole array).
+Algorithms are written once against :class:`Source` and never see the difference.
+
+A kernel is called as ``kernel(block, weights, row_offset, block_index, *args,
+**kwargs)`` and returns an object with a ``combine(other)`` method; combining is done
+in a fixed tree over block positions, so the result never depends on which task
+finishes first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import reduce
+from typing import Any, Protocol
+
+import dask
+import dask.array as da
+import numpy as np
+
+#: Fan-in of the tree reduction.
+SPLIT_EVERY = 8
+
+
+class Source(Protocol):
+    """Data that an algorithm can pass over."""
+
+    n_rows: int
+    n_features: int
+    dtype: np.dtype
+    passes: int
+
+    def map_reduce(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``kernel`` on every block and return the combined result."""
+
+
+def combine_all(parts: Sequence[Any]) -> Any:
+    """Combine partial results left to right (used inside one tree node)."""
+    return reduce(lambda a, b: a.combine(b), parts)
+
+
+class InMemorySource:
+    """A NumPy array on the client; one kernel call is one pass."""
+
+    def __init__(self, x: np.ndarray, weights: np.ndarray | None = None) -> None:
+        self.x = x
+        self.weights = weights
+        self.n_rows, self.n_features = x.shape
+        self.dtype = x.dtype
+        self.passes = 0
+
+    def map_reduce(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self.passes += 1
+        return kernel(self.x, self.weights, 0, 0, *args, **kwargs)
+
+
+class DaskSource:
+    """A Dask array chunked along rows only; one pass is one ``compute``.
+
+    Parameters
+    ----------
+    x : dask.array.Array of shape (n, d)
+        One chunk across features.
+    weights : dask.array.Array of shape (n,) or None
+        Chunked like the rows of ``x``.
+    split_every : int
+        Fan-in of the tree reduction.
+    on_pass : callable, optional
+        Called with the pass number after every pass (progress reporting).
+    """
+
+    def __init__(
+        self,
+        x: da.Array,
+        weights: da.Array | None = None,
+        *,
+        split_every: int = SPLIT_EVERY,
+        on_pass: Callable[[int], None] | None = None,
+    ) -> None:
+        if x.numblocks[1] != 1:
+            raise ValueError("DaskSource needs one chunk across features; rechunk first")
+        self.x = x
+        self.weights = weights
+        self.n_rows, self.n_features = x.shape
+        self.dtype = x.dtype
+        self.split_every = split_every
+        self.on_pass = on_pass
+        self.passes = 0
+        self.row_offsets = np.concatenate([[0], np.cumsum(x.chunks[0])[:-1]]).astype(int)
+
+    def graph(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> dask.delayed:
+        """The lazy tree reduction of ``kernel`` over all blocks (one key at the root)."""
+        blocks = self.x.to_delayed().ravel()
+        weights = (
+            [None] * len(blocks) if self.weights is None else list(self.weights.to_delayed().ravel())
+        )
+        # small arrays (centres, candidates) enter the graph once, as one key each
+        shared = [dask.delayed(a) if isinstance(a, np.ndarray) else a for a in args]
+        call = dask.delayed(kernel, pure=True)
+        partial = [
+            call(block, w, int(offset), i, *shared, **kwargs)
+            for i, (block, w, offset) in enumerate(zip(blocks, weights, self.row_offsets))
+        ]
+        combine = dask.delayed(combine_all, pure=True)
+        while len(partial) > 1:
+            partial = [
+                combine(partial[i : i + self.split_every])
+                for i in range(0, len(partial), self.split_every)
+            ]
+        return partial[0]
+
+    def map_reduce(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        (result,) = dask.compute(self.graph(kernel, *args, **kwargs))
+        self.passes += 1
+        if self.on_pass is not None:
+            self.on_pass(self.passes)
+        return result

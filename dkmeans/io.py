@@ -1,0 +1,159 @@
+"""Turn what users pass as ``X`` into a validated Dask array of row blocks.
+
+Accepted: NumPy arrays (and array-likes), Dask arrays, ``zarr.Array`` objects,
+xarray ``DataArray`` objects (samples x features), and Zarr paths or fsspec URLs
+(``"store.zarr"`` or ``"store.zarr/array_name"`` inside a group). Stores are
+opened read-only. Nothing is loaded: columns are merged into one chunk and rows are
+re-chunked only when blocks are too small to be efficient.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+
+#: Block size aimed at when rows must be (re)chunked: large enough that per-task
+#: overhead is negligible, small enough that a few blocks per thread fit in memory.
+TARGET_BLOCK_BYTES = 64 * 2**20
+#: Row blocks smaller than this fraction of the target are merged.
+MERGE_BELOW = 0.25
+
+
+def is_lazy_input(X: Any) -> bool:
+    """True for inputs that are not already in memory (Dask, Zarr, xarray, paths)."""
+    return (
+        isinstance(X, (da.Array, zarr.Array, str, os.PathLike))
+        or type(X).__module__.startswith("xarray")
+    )
+
+
+def open_zarr_array(path: str | os.PathLike) -> zarr.Array:
+    """Open a Zarr array read-only from a local path or fsspec URL.
+
+    Raises
+    ------
+    ValueError
+        If nothing is there, or if the path holds a group (the message lists the
+        group's arrays).
+    """
+    path = os.fspath(path)
+    try:
+        node = zarr.open(store=path, mode="r")
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError) as error:
+        raise ValueError(f"no Zarr array found at {path!r}: check the path") from error
+    if isinstance(node, zarr.Group):
+        names = sorted(name for name, _ in node.arrays())
+        if not names:
+            raise ValueError(f"{path!r} is a Zarr group without arrays; give the path of an array")
+        raise ValueError(
+            f"{path!r} is a Zarr group, not an array; name one of its arrays as "
+            f"'{path.rstrip('/')}/{names[0]}' (arrays in the group: {', '.join(names)})"
+        )
+    return node
+
+
+def to_dask_array(X: Any) -> da.Array:
+    """Wrap any accepted input as a Dask array without loading it."""
+    if isinstance(X, da.Array):
+        return X
+    if isinstance(X, (str, os.PathLike)):
+        X = open_zarr_array(X)
+    if isinstance(X, zarr.Array):
+        return da.from_zarr(X)
+    if type(X).__module__.startswith("xarray"):
+        data = X.data
+        return data if isinstance(data, da.Array) else _from_numpy(np.asarray(data))
+    return _from_numpy(np.asarray(X))
+
+
+def _from_numpy(x: np.ndarray) -> da.Array:
+    if x.ndim != 2:
+        return da.from_array(x)
+    rows = max(1, TARGET_BLOCK_BYTES // 2 // max(1, x.shape[1] * x.itemsize))
+    return da.from_array(x, chunks=(rows, -1))
+
+
+def check_data(X: da.Array, *, min_samples: int = 1) -> da.Array:
+    """Validate shape and dtype; return X as floating point with sensible row blocks.
+
+    Raises
+    ------
+    ValueError
+        For arrays that are not 2-D, are empty, or hold complex values.
+    TypeError
+        For non-numeric data (strings, objects).
+    """
+    if X.ndim != 2:
+        raise ValueError(
+            f"Expected a 2D array of shape (n_samples, n_features), got {X.ndim}D with "
+            f"shape {X.shape}; reshape your data, e.g. X.reshape(-1, 1) for one feature"
+        )
+    n_samples, n_features = X.shape
+    if n_samples < min_samples:
+        raise ValueError(
+            f"Found array with {n_samples} sample(s) (shape={X.shape}) while a minimum of "
+            f"{min_samples} is required."
+        )
+    if n_features == 0:
+        raise ValueError(
+            f"Found array with 0 feature(s) (shape={X.shape}) while a minimum of 1 is required."
+        )
+    kind = X.dtype.kind
+    if kind == "c":
+        raise ValueError("Complex data not supported; cluster the real and imaginary parts as features")
+    if kind not in "biuf":
+        raise TypeError(f"X must hold numbers, got dtype {X.dtype}; convert it to float first")
+    if kind != "f" or X.dtype.itemsize < 4:
+        X = X.astype(np.float64)
+    return rechunk_rows(X)
+
+
+def rechunk_rows(X: da.Array, target_bytes: int = TARGET_BLOCK_BYTES) -> da.Array:
+    """One chunk across features; merge row chunks much smaller than the target.
+
+    Merging only concatenates whole source chunks, so no chunk is read twice.
+    """
+    row_bytes = X.shape[1] * X.dtype.itemsize
+    rows = X.chunks[0]
+    typical = max(rows) if rows else 1
+    if X.numblocks[1] == 1 and typical * row_bytes >= MERGE_BELOW * target_bytes:
+        return X
+    if typical * row_bytes >= MERGE_BELOW * target_bytes:
+        return X.rechunk({1: -1})
+    per_block = max(1, target_bytes // max(1, typical * row_bytes)) * typical
+    return X.rechunk({0: int(min(per_block, max(1, X.shape[0]))), 1: -1})
+
+
+def check_sample_weight(sample_weight: Any, X: da.Array) -> da.Array | None:
+    """Validate sample weights against X; return them chunked like X's rows.
+
+    Raises
+    ------
+    ValueError
+        For a wrong shape, negative or non-finite values, or all-zero weights.
+    """
+    if sample_weight is None:
+        return None
+    if np.isscalar(sample_weight):
+        sample_weight = np.full(X.shape[0], float(sample_weight))
+    weights = sample_weight if isinstance(sample_weight, da.Array) else np.asarray(sample_weight)
+    if weights.shape != (X.shape[0],):
+        raise ValueError(
+            f"sample_weight.shape == {weights.shape}, expected ({X.shape[0]},): one weight per sample"
+        )
+    if weights.dtype.kind not in "biuf":
+        raise TypeError(f"sample_weight must be numeric, got dtype {weights.dtype}")
+    if isinstance(weights, np.ndarray):
+        weights = weights.astype(np.float64)
+        if not np.isfinite(weights).all():
+            raise ValueError("sample_weight contains NaN or infinity")
+        if (weights < 0).any():
+            raise ValueError("sample_weight must be non-negative")
+        if not (weights > 0).any():
+            raise ValueError("sample_weight is zero everywhere: at least one sample needs weight")
+        return da.from_array(weights, chunks=(X.chunks[0],))
+    return weights.astype(np.float64).rechunk((X.chunks[0],))

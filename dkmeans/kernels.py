@@ -1,0 +1,355 @@
+"""Pure-NumPy kernels on one block of rows.
+
+Everything here takes one in-memory block of samples (rows x features) and returns
+small statistics whose size does not depend on the number of rows. Nothing here
+knows about Dask: the graph layer maps these kernels over blocks and combines their
+results in a tree with the ``combine`` methods.
+
+Several independent runs (``n_init`` restarts, or the different k of an elbow) are
+handled at once: their centres are stacked into one ``(K, d)`` array and
+``bounds`` (length ``R + 1``) marks where each run's centres start and end. One
+GEMM per row sub-block serves every run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Elements of the ``rows x centres`` distance matrix of one row sub-block. 2**16
+#: float64 values (512 KiB) keep the GEMM output and its inputs in the L2 cache.
+SUB_BLOCK_ELEMENTS = 1 << 16
+
+
+def sub_block_rows(n_centers: int, n_features: int) -> int:
+    """Rows per sub-block so that its distance matrix and data stay in cache."""
+    return int(np.clip(SUB_BLOCK_ELEMENTS // max(n_centers, n_features, 1), 256, 8192))
+
+
+def _sub_blocks(n_rows: int, step: int) -> Iterator[slice]:
+    for start in range(0, n_rows, step):
+        yield slice(start, min(start + step, n_rows))
+
+
+def block_rng(seed: int, purpose: int, round_index: int, block_index: int) -> np.random.Generator:
+    """Random generator of one block, identical on every scheduler and worker."""
+    return np.random.default_rng([seed, purpose, round_index, block_index])
+
+
+def _gemm_dtype(x: np.ndarray) -> np.dtype:
+    return x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+
+
+def partial_distances(x: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray) -> np.ndarray:
+    """``||c||² - 2 x·c`` for a sub-block: squared distances up to the per-row ``||x||²``.
+
+    Parameters
+    ----------
+    x : ndarray of shape (rows, d)
+    centers : ndarray of shape (K, d), same dtype as ``x``
+    centers_sq : ndarray of shape (K,), squared norms of ``centers``
+
+    Returns
+    -------
+    ndarray of shape (rows, K), dtype of ``x``
+    """
+    out = x @ centers.T
+    out *= -2
+    out += centers_sq
+    return out
+
+
+def nearest_centers(
+    x: np.ndarray, centers: np.ndarray, bounds: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Index of and squared distance to the nearest centre of every row, per run.
+
+    Parameters
+    ----------
+    x : ndarray of shape (rows, d)
+    centers : ndarray of shape (K, d)
+        Stacked centres of all runs.
+    bounds : ndarray of shape (R + 1,), optional
+        Run ``r`` owns ``centers[bounds[r]:bounds[r + 1]]``. Default: one run.
+
+    Returns
+    -------
+    labels : ndarray of shape (rows, R), int64
+        Index within the run's own centres.
+    distances : ndarray of shape (rows, R), float64
+        Squared Euclidean distance to that centre, computed directly (not from the
+        GEMM expansion) so that it is accurate even far from the origin.
+    """
+    bounds = np.array([0, len(centers)]) if bounds is None else np.asarray(bounds)
+    n_runs = len(bounds) - 1
+    dtype = _gemm_dtype(x)
+    centers_gemm = np.ascontiguousarray(centers, dtype=dtype)
+    centers64 = np.asarray(centers, dtype=np.float64)
+    centers_sq = np.einsum("ij,ij->i", centers_gemm, centers_gemm)
+    labels = np.empty((len(x), n_runs), dtype=np.int64)
+    distances = np.empty((len(x), n_runs), dtype=np.float64)
+    for rows in _sub_blocks(len(x), sub_block_rows(len(centers), x.shape[1])):
+        xs = np.asarray(x[rows], dtype=dtype)
+        partial = partial_distances(xs, centers_gemm, centers_sq)
+        for r in range(n_runs):
+            lo, hi = bounds[r], bounds[r + 1]
+            best = partial[:, lo:hi].argmin(axis=1)
+            diff = xs - centers64[lo + best]
+            labels[rows, r] = best
+            distances[rows, r] = np.einsum("ij,ij->i", diff, diff)
+    return labels, distances
+
+
+def min_squared_distances(
+    x: np.ndarray, centers: np.ndarray, bounds: np.ndarray | None = None
+) -> np.ndarray:
+    """Squared distance of every row to its nearest centre, per run.
+
+    Computed from the GEMM expansion (clipped at zero): this is what sampling
+    probabilities need, at the speed of one GEMM.
+
+    Parameters
+    ----------
+    x : ndarray of shape (rows, d)
+    centers : ndarray of shape (K, d)
+    bounds : ndarray of shape (R + 1,), optional
+        Run ``r`` owns ``centers[bounds[r]:bounds[r + 1]]``. Default: one run.
+
+    Returns
+    -------
+    ndarray of shape (rows, R), float64; ``inf`` for a run without centres.
+    """
+    bounds = np.array([0, len(centers)]) if bounds is None else np.asarray(bounds)
+    n_runs = len(bounds) - 1
+    out = np.full((len(x), n_runs), np.inf)
+    if len(centers) == 0:
+        return out
+    dtype = _gemm_dtype(x)
+    centers_gemm = np.ascontiguousarray(centers, dtype=dtype)
+    centers_sq = np.einsum("ij,ij->i", centers_gemm, centers_gemm)
+    for rows in _sub_blocks(len(x), sub_block_rows(len(centers), x.shape[1])):
+        xs = np.asarray(x[rows], dtype=dtype)
+        partial = partial_distances(xs, centers_gemm, centers_sq)
+        x_sq = np.einsum("ij,ij->i", xs, xs)
+        for r in range(n_runs):
+            lo, hi = bounds[r], bounds[r + 1]
+            if hi > lo:
+                out[rows, r] = np.maximum(partial[:, lo:hi].min(axis=1) + x_sq, 0)
+    return out
+
+
+def cluster_sums(
+    x: np.ndarray, labels: np.ndarray, weights: np.ndarray | None, n_clusters: int
+) -> np.ndarray:
+    """Per-cluster (weighted) sums of rows in float64, shape (n_clusters, d).
+
+    Sorts the rows by label and adds contiguous runs with ``np.add.reduceat``: one
+    gather and one streaming pass, whatever ``n_clusters`` is.
+    """
+    out = np.zeros((n_clusters, x.shape[1]), dtype=np.float64)
+    if len(x) == 0:
+        return out
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+    rows = x[order]
+    if weights is not None:
+        rows = rows * weights[order, None]
+    out[sorted_labels[starts]] = np.add.reduceat(rows, starts, axis=0, dtype=np.float64)
+    return out
+
+
+@dataclass(frozen=True)
+class FarPoints:
+    """The points farthest from their centre within one run, for empty-cluster relocation.
+
+    Kept sorted by decreasing distance, ties by increasing global row index, so that
+    combining partial results in any tree shape gives the same answer.
+    """
+
+    rows: np.ndarray  # (m, d) float64
+    distances: np.ndarray  # (m,) squared distance to the own centre
+    labels: np.ndarray  # (m,) index of the own centre within the run
+    weights: np.ndarray  # (m,)
+    index: np.ndarray  # (m,) global row index
+    capacity: int
+
+    @classmethod
+    def select(
+        cls,
+        rows: np.ndarray,
+        distances: np.ndarray,
+        labels: np.ndarray,
+        weights: np.ndarray,
+        index: np.ndarray,
+        capacity: int,
+    ) -> FarPoints:
+        """Keep the ``capacity`` farthest of the given points."""
+        keep = weights > 0
+        if capacity == 0:
+            keep[:] = False
+        elif len(distances) > capacity:
+            # only rows at or above the capacity-th largest distance can be chosen
+            threshold = np.partition(distances, len(distances) - capacity)[-capacity]
+            keep &= distances >= threshold
+        order = np.lexsort((index[keep], -distances[keep]))[:capacity]
+        pick = np.flatnonzero(keep)[order]
+        return cls(
+            np.asarray(rows[pick], dtype=np.float64),
+            distances[pick],
+            labels[pick],
+            weights[pick],
+            index[pick],
+            capacity,
+        )
+
+    def combine(self, other: FarPoints) -> FarPoints:
+        return FarPoints.select(
+            np.concatenate([self.rows, other.rows]),
+            np.concatenate([self.distances, other.distances]),
+            np.concatenate([self.labels, other.labels]),
+            np.concatenate([self.weights, other.weights]),
+            np.concatenate([self.index, other.index]),
+            self.capacity,
+        )
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Per-feature count, mean and sum of squared deviations (Chan et al.'s parallel form)."""
+
+    count: float
+    mean: np.ndarray  # (d,) float64
+    m2: np.ndarray  # (d,) float64
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> Moments:
+        mean = x.mean(axis=0, dtype=np.float64)
+        centred = x - mean
+        return cls(float(len(x)), mean, np.einsum("ij,ij->j", centred, centred))
+
+    def combine(self, other: Moments) -> Moments:
+        count = self.count + other.count
+        if count == 0:
+            return self
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / count)
+        m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / count)
+        return Moments(count, mean, m2)
+
+    @property
+    def variance(self) -> np.ndarray:
+        """Population variance of every feature (as ``np.var``)."""
+        return self.m2 / self.count
+
+
+@dataclass(frozen=True)
+class PassStats:
+    """Statistics of one pass over the data under fixed stacked centres.
+
+    Attributes
+    ----------
+    sums : ndarray of shape (K, d), float64
+        Weighted sum of the rows nearest to every centre.
+    counts : ndarray of shape (K,), float64
+        Total weight of the rows nearest to every centre.
+    cluster_inertia : ndarray of shape (K,), float64
+        Weighted squared distances of those rows to their centre; a run's inertia is
+        the sum over its centres.
+    far : tuple of FarPoints, one per run
+    moments : Moments or None
+        Per-feature moments of the data, when asked for.
+    """
+
+    sums: np.ndarray
+    counts: np.ndarray
+    cluster_inertia: np.ndarray
+    far: tuple[FarPoints, ...]
+    moments: Moments | None
+
+    def combine(self, other: PassStats) -> PassStats:
+        return PassStats(
+            self.sums + other.sums,
+            self.counts + other.counts,
+            self.cluster_inertia + other.cluster_inertia,
+            tuple(a.combine(b) for a, b in zip(self.far, other.far, strict=True)),
+            None if self.moments is None else self.moments.combine(other.moments),
+        )
+
+
+def pass_statistics(
+    x: np.ndarray,
+    weights: np.ndarray | None,
+    row_offset: int,
+    block_index: int,
+    centers: np.ndarray,
+    bounds: np.ndarray,
+    *,
+    with_moments: bool = False,
+    far_capacity: int | None = None,
+) -> PassStats:
+    """Assign every row of a block to its nearest centre (per run) and summarise.
+
+    Parameters
+    ----------
+    x : ndarray of shape (rows, d)
+        One block of samples.
+    weights : ndarray of shape (rows,) or None
+        Sample weights of the block; ``None`` means all ones.
+    row_offset : int
+        Global index of the block's first row (identifies far points uniquely).
+    block_index : int
+        Position of the block (unused here; kept so that all kernels share one
+        signature).
+    centers : ndarray of shape (K, d)
+        Stacked centres of all runs.
+    bounds : ndarray of shape (R + 1,)
+        Run ``r`` owns ``centers[bounds[r]:bounds[r + 1]]``.
+    with_moments : bool
+        Also compute per-feature unweighted moments of ``x``.
+    far_capacity : int, optional
+        Far points kept per run; default: the run's number of centres (the most
+        that can ever be empty).
+
+    Returns
+    -------
+    PassStats
+    """
+    del block_index
+    n_centers, n_features = centers.shape
+    labels, distances = nearest_centers(x, centers, bounds)
+    w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
+    sums = np.zeros((n_centers, n_features), dtype=np.float64)
+    counts = np.zeros(n_centers, dtype=np.float64)
+    cluster_inertia = np.zeros(n_centers, dtype=np.float64)
+    far = []
+    index = np.arange(row_offset, row_offset + len(x))
+    for r in range(len(bounds) - 1):
+        lo, hi = int(bounds[r]), int(bounds[r + 1])
+        lab = labels[:, r]
+        counts[lo:hi] = np.bincount(lab, weights=w, minlength=hi - lo)
+        cluster_inertia[lo:hi] = np.bincount(lab, weights=w * distances[:, r], minlength=hi - lo)
+        for rows in _sub_blocks(len(x), sub_block_rows(n_centers, n_features)):
+            sums[lo:hi] += cluster_sums(x[rows], lab[rows], None if weights is None else w[rows], hi - lo)
+        capacity = hi - lo if far_capacity is None else far_capacity
+        far.append(FarPoints.select(x, distances[:, r], lab, w, index, capacity))
+    moments = Moments.of(x) if with_moments else None
+    return PassStats(sums, counts, cluster_inertia, tuple(far), moments)
+
+
+def center_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Euclidean distance of every row to every centre, shape (rows, K), dtype of ``x``.
+
+    Computed in float64 from the GEMM expansion, one sub-block of rows at a time.
+    """
+    centers64 = np.asarray(centers, dtype=np.float64)
+    centers_sq = np.einsum("ij,ij->i", centers64, centers64)
+    out = np.empty((len(x), len(centers)), dtype=_gemm_dtype(x))
+    for rows in _sub_blocks(len(x), sub_block_rows(len(centers), x.shape[1])):
+        xs = np.asarray(x[rows], dtype=np.float64)
+        squared = partial_distances(xs, centers64, centers_sq)
+        squared += np.einsum("ij,ij->i", xs, xs)[:, None]
+        out[rows] = np.sqrt(np.maximum(squared, 0))
+    return out

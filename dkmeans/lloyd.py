@@ -1,0 +1,162 @@
+"""Lloyd's algorithm over a :class:`~dkmeans.graph.Source`, several runs at once.
+
+Semantics follow scikit-learn's ``KMeans(algorithm="lloyd")``: a run stops when its
+centres stop changing or when the squared centre shift is at most ``tol`` times the
+mean per-feature variance of the data; empty clusters are moved to the points
+farthest from their centres; the reported inertia belongs to the final centres.
+
+All active runs advance together: one pass over the data per iteration serves all of
+them, and a run that has converged drops out of the next pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .graph import Source
+from .kernels import FarPoints, PassStats, pass_statistics
+
+
+@dataclass(frozen=True)
+class IterationReport:
+    """What one Lloyd iteration of one run did (for ``verbose`` and progress)."""
+
+    run: int
+    iteration: int
+    inertia: float  # of the centres the iteration started from
+    center_shift: float  # squared
+    seconds: float
+
+
+@dataclass(frozen=True)
+class LloydResult:
+    """Final state of one run."""
+
+    centers: np.ndarray  # (k, d) float64
+    inertia: float
+    n_iter: int
+    counts: np.ndarray  # (k,) weight of every cluster under the final centres
+
+
+def stack_centers(centers: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Stack the centres of several runs; return them and the run bounds."""
+    bounds = np.concatenate([[0], np.cumsum([len(c) for c in centers])]).astype(np.int64)
+    return np.concatenate([np.asarray(c, dtype=np.float64) for c in centers]), bounds
+
+
+def tolerance(stats: PassStats, tol: float) -> float:
+    """scikit-learn's absolute tolerance: ``tol`` times the mean feature variance."""
+    if tol == 0:
+        return 0.0
+    return float(np.mean(stats.moments.variance) * tol)
+
+
+def relocate_empty_clusters(sums: np.ndarray, counts: np.ndarray, far: FarPoints) -> None:
+    """Move every empty cluster onto one of the farthest points, in place.
+
+    As in scikit-learn, the point leaves its own cluster (its weighted coordinates
+    and weight are subtracted there) and becomes the only member of the empty one.
+    The farthest point goes to the empty cluster with the lowest index.
+    """
+    empty = np.flatnonzero(counts == 0)
+    for cluster, row, weight, own in zip(empty, far.rows, far.weights, far.labels):
+        sums[own] -= row * weight
+        counts[own] -= weight
+        sums[cluster] = row * weight
+        counts[cluster] = weight
+
+
+def updated_centers(
+    centers: np.ndarray, sums: np.ndarray, counts: np.ndarray, far: FarPoints
+) -> np.ndarray:
+    """New centres from one pass's sums and counts, after empty-cluster relocation."""
+    sums, counts = sums.copy(), counts.copy()
+    relocate_empty_clusters(sums, counts, far)
+    nonempty = counts > 0
+    new = centers.copy()
+    new[nonempty] = sums[nonempty] / counts[nonempty, None]
+    return new
+
+
+def lloyd(
+    source: Source,
+    initial_centers: Sequence[np.ndarray],
+    *,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    on_iteration: Callable[[IterationReport], None] | None = None,
+) -> list[LloydResult]:
+    """Run Lloyd's algorithm from each set of initial centres, sharing passes.
+
+    Parameters
+    ----------
+    source : Source
+        The data.
+    initial_centers : sequence of ndarray of shape (k_r, d)
+        One set of initial centres per run; runs may have different k.
+    max_iter : int
+        Maximum number of iterations of every run.
+    tol : float
+        Relative tolerance (scikit-learn's definition).
+    on_iteration : callable, optional
+        Called with an :class:`IterationReport` after every iteration of every run.
+
+    Returns
+    -------
+    list of LloydResult, one per run, in the order of ``initial_centers``.
+    """
+    centers = [np.array(c, dtype=np.float64) for c in initial_centers]
+    n_iter = [0] * len(centers)
+    final: dict[int, LloydResult] = {}  # runs that stopped with labels matching centres
+    stopped: set[int] = set()
+    tol_abs: float | None = None
+    for iteration in range(max_iter):
+        active = [r for r in range(len(centers)) if r not in stopped]
+        if not active:
+            break
+        started = time.perf_counter()
+        stacked, bounds = stack_centers([centers[r] for r in active])
+        stats = source.map_reduce(pass_statistics, stacked, bounds, with_moments=tol_abs is None)
+        if tol_abs is None:
+            tol_abs = tolerance(stats, tol)
+        seconds = time.perf_counter() - started
+        for j, r in enumerate(active):
+            lo, hi = bounds[j], bounds[j + 1]
+            new = updated_centers(centers[r], stats.sums[lo:hi], stats.counts[lo:hi], stats.far[j])
+            shift = float(((new - centers[r]) ** 2).sum())
+            inertia = float(stats.cluster_inertia[lo:hi].sum())
+            n_iter[r] = iteration + 1
+            if on_iteration is not None:
+                on_iteration(IterationReport(r, iteration + 1, inertia, shift, seconds))
+            if np.array_equal(new, centers[r]):
+                # same assignment as the previous iteration: the pass's inertia and
+                # counts already belong to these centres
+                final[r] = LloydResult(new, inertia, n_iter[r], stats.counts[lo:hi].copy())
+                stopped.add(r)
+            elif shift <= tol_abs:
+                stopped.add(r)
+            centers[r] = new
+    return _with_final_inertia(source, centers, n_iter, final)
+
+
+def _with_final_inertia(
+    source: Source,
+    centers: list[np.ndarray],
+    n_iter: list[int],
+    final: dict[int, LloydResult],
+) -> list[LloydResult]:
+    """One more pass (shared) for the runs whose inertia is not yet known for their
+    final centres."""
+    pending = [r for r in range(len(centers)) if r not in final]
+    if pending:
+        stacked, bounds = stack_centers([centers[r] for r in pending])
+        stats = source.map_reduce(pass_statistics, stacked, bounds, far_capacity=0)
+        for j, r in enumerate(pending):
+            lo, hi = bounds[j], bounds[j + 1]
+            inertia = float(stats.cluster_inertia[lo:hi].sum())
+            final[r] = LloydResult(centers[r], inertia, n_iter[r], stats.counts[lo:hi].copy())
+    return [final[r] for r in range(len(centers))]

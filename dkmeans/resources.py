@@ -1,0 +1,50 @@
+"""What the machine (or cluster) has: threads for BLAS, memory for persisting X."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import dask
+import dask.array as da
+import psutil
+
+#: "auto" persists X when it takes under this fraction of the memory available.
+PERSIST_FRACTION = 0.5
+
+
+def _client():
+    """The active distributed client, or None."""
+    try:
+        from distributed import get_client
+    except ImportError:  # pragma: no cover - distributed is a core dependency
+        return None
+    try:
+        return get_client()
+    except ValueError:
+        return None
+
+
+def available_memory() -> int:
+    """Bytes available to hold X: free memory of the cluster's workers, or of this machine."""
+    client = _client()
+    if client is None:
+        return int(psutil.virtual_memory().available)
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    return int(sum(w["memory_limit"] - w["metrics"]["memory"] for w in workers))
+
+
+def should_persist(persist: Literal["auto"] | bool, X: da.Array) -> bool:
+    """Decide whether to keep X in (cluster) memory for the whole fit."""
+    if persist == "auto":
+        return X.nbytes < PERSIST_FRACTION * available_memory()
+    return bool(persist)
+
+
+def blas_threads() -> int:
+    """BLAS threads per Dask thread so that their product stays within the cores."""
+    cores = os.cpu_count() or 1
+    if _client() is not None:
+        return cores  # tasks run on workers; their own settings apply there
+    dask_threads = dask.config.get("num_workers", None) or cores
+    return max(1, cores // dask_threads)

@@ -1,0 +1,147 @@
+"""Initial centres: ``"random"``, greedy ``"k-means++"`` and scalable ``"k-means||"``.
+
+All three run over a :class:`~dkmeans.graph.Source`, so the same code seeds a
+terabyte Dask array and the few thousand weighted candidates of k-means||.
+
+Passes over the data (each one ``compute``):
+
+- ``random``: 1 (the rows with the smallest keys ``Exp(1)/w``).
+- ``k-means++``: ``k + 1``: the first centre, then one pass per further centre
+  that scores the current trial centres and draws the next ones.
+- ``k-means||``: ``init_rounds + 2``: the first centre, one pass per round (the
+  round's cost and its draws share the pass), one pass weighting the candidates.
+  Runs of ``n_init`` share all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .graph import InMemorySource, Source
+from .kernels import pass_statistics
+from .lloyd import lloyd, stack_centers
+from .sampling import oversample, plusplus_trials, smallest_keys
+
+#: Extra k-means|| rounds allowed when the candidates are fewer than k distinct points.
+MAX_EXTRA_ROUNDS = 20
+
+
+def _pad(centers: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Repeat centres cyclically up to ``n_clusters`` rows (data with fewer distinct
+    points than clusters: scikit-learn returns duplicate centres too)."""
+    if len(centers) >= n_clusters:
+        return centers[:n_clusters]
+    return centers[np.arange(n_clusters) % len(centers)]
+
+
+def random_centers(source: Source, n_clusters: int, seeds: Sequence[int]) -> list[np.ndarray]:
+    """``n_clusters`` distinct rows per seed, drawn without replacement with
+    probability proportional to their weight, in one shared pass."""
+    samples = source.map_reduce(smallest_keys, n_clusters, np.asarray(seeds))
+    return [_pad(sample.rows, n_clusters) for sample in samples]
+
+
+def kmeans_plusplus(
+    source: Source, n_clusters: int, seed: int, n_local_trials: int | None = None
+) -> np.ndarray:
+    """Greedy k-means++ (scikit-learn's variant) with weights, one pass per centre.
+
+    Each centre is the best of ``2 + ln(k)`` trials drawn with probability
+    proportional to ``w * d²`` (the best is the one that lowers the potential most).
+
+    Returns
+    -------
+    ndarray of shape (n_clusters, d), float64
+    """
+    if n_local_trials is None:
+        n_local_trials = 2 + int(np.log(n_clusters))
+    (first,) = source.map_reduce(smallest_keys, 1, np.array([seed]))
+    centers = np.empty((0, source.n_features))
+    trials = first.rows
+    for step in range(n_clusters):
+        n_draws = n_local_trials if step < n_clusters - 1 else 0
+        stats = source.map_reduce(plusplus_trials, centers, trials, n_draws, seed, step)
+        best = int(np.argmin(stats.potentials))
+        centers = np.vstack([centers, trials[best]])
+        drawn = np.isfinite(stats.keys[best])
+        if step < n_clusters - 1 and not drawn.any():
+            break  # every point coincides with a centre: no distinct point is left
+        trials = stats.rows[best][drawn]
+    return _pad(centers, n_clusters)
+
+
+def kmeans_parallel(
+    source: Source,
+    n_clusters: int,
+    seeds: Sequence[int],
+    *,
+    oversampling_factor: float = 2.0,
+    init_rounds: int = 5,
+) -> list[np.ndarray]:
+    """Scalable k-means|| (Bahmani et al., VLDB 2012), one result per seed.
+
+    Every round keeps each point independently with probability
+    ``min(1, l * w * d² / cost)`` with ``l = oversampling_factor * n_clusters``;
+    the candidates are then weighted by the total weight of the points nearest to
+    them and reclustered to ``n_clusters`` on the client with weighted greedy
+    k-means++ followed by weighted Lloyd.
+
+    Returns
+    -------
+    list of ndarray of shape (n_clusters, d), float64
+    """
+    seeds = np.asarray(seeds)
+    oversampling = np.full(len(seeds), oversampling_factor * n_clusters)
+    candidates = [sample.rows for sample in source.map_reduce(smallest_keys, 1, seeds)]
+
+    def sample_round(runs: list[int], round_index: int) -> None:
+        stacked, bounds = stack_centers([candidates[r] for r in runs])
+        drawn = source.map_reduce(
+            oversample, stacked, bounds, oversampling[runs], seeds[runs], round_index
+        )
+        for r, draws in zip(runs, drawn):
+            candidates[r] = np.vstack([candidates[r], draws.kept().rows])
+
+    all_runs = list(range(len(seeds)))
+    for round_index in range(init_rounds):
+        sample_round(all_runs, round_index)
+    for extra in range(MAX_EXTRA_ROUNDS + 1):
+        weights, costs = _candidate_weights(source, candidates)
+        # too few distinct candidates while some point is still away from all of
+        # them: draw another round for those runs
+        short = [
+            r for r in all_runs if np.count_nonzero(weights[r]) < n_clusters and costs[r] > 0
+        ]
+        if not short or extra == MAX_EXTRA_ROUNDS:
+            break
+        sample_round(short, init_rounds + extra)
+    return [
+        _recluster(candidates[r][weights[r] > 0], weights[r][weights[r] > 0], n_clusters, int(seed))
+        for r, seed in enumerate(seeds)
+    ]
+
+
+def _candidate_weights(
+    source: Source, candidates: list[np.ndarray]
+) -> tuple[list[np.ndarray], list[float]]:
+    """Weight of every candidate (total weight of the points nearest to it) and the
+    cost of every run's candidates, in one pass."""
+    stacked, bounds = stack_centers(candidates)
+    stats = source.map_reduce(pass_statistics, stacked, bounds, far_capacity=0)
+    weights = [stats.counts[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+    costs = [float(stats.cluster_inertia[lo:hi].sum()) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return weights, costs
+
+
+def _recluster(
+    candidates: np.ndarray, weights: np.ndarray, n_clusters: int, seed: int
+) -> np.ndarray:
+    """Weighted k-means++ then weighted Lloyd on the candidates, on the client."""
+    if len(candidates) <= n_clusters:
+        return _pad(candidates, n_clusters)
+    small = InMemorySource(candidates, weights)
+    initial = kmeans_plusplus(small, n_clusters, seed)
+    (result,) = lloyd(small, [initial])
+    return result.centers
