@@ -1,7 +1,10 @@
 """dkmeans: k-means clustering for arrays of any size, on Dask."""
 
+from .elbow import elbow
 from .estimator import KMeans
+from .metrics import silhouette_score
+from .plot import plot_clusters, plot_elbow
 
 __version__ = "0.1.0"
 
-__all__ = ["KMeans", "__version__"]
+__all__ = ["KMeans", "__version__", "elbow", "plot_clusters", "plot_elbow", "silhouette_score"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numbers
 import os
 import sys
-import time
 import warnings
 from typing import Any, Literal
 
@@ -23,7 +22,7 @@ from .io import check_data, check_sample_weight, is_lazy_input, to_dask_array
 from .kernels import center_distances, nearest_centers, pass_statistics
 from .lloyd import IterationReport, LloydResult, lloyd
 from .resources import blas_threads, should_persist
-from .seeding import kmeans_parallel, kmeans_plusplus, random_centers
+from .seeding import initial_centers
 
 Init = Literal["k-means||", "k-means++", "random"]
 
@@ -231,11 +230,24 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         -------
         self : KMeans
         """
+        data, in_memory, results = self._fit_many(X, [self.n_clusters], sample_weight)
+        self._store_result(results[self.n_clusters], data, in_memory)
+        return self
+
+    def _fit_many(
+        self, X: Any, k_values: list[int], sample_weight: Any
+    ) -> tuple[da.Array, bool, dict[int, LloydResult]]:
+        """Fit every k of ``k_values`` (``n_init`` runs each) with shared passes.
+
+        Returns the validated data, whether it came in as NumPy, and the best run of
+        every k.
+        """
         self._validate_params()
         data, in_memory = self._check_X(X, reset=True)
         n_samples, n_features = data.shape
-        if n_samples < self.n_clusters:
-            raise ValueError(f"n_samples={n_samples} should be >= n_clusters={self.n_clusters}.")
+        for k in k_values:
+            if n_samples < k:
+                raise ValueError(f"n_samples={n_samples} should be >= n_clusters={k}.")
         init = self._check_init(n_features)
         n_init = self.n_init
         if init is not None and n_init != 1:
@@ -243,7 +255,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 "Explicit initial center position passed: performing only one init in "
                 f"KMeans instead of n_init={n_init}.",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
             n_init = 1
         weights = check_sample_weight(sample_weight, data)
@@ -251,8 +263,19 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             data, weights = dask.persist(data, weights)
         source = DaskSource(data, weights)
         seeds = self._seeds(n_init)
+        run_k = [k for k in k_values for _ in seeds]
         with threadpool_limits(limits=blas_threads(), user_api="blas"):
-            initial = self._initial_centers(source, init, seeds)
+            if init is not None:
+                initial = [init]
+            else:
+                initial = initial_centers(
+                    source,
+                    self.init,
+                    run_k,
+                    np.tile(seeds, len(k_values)),
+                    oversampling_factor=self.oversampling_factor,
+                    init_rounds=self.init_rounds,
+                )
             results = lloyd(
                 source,
                 initial,
@@ -260,26 +283,12 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 tol=self.tol,
                 on_iteration=self._report if self.verbose else None,
             )
-        best = min(range(len(results)), key=lambda r: (results[r].inertia, r))
-        self._store_result(results[best], data, in_memory)
-        return self
-
-    def _initial_centers(
-        self, source: DaskSource, init: np.ndarray | None, seeds: np.ndarray
-    ) -> list[np.ndarray]:
-        if init is not None:
-            return [init]
-        if self.init == "random":
-            return random_centers(source, self.n_clusters, seeds)
-        if self.init == "k-means++":
-            return [kmeans_plusplus(source, self.n_clusters, int(seed)) for seed in seeds]
-        return kmeans_parallel(
-            source,
-            self.n_clusters,
-            seeds,
-            oversampling_factor=self.oversampling_factor,
-            init_rounds=self.init_rounds,
-        )
+        best: dict[int, LloydResult] = {}
+        for k, result in zip(run_k, results, strict=True):
+            # strictly lower inertia wins; ties keep the earlier run
+            if k not in best or result.inertia < best[k].inertia:
+                best[k] = result
+        return data, in_memory, best
 
     def _report(self, report: IterationReport) -> None:
         print(

@@ -36,11 +36,14 @@ def _pad(centers: np.ndarray, n_clusters: int) -> np.ndarray:
     return centers[np.arange(n_clusters) % len(centers)]
 
 
-def random_centers(source: Source, n_clusters: int, seeds: Sequence[int]) -> list[np.ndarray]:
-    """``n_clusters`` distinct rows per seed, drawn without replacement with
-    probability proportional to their weight, in one shared pass."""
-    samples = source.map_reduce(smallest_keys, n_clusters, np.asarray(seeds))
-    return [_pad(sample.rows, n_clusters) for sample in samples]
+def random_centers(
+    source: Source, n_clusters: Sequence[int], seeds: Sequence[int]
+) -> list[np.ndarray]:
+    """``n_clusters[r]`` distinct rows for run ``r``, drawn without replacement with
+    probability proportional to their weight, all runs in one shared pass."""
+    samples = source.map_reduce(smallest_keys, max(n_clusters), np.asarray(seeds))
+    # the k smallest keys of a sample are themselves a sample of size k
+    return [_pad(sample.rows[:k], k) for sample, k in zip(samples, n_clusters, strict=True)]
 
 
 def kmeans_plusplus(
@@ -74,26 +77,27 @@ def kmeans_plusplus(
 
 def kmeans_parallel(
     source: Source,
-    n_clusters: int,
+    n_clusters: Sequence[int],
     seeds: Sequence[int],
     *,
     oversampling_factor: float = 2.0,
     init_rounds: int = 5,
 ) -> list[np.ndarray]:
-    """Scalable k-means|| (Bahmani et al., VLDB 2012), one result per seed.
+    """Scalable k-means|| (Bahmani et al., VLDB 2012) for several runs at once.
 
-    Every round keeps each point independently with probability
-    ``min(1, l * w * d² / cost)`` with ``l = oversampling_factor * n_clusters``;
+    Run ``r`` seeds ``n_clusters[r]`` centres from ``seeds[r]``. Every round keeps
+    each point independently with probability ``min(1, l * w * d² / cost)`` with
+    ``l = oversampling_factor * n_clusters[r]``;
     the candidates are then weighted by the total weight of the points nearest to
     them and reclustered to ``n_clusters`` on the client with weighted greedy
     k-means++ followed by weighted Lloyd.
 
     Returns
     -------
-    list of ndarray of shape (n_clusters, d), float64
+    list of ndarray of shape (n_clusters[r], d), float64
     """
     seeds = np.asarray(seeds)
-    oversampling = np.full(len(seeds), oversampling_factor * n_clusters)
+    oversampling = oversampling_factor * np.asarray(n_clusters, dtype=np.float64)
     candidates = [sample.rows for sample in source.map_reduce(smallest_keys, 1, seeds)]
 
     def sample_round(runs: list[int], round_index: int) -> None:
@@ -112,13 +116,13 @@ def kmeans_parallel(
         # too few distinct candidates while some point is still away from all of
         # them: draw another round for those runs
         short = [
-            r for r in all_runs if np.count_nonzero(weights[r]) < n_clusters and costs[r] > 0
+            r for r in all_runs if np.count_nonzero(weights[r]) < n_clusters[r] and costs[r] > 0
         ]
         if not short or extra == MAX_EXTRA_ROUNDS:
             break
         sample_round(short, init_rounds + extra)
     return [
-        _recluster(candidates[r][weights[r] > 0], weights[r][weights[r] > 0], n_clusters, int(seed))
+        _recluster(candidates[r][weights[r] > 0], weights[r][weights[r] > 0], n_clusters[r], int(seed))
         for r, seed in enumerate(seeds)
     ]
 
@@ -145,3 +149,22 @@ def _recluster(
     initial = kmeans_plusplus(small, n_clusters, seed)
     (result,) = lloyd(small, [initial])
     return result.centers
+
+
+def initial_centers(
+    source: Source,
+    init: str,
+    n_clusters: Sequence[int],
+    seeds: Sequence[int],
+    *,
+    oversampling_factor: float = 2.0,
+    init_rounds: int = 5,
+) -> list[np.ndarray]:
+    """Initial centres of every run by the named method (see the module docstring)."""
+    if init == "random":
+        return random_centers(source, n_clusters, seeds)
+    if init == "k-means++":
+        return [kmeans_plusplus(source, k, int(seed)) for k, seed in zip(n_clusters, seeds, strict=True)]
+    return kmeans_parallel(
+        source, n_clusters, seeds, oversampling_factor=oversampling_factor, init_rounds=init_rounds
+    )

@@ -1,0 +1,53 @@
+"""The elbow method: inertia over a range of k, all fitted with shared passes over X."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .estimator import KMeans
+
+
+def elbow(
+    X: Any, k_values: Iterable[int] = range(1, 11), sample_weight: Any = None, **kmeans_params: Any
+) -> dict[int, float]:
+    """Fit k-means for every k in ``k_values`` and return the inertia of each.
+
+    All k (and all ``n_init`` runs of each) advance together: every pass over X
+    serves all of them, so the whole curve costs about as many reads of X as the
+    slowest single fit.
+
+    Parameters
+    ----------
+    X : array-like, dask array, zarr.Array, xarray.DataArray or str
+        The data, as for :meth:`KMeans.fit`.
+    k_values : iterable of int, default=range(1, 11)
+        Numbers of clusters to try.
+    sample_weight : array-like of shape (n_samples,), optional
+    **kmeans_params
+        Any other :class:`KMeans` parameter (``init``, ``n_init``, ``max_iter``,
+        ``tol``, ``random_state``, ...). With the same ``random_state``, the inertia
+        of every k equals that of ``KMeans(n_clusters=k, **kmeans_params).fit(X)``.
+
+    Returns
+    -------
+    dict {k: inertia}, in increasing k.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dkmeans import elbow
+    >>> X = np.random.default_rng(0).normal(size=(300, 2))
+    >>> curve = elbow(X, k_values=[1, 2, 3], random_state=0)
+    >>> curve[1] > curve[2] > curve[3]
+    True
+    """
+    ks = sorted({int(k) for k in k_values})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"k_values must be positive integers, got {list(k_values)!r}")
+    if "n_clusters" in kmeans_params:
+        raise TypeError("elbow() takes the numbers of clusters as k_values, not n_clusters")
+    if not isinstance(kmeans_params.get("init", "k-means||"), str):
+        raise ValueError("elbow() needs an init method name; explicit centres fix a single k")
+    _, _, results = KMeans(n_clusters=ks[0], **kmeans_params)._fit_many(X, ks, sample_weight)
+    return {k: results[k].inertia for k in ks}

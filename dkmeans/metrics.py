@@ -1,0 +1,53 @@
+"""Cluster quality scores for data of any size."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from sklearn.metrics import silhouette_score as exact_silhouette_score
+
+from .io import check_data, to_dask_array
+
+
+def silhouette_score(
+    X: Any, labels: Any, sample_size: int | None = 10_000, random_state: Any = None
+) -> float:
+    """Mean silhouette coefficient, on a uniform sample of rows for large X.
+
+    The silhouette needs all pairwise distances (quadratic in the number of points),
+    so at most ``sample_size`` rows are drawn (without replacement) and scored with
+    scikit-learn. When the sample covers X the result equals scikit-learn's
+    ``silhouette_score(X, labels)``.
+
+    Parameters
+    ----------
+    X : array-like, dask array, zarr.Array, xarray.DataArray or str of shape (n_samples, n_features)
+    labels : array-like or dask array of shape (n_samples,)
+        Cluster labels, e.g. ``km.labels_``.
+    sample_size : int or None, default=10_000
+        Rows scored; None scores all rows (only sensible for small X).
+    random_state : int, numpy Generator or None
+        Seed of the sample.
+
+    Returns
+    -------
+    float in [-1, 1]
+    """
+    data = check_data(to_dask_array(X))
+    n_samples = data.shape[0]
+    if len(labels) != n_samples:
+        raise ValueError(f"labels has {len(labels)} entries but X has {n_samples} rows")
+    if sample_size is not None and sample_size < 2:
+        raise ValueError(f"sample_size must be at least 2, got {sample_size}")
+    if sample_size is None or sample_size >= n_samples:
+        rows = slice(None)
+    else:
+        rng = np.random.default_rng(random_state)
+        rows = np.sort(rng.choice(n_samples, size=sample_size, replace=False))
+    points = data[rows]
+    sample_labels = labels[rows]
+    if isinstance(sample_labels, da.Array) or isinstance(points, da.Array):
+        points, sample_labels = da.compute(points, sample_labels)
+    return float(exact_silhouette_score(np.asarray(points), np.asarray(sample_labels)))
