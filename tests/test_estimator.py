@@ -1,0 +1,206 @@
+"""KMeans against scikit-learn, exact invariants, and the scikit-learn estimator API."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from sklearn.base import clone
+from sklearn.cluster import KMeans as SklearnKMeans
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import check_estimator
+
+from dkmeans import KMeans
+
+from .helpers import brute_force_inertia, count_computes
+
+
+
+def as_container(X: np.ndarray, kind: str, tmp_path) -> object:
+    if kind == "numpy":
+        return X
+    if kind == "dask":
+        return da.from_array(X, chunks=((700, 1000, len(X) - 1701, 1), -1))  # tiny last block
+    z = zarr.create_array(store=str(tmp_path / "x.zarr"), shape=X.shape, chunks=(333, 2), dtype=X.dtype)
+    z[:] = X
+    return str(tmp_path / "x.zarr")
+
+
+def sklearn_fit(X, init, **kwargs):
+    return SklearnKMeans(len(init), init=init, n_init=1, algorithm="lloyd", **kwargs).fit(X)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "dask", "zarr"])
+def test_matches_sklearn_float64(overlapping, kind, tmp_path):
+    X = overlapping
+    init = X[[0, 1, 2]] + 0.5
+    ours = KMeans(3, init=init).fit(as_container(X, kind, tmp_path))
+    ref = sklearn_fit(X, init)
+    assert ours.n_iter_ == ref.n_iter_ > 3
+    np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=1e-9)
+    np.testing.assert_array_equal(np.asarray(ours.labels_), ref.labels_)
+    assert ours.inertia_ == pytest.approx(ref.inertia_, rel=1e-9)
+    assert ours.cluster_centers_.dtype == np.float64
+
+
+@pytest.mark.parametrize("kind", ["numpy", "dask", "zarr"])
+def test_matches_sklearn_float32(blobs, kind, tmp_path):
+    X = blobs[0].astype(np.float32)
+    init = X[:5].copy()
+    ours = KMeans(5, init=init).fit(as_container(X, kind, tmp_path))
+    ref = sklearn_fit(X, init)
+    assert ours.n_iter_ == ref.n_iter_
+    assert ours.cluster_centers_.dtype == np.float32
+    np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=2e-4, atol=2e-4)
+    np.testing.assert_array_equal(np.asarray(ours.labels_), ref.labels_)
+
+
+def test_matches_sklearn_with_sample_weight(overlapping):
+    X = overlapping
+    weights = np.random.default_rng(0).uniform(0.1, 3.0, size=len(X))
+    init = X[[5, 6, 7]]
+    ours = KMeans(3, init=init).fit(X, sample_weight=weights)
+    ref = sklearn_fit(X, init).fit(X, sample_weight=weights)
+    assert ours.n_iter_ == ref.n_iter_
+    np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=1e-9)
+    assert ours.inertia_ == pytest.approx(ref.inertia_, rel=1e-9)
+
+
+def test_empty_cluster_relocated_like_sklearn(blobs):
+    X = blobs[0]
+    init = np.vstack([X[:4], [[1e3, 1e3, 1e3, 1e3]]])  # the last centre attracts nobody
+    ours = KMeans(5, init=init).fit(X)
+    ref = sklearn_fit(X, init)
+    assert ours.n_iter_ == ref.n_iter_
+    np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=1e-9)
+    assert len(np.unique(ours.labels_)) == 5
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("init", ["k-means||", "k-means++", "random"])
+def test_inertia_is_brute_force_sum(blobs, init, weighted):
+    X = blobs[0]
+    weights = np.random.default_rng(1).uniform(0, 2, size=len(X)) if weighted else None
+    km = KMeans(5, init=init, random_state=0).fit(da.from_array(X, chunks=(512, 4)), sample_weight=weights)
+    assert km.inertia_ == pytest.approx(brute_force_inertia(X, km.cluster_centers_, weights), rel=1e-12)
+    assert km.score(X, sample_weight=weights) == pytest.approx(-km.inertia_, rel=1e-12)
+
+
+def test_result_does_not_depend_on_chunking(overlapping):
+    X = overlapping
+    init = X[[10, 20, 30]]
+    results = [
+        KMeans(3, init=init, tol=0).fit(da.from_array(X, chunks=(chunks, -1)))
+        for chunks in [2000, 1000, 333, (1999, 1), 64]
+    ]
+    for km in results[1:]:
+        np.testing.assert_allclose(km.cluster_centers_, results[0].cluster_centers_, rtol=1e-12)
+        assert km.n_iter_ == results[0].n_iter_
+        assert km.inertia_ == pytest.approx(results[0].inertia_, rel=1e-12)
+
+
+def test_columns_chunks_are_merged(blobs):
+    X = blobs[0]
+    init = X[:5]
+    split = KMeans(5, init=init).fit(da.from_array(X, chunks=(500, 1)))
+    whole = KMeans(5, init=init).fit(X)
+    np.testing.assert_allclose(split.cluster_centers_, whole.cluster_centers_, rtol=1e-12)
+
+
+def test_one_compute_per_iteration(overlapping):
+    X = da.from_array(overlapping, chunks=(250, -1))
+    with count_computes() as counter:
+        km = KMeans(3, init=overlapping[:3], tol=0, max_iter=7, persist=False).fit(X)
+    assert km.n_iter_ == 7
+    # seven iterations, then one pass for the inertia of the final centres
+    assert counter.computes == 8
+    assert isinstance(km.labels_, da.Array)
+
+
+def test_max_iter_and_strict_convergence(blobs):
+    X = blobs[0]
+    km = KMeans(5, init=X[:5], tol=0).fit(X)
+    ref = sklearn_fit(X, X[:5], tol=0)
+    assert km.n_iter_ == ref.n_iter_ < 300
+    km1 = KMeans(5, init=X[:5], max_iter=1).fit(X)
+    assert km1.n_iter_ == 1
+
+
+def test_containers_in_and_out(blobs):
+    X = blobs[0]
+    km = KMeans(5, random_state=0).fit(X)
+    assert isinstance(km.labels_, np.ndarray) and km.labels_.dtype == np.int32
+    lazy = da.from_array(X, chunks=(1000, -1))
+    assert isinstance(km.predict(lazy), da.Array)
+    np.testing.assert_array_equal(km.predict(lazy).compute(), km.predict(X))
+    np.testing.assert_array_equal(km.predict(X), km.labels_)
+    distances = km.transform(X)
+    assert distances.shape == (len(X), 5)
+    expected = np.sqrt(((X[:, None] - km.cluster_centers_[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(distances, expected, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(km.transform(lazy).compute(), distances)
+    np.testing.assert_array_equal(distances.argmin(axis=1), km.labels_)
+    np.testing.assert_array_equal(KMeans(5, random_state=0).fit_predict(X), km.labels_)
+    np.testing.assert_allclose(KMeans(5, random_state=0).fit_transform(X), distances)
+
+
+def test_lazy_labels_for_dask_input(blobs):
+    X = da.from_array(blobs[0], chunks=(700, -1))
+    km = KMeans(5, random_state=0).fit(X)
+    assert isinstance(km.labels_, da.Array)
+    labels = km.labels_.compute()
+    assert labels.shape == (len(blobs[0]),)
+    np.testing.assert_array_equal(labels, km.predict(blobs[0]))
+
+
+def test_integer_and_boolean_data_are_float64():
+    X = np.random.default_rng(0).integers(0, 10, size=(200, 3))
+    km = KMeans(3, random_state=0).fit(X)
+    assert km.cluster_centers_.dtype == np.float64
+    km = KMeans(2, random_state=0).fit(da.from_array(X > 5, chunks=(50, 3)))
+    assert km.cluster_centers_.dtype == np.float64
+
+
+def test_verbose_prints_one_line_per_iteration(blobs, capsys):
+    km = KMeans(5, init=blobs[0][:5], verbose=True).fit(blobs[0])
+    lines = [line for line in capsys.readouterr().err.splitlines() if "iteration" in line]
+    assert len(lines) == km.n_iter_
+    assert "inertia" in lines[0] and "shift" in lines[0]
+
+
+def test_scikit_learn_estimator_checks():
+    # scikit-learn's own KMeans fails this check too: weights are not equivalent to
+    # repeated samples for a randomly initialised k-means
+    expected = {
+        "check_sample_weight_equivalence_on_dense_data": "random init depends on sample count",
+    }
+    check_estimator(KMeans(), expected_failed_checks=expected)
+
+
+def test_clone_params_pipeline_repr(blobs):
+    km = KMeans(4, init="random", random_state=3, persist=False)
+    params = km.get_params()
+    assert params["n_clusters"] == 4 and params["init"] == "random" and params["persist"] is False
+    copy = clone(km).set_params(n_clusters=5)
+    assert copy.n_clusters == 5 and km.n_clusters == 4
+    pipe = make_pipeline(StandardScaler(), KMeans(5, random_state=0)).fit(blobs[0])
+    assert pipe.predict(blobs[0]).shape == (len(blobs[0]),)
+    assert "KMeans" in km._repr_html_()
+
+
+def test_demo_writes_its_picture(tmp_path):
+    png = tmp_path / "demo.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "dkmeans.cli", "demo", "--n-samples", "3000", "--output", str(png)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "n=3,000" in done.stdout and "inertia=" in done.stdout and "iterations=" in done.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
