@@ -1,0 +1,1 @@
+"""Benchmarks of dkmeans against its peers (run as ``python -m benchmarks.<name>``)."""
