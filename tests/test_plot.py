@@ -21,7 +21,7 @@ def close_figures():
     plt.close("all")
 
 
-def blobs(n_features: int, n: int = 900, k: int = 3, seed: int = 0) -> np.ndarray:
+def make_points(n_features: int, n: int = 900, k: int = 3, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centres = rng.uniform(-10, 10, size=(k, n_features))
     # unequal spreads per feature so that the principal axes are well separated
@@ -40,7 +40,7 @@ def drawn_points(ax) -> int:
 
 
 def test_two_features_stars_at_the_centres():
-    X = blobs(2)
+    X = make_points(2)
     km = dkmeans.KMeans(n_clusters=3, random_state=0).fit(X)
     ax = dkmeans.plot_clusters(X, km)
     np.testing.assert_allclose(stars(ax), km.cluster_centers_)
@@ -51,7 +51,7 @@ def test_two_features_stars_at_the_centres():
 
 
 def test_points_are_coloured_by_their_label():
-    X = blobs(2)
+    X = make_points(2)
     km = dkmeans.KMeans(n_clusters=3, random_state=0).fit(X)
     ax = dkmeans.plot_clusters(X, km)
     for k in range(3):
@@ -62,7 +62,7 @@ def test_points_are_coloured_by_their_label():
 
 
 def test_sample_size_caps_the_points_drawn_and_uses_given_axes():
-    X = blobs(2, n=5000)
+    X = make_points(2, n=5000)
     km = dkmeans.KMeans(n_clusters=3, random_state=0).fit(X)
     _, ax = plt.subplots()
     assert dkmeans.plot_clusters(X, km, ax=ax, sample_size=700) is ax
@@ -70,7 +70,7 @@ def test_sample_size_caps_the_points_drawn_and_uses_given_axes():
 
 
 def test_more_features_projected_on_principal_components():
-    X = blobs(5)
+    X = make_points(5)
     km = dkmeans.KMeans(n_clusters=3, random_state=0).fit(X)
     ax = dkmeans.plot_clusters(da.from_array(X, chunks=(250, 5)), km)
     pca = PCA(n_components=2).fit(X)
@@ -86,7 +86,7 @@ def test_more_features_projected_on_principal_components():
 
 
 def test_projection_reads_every_block_of_x_once():
-    data = blobs(4, n=2000)
+    data = make_points(4, n=2000)
     km = dkmeans.KMeans(n_clusters=3, random_state=0).fit(data)
     loads = []
 
@@ -101,7 +101,7 @@ def test_projection_reads_every_block_of_x_once():
 
 @pytest.mark.parametrize("chunks", [(1000, 6), (333, 6), (250, 3)])
 def test_principal_axes_match_scikit_learn(chunks):
-    X = blobs(6, n=1000) + 1e4  # far from the origin: the shift must prevent cancellation
+    X = make_points(6, n=1000) + 1e4  # far from the origin: the shift must prevent cancellation
     axes = principal_axes(da.from_array(X, chunks=chunks), 3, shift=X[:5].mean(axis=0))
     pca = PCA(n_components=3).fit(X)
     np.testing.assert_allclose(axes.mean, X.mean(axis=0))
@@ -121,7 +121,7 @@ def test_principal_axes_of_constant_data():
 
 
 def test_one_feature_is_a_strip_plot():
-    X = blobs(1)
+    X = make_points(1)
     km = dkmeans.KMeans(n_clusters=3, random_state=0).fit(X)
     ax = dkmeans.plot_clusters(X, km)
     np.testing.assert_allclose(stars(ax), np.column_stack([km.cluster_centers_[:, 0], range(3)]))
@@ -145,7 +145,7 @@ def test_zarr_path_input(tmp_path):
 
 
 def test_many_clusters_list_only_the_centres():
-    X = blobs(2, n=2000, k=12)
+    X = make_points(2, n=2000, k=12)
     km = dkmeans.KMeans(n_clusters=12, random_state=0).fit(X)
     ax = dkmeans.plot_clusters(X, km)
     assert len(stars(ax)) == 12
@@ -153,9 +153,9 @@ def test_many_clusters_list_only_the_centres():
 
 
 def test_feature_mismatch_is_an_error():
-    km = dkmeans.KMeans(n_clusters=2, random_state=0).fit(blobs(3))
+    km = dkmeans.KMeans(n_clusters=2, random_state=0).fit(make_points(3))
     with pytest.raises(ValueError, match="X has 2 features but the centres have 3"):
-        dkmeans.plot_clusters(blobs(2), km)
+        dkmeans.plot_clusters(make_points(2), km)
 
 
 def test_elbow_marks_the_chosen_k():
@@ -172,7 +172,7 @@ def test_elbow_marks_the_chosen_k():
 
 
 def test_elbow_without_choice_and_from_dkmeans_elbow():
-    X = blobs(2)
+    X = make_points(2)
     inertias = dkmeans.elbow(X, range(1, 5), random_state=0)
     ax = dkmeans.plot_elbow(inertias)
     (curve,) = ax.get_lines()
@@ -189,7 +189,7 @@ def test_elbow_bad_input():
 
 @pytest.mark.parametrize("draw", ["clusters", "elbow"])
 def test_missing_matplotlib_names_the_extra(monkeypatch, draw):
-    X = blobs(2, n=50)
+    X = make_points(2, n=50)
     km = dkmeans.KMeans(n_clusters=2, random_state=0).fit(X)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
