@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 import dask.array as da
 import numpy as np
 import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
 
 #: Default bytes per chunk of a generated store.
 CHUNK_BYTES = 32 * 2**20
+
+Codec = Literal["none", "zstd", "blosc-lz4", "blosc-zstd"]
+
+#: Compressor choices of :func:`make_blobs`; see ``benchmarks/codecs.py`` for their
+#: read speed (uncompressed reads fastest: random floats hardly compress).
+CODECS: dict[str, tuple] = {
+    "none": (),
+    "zstd": (ZstdCodec(),),
+    "blosc-lz4": (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),),
+    "blosc-zstd": (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),),
+}
 
 
 def blob_centers(n_centers: int, n_features: int, seed: int, box: float = 10.0) -> np.ndarray:
@@ -17,9 +30,7 @@ def blob_centers(n_centers: int, n_features: int, seed: int, box: float = 10.0) 
     return np.random.default_rng([seed, 0]).uniform(-box, box, size=(n_centers, n_features))
 
 
-def _blob_block(
-    *, centers: np.ndarray, seed: int, std: float, block_info: dict
-) -> np.ndarray:
+def _blob_block(*, centers: np.ndarray, seed: int, std: float, block_info: dict) -> np.ndarray:
     info = block_info[None]
     (start, stop), _ = info["array-location"]
     rows = stop - start
@@ -41,14 +52,15 @@ def make_blobs(
     seed: int = 0,
     dtype: str = "float32",
     cluster_std: float = 1.0,
+    codec: Codec = "none",
     overwrite: bool = False,
 ) -> zarr.Array:
     """Write ``n_samples`` points around ``centers`` Gaussian centres to a Zarr array.
 
     Every chunk is generated from its own seed (``seed``, chunk index), in parallel,
     so the store is the same for the same arguments whatever the scheduler, and
-    memory use is a few chunks. Chunks are stored uncompressed: random floats barely
-    compress, and uncompressed chunks read about twice as fast.
+    memory use is a few chunks. Chunks are stored uncompressed by default: random
+    floats barely compress, and uncompressed chunks read fastest.
 
     Parameters
     ----------
@@ -63,6 +75,8 @@ def make_blobs(
     dtype : {"float32", "float64"}
     cluster_std : float
         Standard deviation of every blob.
+    codec : {"none", "zstd", "blosc-lz4", "blosc-zstd"}
+        Compressor of the chunks.
     overwrite : bool
         Replace an existing store at ``path``.
 
@@ -82,7 +96,7 @@ def make_blobs(
         shape=(n_samples, n_features),
         chunks=(chunk_rows, n_features),
         dtype=dtype,
-        compressors=None,
+        compressors=CODECS[codec],
         overwrite=overwrite,
     )
     target.attrs.update(

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 from . import __version__
+from .blobs import CODECS
 
 
 class UserError(Exception):
@@ -39,7 +43,12 @@ def run_demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="dkmeans-demo-") as tmp:
         store = str(Path(tmp) / "blobs.zarr")
         make_blobs(
-            store, args.n_samples, 2, args.centers, chunk_rows=max(1, args.n_samples // 8), seed=args.seed
+            store,
+            args.n_samples,
+            2,
+            args.centers,
+            chunk_rows=max(1, args.n_samples // 8),
+            seed=args.seed,
         )
         with (
             LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
@@ -74,9 +83,138 @@ def run_make_blobs(args: argparse.Namespace) -> int:
         chunk_rows=args.chunk_rows,
         seed=args.seed,
         dtype=args.dtype,
+        codec=args.codec,
         overwrite=args.overwrite,
     )
     print(f"wrote {args.out}: shape {array.shape}, chunks {array.chunks}, dtype {array.dtype}")
+    return 0
+
+
+#: Passes shorter than this (seconds) show no progress bar.
+PROGRESS_AFTER = 2.0
+
+
+@contextmanager
+def compute_context(args: argparse.Namespace) -> Iterator[None]:
+    """Where the command computes: the cluster of ``--cluster`` or local threads, with a
+    progress bar on stderr for every long pass over the data on local threads."""
+    with ExitStack() as stack:
+        if args.cluster is not None:
+            from .cluster import connect
+
+            client = stack.enter_context(connect(args.cluster))
+            print(f"dkmeans: dashboard at {client.dashboard_link}", file=sys.stderr)
+        elif not args.quiet:
+            from dask.diagnostics import ProgressBar
+
+            stack.enter_context(ProgressBar(minimum=PROGRESS_AFTER, out=sys.stderr))
+        yield
+
+
+def kmeans_params(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """The :class:`~dkmeans.KMeans` parameters given on the command line."""
+    return {
+        "init": args.init,
+        "n_init": args.n_init,
+        "max_iter": args.max_iter,
+        "tol": args.tol,
+        "random_state": args.seed,
+        "persist": {"auto": "auto", "true": True, "false": False}[args.persist],
+        "verbose": not args.quiet,
+        **extra,
+    }
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    """Fit k-means to a Zarr store; print a summary or JSON; write the result store."""
+    from .estimator import KMeans
+    from .io import open_zarr_array
+    from .store import check_output, write_result
+
+    data = open_zarr_array(args.store)
+    if args.out is not None:
+        check_output(args.out, overwrite=args.overwrite)
+    km = KMeans(n_clusters=args.n_clusters, **kmeans_params(args, checkpoint=args.checkpoint))
+    with compute_context(args):
+        started = time.perf_counter()
+        km.fit(data)
+        seconds = time.perf_counter() - started
+        if args.out is not None:
+            write_result(args.out, km, data, overwrite=args.overwrite)
+    n_samples, n_features = data.shape
+    summary = {
+        "n_clusters": km.n_clusters,
+        "inertia": km.inertia_,
+        "n_iter": km.n_iter_,
+        "seconds": round(seconds, 3),
+        "n_samples": n_samples,
+        "n_features": n_features,
+        "store": str(args.store),
+        "out": None if args.out is None else str(args.out),
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"dkmeans fit: {n_samples:,} samples x {n_features} features, k={km.n_clusters}: "
+            f"inertia {km.inertia_:.6g} after {km.n_iter_} iterations in {seconds:.1f} s"
+        )
+        if args.out is not None:
+            print(f"wrote {args.out}")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Label a Zarr store with the centres of a ``dkmeans fit --out`` result."""
+    from .estimator import KMeans
+    from .io import open_zarr_array
+    from .store import check_output, read_centers, write_labels
+
+    centers = read_centers(args.model)
+    data = open_zarr_array(args.store)
+    check_output(args.out, overwrite=args.overwrite)
+    km = KMeans(n_clusters=len(centers))
+    km.cluster_centers_, km.n_features_in_ = centers, centers.shape[1]
+    with compute_context(args):
+        write_labels(args.out, km.predict(data), data, overwrite=args.overwrite)
+    print(f"wrote {args.out}: labels of {data.shape[0]:,} samples")
+    return 0
+
+
+def run_elbow(args: argparse.Namespace) -> int:
+    """Inertia for every k from ``--k-min`` to ``--k-max``, with shared passes."""
+    from . import elbow, plot_elbow
+    from .io import open_zarr_array
+
+    if not 1 <= args.k_min <= args.k_max:
+        raise UserError(f"need 1 <= --k-min <= --k-max, got {args.k_min} and {args.k_max}")
+    data = open_zarr_array(args.store)
+    with compute_context(args):
+        started = time.perf_counter()
+        inertias = elbow(data, k_values=range(args.k_min, args.k_max + 1), **kmeans_params(args))
+        seconds = time.perf_counter() - started
+    if args.plot is not None:
+        ax = plot_elbow(inertias)
+        ax.figure.savefig(args.plot, dpi=110, bbox_inches="tight")
+    if args.json:
+        n_samples, n_features = data.shape
+        print(
+            json.dumps(
+                {
+                    "inertia": {str(k): value for k, value in inertias.items()},
+                    "seconds": round(seconds, 3),
+                    "n_samples": n_samples,
+                    "n_features": n_features,
+                    "plot": args.plot,
+                }
+            )
+        )
+    else:
+        print(f"{'k':>4}  inertia")
+        for k, value in inertias.items():
+            print(f"{k:>4}  {value:.6g}")
+        if args.plot is not None:
+            print(f"wrote {args.plot}")
     return 0
 
 
@@ -108,8 +246,62 @@ def build_parser() -> argparse.ArgumentParser:
     blobs.add_argument("--chunk-rows", type=count, default=None)
     blobs.add_argument("--seed", type=int, default=0)
     blobs.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    blobs.add_argument(
+        "--codec", choices=list(CODECS), default="none", help="chunk compressor (default: none)"
+    )
     blobs.add_argument("--overwrite", action="store_true")
+
+    fit = command("fit", run_fit, "fit k-means to a Zarr array; optionally write a result store")
+    fit.add_argument("store", metavar="STORE", help="Zarr array path or URL (group/array)")
+    fit.add_argument("--n-clusters", type=count, required=True)
+    fit.add_argument("--out", metavar="OUT.zarr", help="write centres, labels and attributes here")
+    fit.add_argument(
+        "--checkpoint", metavar="PATH", help="save the fit's state here; resume from it"
+    )
+    add_kmeans_options(fit)
+    add_output_options(fit, overwrite=True)
+
+    predict = command("predict", run_predict, "label a Zarr array with a fit result's centres")
+    predict.add_argument("model", metavar="MODEL.zarr", help="output of dkmeans fit --out")
+    predict.add_argument("store", metavar="STORE", help="Zarr array path or URL (group/array)")
+    predict.add_argument("--out", metavar="LABELS.zarr", required=True)
+    add_output_options(predict, overwrite=True, json=False)
+
+    elbow = command("elbow", run_elbow, "inertia against k, all k fitted with shared passes")
+    elbow.add_argument("store", metavar="STORE", help="Zarr array path or URL (group/array)")
+    elbow.add_argument("--k-min", type=count, default=1)
+    elbow.add_argument("--k-max", type=count, default=10)
+    elbow.add_argument("--plot", metavar="PNG", help="draw the curve into this file")
+    add_kmeans_options(elbow)
+    add_output_options(elbow)
     return parser
+
+
+def add_kmeans_options(parser: argparse.ArgumentParser) -> None:
+    """Options that set :class:`~dkmeans.KMeans` parameters."""
+    parser.add_argument("--init", choices=["k-means||", "k-means++", "random"], default="k-means||")
+    parser.add_argument("--n-init", type=count, default=1)
+    parser.add_argument("--max-iter", type=count, default=300)
+    parser.add_argument("--tol", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: fresh)")
+    parser.add_argument(
+        "--persist",
+        choices=["auto", "true", "false"],
+        default="auto",
+        help="keep the data in memory (auto: when it takes under half of the memory available)",
+    )
+
+
+def add_output_options(
+    parser: argparse.ArgumentParser, *, overwrite: bool = False, json: bool = True
+) -> None:
+    """Options on where to compute and what to print."""
+    parser.add_argument("--cluster", metavar="CONFIG.yaml", help="run on this Dask cluster")
+    if json:
+        parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    if overwrite:
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,7 +309,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (UserError, ValueError, TypeError, FileNotFoundError, ImportError) as error:
+    except (
+        UserError,
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        FileExistsError,
+        ImportError,
+    ) as error:
         if args.debug:
             raise
         print(f"dkmeans {args.command}: error: {error}", file=sys.stderr)

@@ -25,26 +25,43 @@ MERGE_BELOW = 0.25
 
 def is_lazy_input(X: Any) -> bool:
     """True for inputs that are not already in memory (Dask, Zarr, xarray, paths)."""
-    return (
-        isinstance(X, (da.Array, zarr.Array, str, os.PathLike))
-        or type(X).__module__.startswith("xarray")
+    return isinstance(X, (da.Array, zarr.Array, str, os.PathLike)) or type(X).__module__.startswith(
+        "xarray"
     )
 
 
-def open_zarr_array(path: str | os.PathLike) -> zarr.Array:
-    """Open a Zarr array read-only from a local path or fsspec URL.
+#: fsspec protocols that need an optional package, and the extra that installs it.
+CLOUD_PROTOCOLS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
+
+
+def open_zarr_array(
+    path: str | os.PathLike, storage_options: dict[str, Any] | None = None
+) -> zarr.Array:
+    """Open a Zarr array (format 2 or 3) read-only from a local path or fsspec URL.
+
+    Parameters
+    ----------
+    path : str or path
+        ``"store.zarr"``, ``"store.zarr/array_name"`` for an array inside a group, or
+        an fsspec URL (``file://``, ``memory://``, ``s3://``, ``gs://``, ...).
+    storage_options : dict, optional
+        Passed to fsspec for URLs (credentials, ``anon=True``, ...).
 
     Raises
     ------
     ValueError
         If nothing is there, or if the path holds a group (the message lists the
         group's arrays).
+    ImportError
+        If the URL needs a package that is not installed (the message says which).
     """
     path = os.fspath(path)
     try:
-        node = zarr.open(store=path, mode="r")
+        node = zarr.open(store=path, mode="r", storage_options=storage_options)
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as error:
         raise ValueError(f"no Zarr array found at {path!r}: check the path") from error
+    except ImportError as error:
+        raise ImportError(_missing_package_message(path, error)) from error
     if isinstance(node, zarr.Group):
         names = sorted(name for name, _ in node.arrays())
         if not names:
@@ -56,18 +73,40 @@ def open_zarr_array(path: str | os.PathLike) -> zarr.Array:
     return node
 
 
+def _missing_package_message(path: str, error: ImportError) -> str:
+    protocol = path.split("://", 1)[0] if "://" in path else "file"
+    package = CLOUD_PROTOCOLS.get(protocol, "fsspec")
+    return (
+        f"reading {path!r} needs {package}: pip install 'dkmeans[cloud]' "
+        f"(or pip install {package}); {error}"
+    )
+
+
 def to_dask_array(X: Any) -> da.Array:
-    """Wrap any accepted input as a Dask array without loading it."""
+    """Wrap any accepted input as a Dask array without loading it.
+
+    A Zarr array is read in row blocks of whole storage chunks (or shards) of about
+    :data:`TARGET_BLOCK_BYTES`, one chunk across features: every stored chunk is
+    read once per pass, by one task.
+    """
     if isinstance(X, da.Array):
         return X
     if isinstance(X, (str, os.PathLike)):
         X = open_zarr_array(X)
     if isinstance(X, zarr.Array):
-        return da.from_zarr(X)
+        return _from_zarr(X)
     if type(X).__module__.startswith("xarray"):
         data = X.data
         return data if isinstance(data, da.Array) else _from_numpy(np.asarray(data))
     return _from_numpy(np.asarray(X))
+
+
+def _from_zarr(z: zarr.Array) -> da.Array:
+    if z.ndim != 2:
+        return da.from_zarr(z)
+    stored_rows = (z.shards or z.chunks)[0]
+    rows = block_rows(stored_rows, z.shape[1] * z.dtype.itemsize, z.shape[0])
+    return da.from_zarr(z, chunks=(rows, z.shape[1]))
 
 
 def _from_numpy(x: np.ndarray) -> da.Array:
@@ -104,12 +143,26 @@ def check_data(X: da.Array, *, min_samples: int = 1) -> da.Array:
         )
     kind = X.dtype.kind
     if kind == "c":
-        raise ValueError("Complex data not supported; cluster the real and imaginary parts as features")
+        raise ValueError(
+            "Complex data not supported; cluster the real and imaginary parts as features"
+        )
     if kind not in "biuf":
         raise TypeError(f"X must hold numbers, got dtype {X.dtype}; convert it to float first")
     if kind != "f" or X.dtype.itemsize < 4:
         X = X.astype(np.float64)
     return rechunk_rows(X)
+
+
+def block_rows(
+    chunk_rows: int, row_bytes: int, n_rows: int, target_bytes: int = TARGET_BLOCK_BYTES
+) -> int:
+    """Rows per block: ``chunk_rows`` itself if its chunks are big enough, else the
+    whole multiple of ``chunk_rows`` closest to ``target_bytes`` (at most ``n_rows``)."""
+    chunk_rows = max(1, chunk_rows)
+    if chunk_rows * row_bytes >= MERGE_BELOW * target_bytes:
+        return chunk_rows
+    per_block = max(1, round(target_bytes / max(1, chunk_rows * row_bytes))) * chunk_rows
+    return int(min(per_block, max(1, n_rows)))
 
 
 def rechunk_rows(X: da.Array, target_bytes: int = TARGET_BLOCK_BYTES) -> da.Array:
@@ -118,14 +171,13 @@ def rechunk_rows(X: da.Array, target_bytes: int = TARGET_BLOCK_BYTES) -> da.Arra
     Merging only concatenates whole source chunks, so no chunk is read twice.
     """
     row_bytes = X.shape[1] * X.dtype.itemsize
-    rows = X.chunks[0]
-    typical = max(rows) if rows else 1
-    if X.numblocks[1] == 1 and typical * row_bytes >= MERGE_BELOW * target_bytes:
+    typical = max(X.chunks[0]) if X.chunks[0] else 1
+    rows = block_rows(typical, row_bytes, X.shape[0], target_bytes)
+    if rows == typical and X.numblocks[1] == 1:
         return X
-    if typical * row_bytes >= MERGE_BELOW * target_bytes:
+    if rows == typical:
         return X.rechunk({1: -1})
-    per_block = max(1, target_bytes // max(1, typical * row_bytes)) * typical
-    return X.rechunk({0: int(min(per_block, max(1, X.shape[0]))), 1: -1})
+    return X.rechunk({0: rows, 1: -1})
 
 
 def check_sample_weight(sample_weight: Any, X: da.Array) -> da.Array | None:
@@ -143,7 +195,8 @@ def check_sample_weight(sample_weight: Any, X: da.Array) -> da.Array | None:
     weights = sample_weight if isinstance(sample_weight, da.Array) else np.asarray(sample_weight)
     if weights.shape != (X.shape[0],):
         raise ValueError(
-            f"sample_weight.shape == {weights.shape}, expected ({X.shape[0]},): one weight per sample"
+            f"sample_weight.shape == {weights.shape}, expected ({X.shape[0]},): "
+            "one weight per sample"
         )
     if weights.dtype.kind not in "biuf":
         raise TypeError(f"sample_weight must be numeric, got dtype {weights.dtype}")

@@ -1,0 +1,145 @@
+"""The ``dkmeans`` command, run as a subprocess like a user would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+
+from dkmeans import KMeans
+from dkmeans.cli import count
+
+from .test_io import tree_digest
+
+
+def dkmeans(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dkmeans.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def blobs_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "blobs.zarr"
+    run = dkmeans(
+        "make-blobs", path, "--n-samples", "2_000", "--n-features", 3, "--centers", 4,
+        "--chunk-rows", 7, "--seed", 3,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    return path
+
+
+def test_count_accepts_scientific_and_underscored():
+    assert count("1e9") == 10**9
+    assert count("32_000_000") == 32_000_000
+    with pytest.raises(Exception, match="whole number"):
+        count("1.5")
+
+
+def test_make_blobs_store(blobs_store):
+    array = zarr.open_array(str(blobs_store), mode="r")
+    assert array.shape == (2000, 3) and array.chunks == (7, 3) and array.dtype == np.float32
+    assert array.compressors == ()
+
+
+def test_fit_json_output_store_and_predict(tmp_path, blobs_store):
+    before = tree_digest(blobs_store)
+    out = tmp_path / "model.zarr"
+    run = dkmeans("fit", blobs_store, "--n-clusters", 4, "--seed", 0, "--out", out, "--json")
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)  # exactly one JSON object, nothing else on stdout
+    assert {"n_clusters", "inertia", "n_iter", "seconds", "n_samples", "n_features"} <= set(summary)
+    assert (summary["n_clusters"], summary["n_samples"], summary["n_features"]) == (4, 2000, 3)
+    assert "iteration 1: inertia" in run.stderr  # per-iteration progress
+    assert tree_digest(blobs_store) == before
+
+    expected = KMeans(4, random_state=0).fit(str(blobs_store))
+    assert summary["inertia"] == pytest.approx(expected.inertia_, rel=1e-9)
+    group = zarr.open_group(str(out), mode="r")
+    labels = group["labels"]
+    assert labels.dtype == np.int32 and labels.chunks == (7,)
+    np.testing.assert_array_equal(labels[...], expected.labels_.compute())
+    assert group.attrs["n_iter"] == summary["n_iter"]
+    assert group.attrs["params"]["random_state"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.zarr"]  # no temporaries left
+
+    predicted = tmp_path / "labels.zarr"
+    run = dkmeans("predict", out, blobs_store, "--out", predicted)
+    assert run.returncode == 0, run.stderr
+    relabelled = zarr.open_array(str(predicted), mode="r")
+    assert relabelled.dtype == np.int32 and relabelled.chunks == (7,)
+    np.testing.assert_array_equal(relabelled[...], labels[...])
+
+
+def test_human_summary_and_refusal_to_overwrite(tmp_path, blobs_store):
+    out = tmp_path / "model.zarr"
+    out.mkdir()
+    (out / "precious").write_text("x")
+    args = ("fit", blobs_store, "--n-clusters", 2, "--seed", 0, "--out", out, "--quiet")
+    refused = dkmeans(*args)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"dkmeans fit: error: {out} exists; choose another path or pass --overwrite"
+    ]
+    assert (out / "precious").exists()
+    run = dkmeans(*args, "--overwrite")
+    assert run.returncode == 0, run.stderr
+    assert "inertia" in run.stdout and "k=2" in run.stdout and f"wrote {out}" in run.stdout
+    assert run.stderr == ""  # --quiet
+    assert not (out / "precious").exists()
+    assert read_group_keys(out) == ["cluster_centers", "labels"]
+
+
+def read_group_keys(path) -> list[str]:
+    return sorted(zarr.open_group(str(path), mode="r").array_keys())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("fit", "missing.zarr", "--n-clusters", 2), "no Zarr array found"),
+        (
+            ("fit", "BLOBS", "--n-clusters", 5000, "--out", "o.zarr"),  # fails after opening
+            "n_samples=2000 should be >= n_clusters=5000",
+        ),
+        (("predict", "BLOBS", "BLOBS", "--out", "l.zarr"), "not a dkmeans fit result"),
+        (("elbow", "BLOBS", "--k-min", 3, "--k-max", 2), "--k-min <= --k-max"),
+        (("fit", "BLOBS", "--n-clusters", 2, "--cluster", "c.yaml"), ""),
+    ],
+)
+def test_user_errors_exit_2_in_one_line(tmp_path, blobs_store, args, message):
+    run = dkmeans(*(blobs_store if a == "BLOBS" else a for a in args), cwd=tmp_path)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"dkmeans {args[0]}: error: ")
+    assert message in lines[0]
+    assert "Traceback" not in run.stderr
+    assert list(tmp_path.iterdir()) == []  # no output, no temporary
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    run = dkmeans("fit", tmp_path / "missing.zarr", "--n-clusters", 2, "--debug")
+    assert run.returncode != 0 and "Traceback" in run.stderr
+
+
+def test_elbow_json_and_plot(tmp_path, blobs_store):
+    plot = tmp_path / "elbow.png"
+    run = dkmeans(
+        "elbow", blobs_store, "--k-min", 1, "--k-max", 4, "--seed", 0, "--json", "--plot", plot
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    inertia = {int(k): v for k, v in result["inertia"].items()}
+    assert sorted(inertia) == [1, 2, 3, 4]
+    assert inertia[1] > inertia[2] > inertia[4]
+    single = KMeans(3, random_state=0).fit(str(blobs_store))
+    assert inertia[3] == pytest.approx(single.inertia_, rel=1e-9)
+    assert plot.stat().st_size > 1000

@@ -1,0 +1,157 @@
+"""Input handling: Zarr formats, groups, URLs, read-only access and row blocks."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+
+from dkmeans import KMeans
+from dkmeans.io import (
+    TARGET_BLOCK_BYTES,
+    block_rows,
+    check_data,
+    open_zarr_array,
+    rechunk_rows,
+    to_dask_array,
+)
+
+from .helpers import counting_store
+
+
+def tree_digest(path: Path) -> str:
+    """Hash of every file's relative name and bytes under ``path``."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture
+def data() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(500, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_formats_read_lazily_and_read_only(tmp_path, data, zarr_format):
+    path = tmp_path / "x.zarr"
+    zarr.create_array(store=str(path), data=data, chunks=(64, 3), zarr_format=zarr_format)
+    array = open_zarr_array(path)
+    assert array.read_only
+    assert array.metadata.zarr_format == zarr_format
+    X = to_dask_array(str(path))
+    assert isinstance(X, da.Array)
+    np.testing.assert_array_equal(X.compute(), data)
+
+
+def test_array_inside_group(tmp_path, data):
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    group.create_array("points", data=data, chunks=(100, 3))
+    group.create_array("other", data=np.zeros((4, 2)))
+    np.testing.assert_array_equal(to_dask_array(str(tmp_path / "g.zarr/points")).compute(), data)
+
+
+def test_group_path_lists_its_arrays(tmp_path, data):
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    group.create_array("points", data=data)
+    group.create_array("extra", data=np.zeros((4, 2)))
+    with pytest.raises(ValueError, match=r"group, not an array.*g\.zarr/extra.*extra, points"):
+        open_zarr_array(tmp_path / "g.zarr")
+
+
+def test_empty_group_says_so(tmp_path):
+    zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    with pytest.raises(ValueError, match="group without arrays"):
+        open_zarr_array(tmp_path / "g.zarr")
+
+
+@pytest.mark.parametrize("url", ["missing.zarr", "memory://dkmeans-missing.zarr"])
+def test_missing_store_is_a_clear_value_error(tmp_path, monkeypatch, url):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="no Zarr array found at .*check the path"):
+        open_zarr_array(url)
+    assert not (tmp_path / "missing.zarr").exists()  # opening never creates
+
+
+def test_memory_and_file_urls(tmp_path, data):
+    zarr.create_array(store="memory://dkmeans-io-test.zarr", data=data, chunks=(50, 3))
+    np.testing.assert_array_equal(to_dask_array("memory://dkmeans-io-test.zarr").compute(), data)
+    zarr.create_array(store=str(tmp_path / "f.zarr"), data=data)
+    np.testing.assert_array_equal(to_dask_array(f"file://{tmp_path}/f.zarr").compute(), data)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("s3fs") is not None, reason="s3fs is installed")
+def test_cloud_url_without_its_package_names_the_extra():
+    with pytest.raises(ImportError, match=r"s3fs.*pip install 'dkmeans\[cloud\]'"):
+        open_zarr_array("s3://some-bucket/x.zarr")
+
+
+def test_tiny_row_chunks_merge_without_extra_reads(tmp_path):
+    data = np.arange(3000 * 4, dtype=np.float64).reshape(3000, 4)
+    path = tmp_path / "tiny.zarr"
+    zarr.create_array(store=str(path), data=data, chunks=(7, 2))  # split across features too
+    store = counting_store(path)
+    X = check_data(to_dask_array(zarr.open_array(store, mode="r")))
+    assert X.numblocks == (1, 1)
+    np.testing.assert_array_equal(X.compute(), data)
+    assert len(store.reads) == 429 * 2  # ceil(3000 / 7) row chunks x 2 column chunks
+    assert set(store.reads.values()) == {1}
+
+
+def test_block_rows_are_whole_chunks_of_tens_of_megabytes():
+    row_bytes = 32 * 4
+    rows = block_rows(7, row_bytes, 10**9)
+    assert rows % 7 == 0
+    assert 0.5 * TARGET_BLOCK_BYTES <= rows * row_bytes <= 1.5 * TARGET_BLOCK_BYTES
+    assert block_rows(262_144, row_bytes, 10**9) == 262_144  # 32 MiB chunks stay
+    assert block_rows(7, row_bytes, 100) == 100
+
+
+def test_sharded_array_is_read_in_whole_shards(tmp_path, data):
+    path = str(tmp_path / "sharded.zarr")
+    zarr.create_array(store=path, data=data, chunks=(10, 3), shards=(100, 3))
+    X = to_dask_array(path)
+    assert all(size % 100 == 0 for size in X.chunks[0][:-1])
+    np.testing.assert_array_equal(X.compute(), data)
+
+
+def test_rechunk_rows_merges_columns_and_small_row_chunks(data):
+    X = da.from_array(data, chunks=(7, 2))
+    merged = rechunk_rows(X)
+    assert merged.numblocks == (1, 1)
+    big = da.zeros((10**6, 32), chunks=(250_000, 16), dtype=np.float32)
+    assert rechunk_rows(big).chunks[0] == big.chunks[0]
+    assert rechunk_rows(big).numblocks[1] == 1
+
+
+def test_xarray_and_numpy_backed_zarr_give_the_numpy_fit(data):
+    xr = pytest.importorskip("xarray")
+    expected = KMeans(3, random_state=0).fit(data)
+    memory = zarr.create_array(
+        store=zarr.storage.MemoryStore(), shape=data.shape, dtype=data.dtype, chunks=(64, 3)
+    )
+    memory[:] = data
+    inputs = [
+        memory,
+        xr.DataArray(data, dims=("sample", "feature")),
+        xr.DataArray(da.from_array(data, chunks=100), dims=("sample", "feature")),
+    ]
+    for X in inputs:
+        km = KMeans(3, random_state=0).fit(X)
+        np.testing.assert_allclose(km.cluster_centers_, expected.cluster_centers_, rtol=1e-5)
+        np.testing.assert_array_equal(np.asarray(km.labels_), expected.labels_)
+
+
+def test_streaming_fit_leaves_the_input_untouched(tmp_path, data):
+    path = tmp_path / "x.zarr"
+    zarr.create_array(store=str(path), data=data, chunks=(50, 3))
+    before = tree_digest(path)
+    km = KMeans(3, random_state=0, persist=False).fit(str(path))
+    km.labels_.compute()
+    assert tree_digest(path) == before
