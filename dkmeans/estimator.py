@@ -34,7 +34,9 @@ def _interval(low: float, high: float | None, closed_low: bool = True) -> str:
 
 def _check_number(name: str, value: Any, kind: type, low: float, closed_low: bool = True) -> None:
     integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    ok_type = integral if kind is int else isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok_type = (
+        integral if kind is int else isinstance(value, numbers.Real) and not isinstance(value, bool)
+    )
     ok_range = ok_type and (value >= low if closed_low else value > low)
     if not ok_range:
         what = "an int" if kind is int else "a float"
@@ -55,8 +57,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     ----------
     n_clusters : int, default=8
         Number of clusters.
-    init : {"k-means||", "k-means++", "random"} or array of shape (n_clusters, n_features), default="k-means||"
-        Initial centres. ``"k-means||"`` is the scalable k-means++ of Bahmani et al.
+    init : {"k-means||", "k-means++", "random"} or array, default="k-means||"
+        Initial centres, or an array of shape (n_clusters, n_features).
+        ``"k-means||"`` is the scalable k-means++ of Bahmani et al.
         (``init_rounds + 2`` passes over X); ``"k-means++"`` is scikit-learn's greedy
         k-means++ (``n_clusters + 1`` passes: fine in memory, slow when streaming);
         ``"random"`` picks ``n_clusters`` rows at random (one pass).
@@ -161,7 +164,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             )
         if not (
             self.random_state is None
-            or isinstance(self.random_state, (numbers.Integral, np.random.RandomState, np.random.Generator))
+            or isinstance(
+                self.random_state, (numbers.Integral, np.random.RandomState, np.random.Generator)
+            )
         ) or isinstance(self.random_state, bool):
             raise ValueError(
                 "The 'random_state' parameter of KMeans must be an int, a numpy Generator or "
@@ -169,13 +174,17 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             )
         if not (self.persist == "auto" or isinstance(self.persist, (bool, np.bool_))):
             raise ValueError(
-                f"The 'persist' parameter of KMeans must be 'auto', True or False. Got {self.persist!r} instead."
+                "The 'persist' parameter of KMeans must be 'auto', True or False. "
+                f"Got {self.persist!r} instead."
             )
         if not isinstance(self.verbose, (bool, numbers.Integral)):
-            raise ValueError(f"The 'verbose' parameter of KMeans must be a bool. Got {self.verbose!r} instead.")
+            raise ValueError(
+                f"The 'verbose' parameter of KMeans must be a bool. Got {self.verbose!r} instead."
+            )
         if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
             raise ValueError(
-                f"The 'checkpoint' parameter of KMeans must be a path or None. Got {self.checkpoint!r} instead."
+                "The 'checkpoint' parameter of KMeans must be a path or None. "
+                f"Got {self.checkpoint!r} instead."
             )
 
     def _check_X(self, X: Any, *, reset: bool) -> tuple[da.Array, bool]:
@@ -220,8 +229,9 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like, dask array, zarr.Array, xarray.DataArray or str of shape (n_samples, n_features)
-            Training data; a string is a Zarr path or fsspec URL.
+        X : array-like, dask array, zarr.Array, xarray.DataArray or str
+            Training data of shape (n_samples, n_features); a string is a Zarr path
+            or fsspec URL.
         y : Ignored
         sample_weight : array-like of shape (n_samples,), default=None
             Weight of every sample.
@@ -316,7 +326,11 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _labels(self, data: da.Array) -> da.Array:
         return data.map_blocks(
-            _block_labels, self.cluster_centers_, drop_axis=1, dtype=np.int32, meta=np.empty(0, np.int32)
+            _block_labels,
+            self.cluster_centers_,
+            drop_axis=1,
+            dtype=np.int32,
+            meta=np.empty(0, np.int32),
         )
 
     def predict(self, X: Any, sample_weight: Any = None) -> np.ndarray | da.Array:
@@ -338,11 +352,15 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         )
         return distances.compute() if in_memory else distances
 
-    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray | da.Array:
+    def fit_predict(
+        self, X: Any, y: Any = None, sample_weight: Any = None
+    ) -> np.ndarray | da.Array:
         """Fit and return ``labels_``."""
         return self.fit(X, sample_weight=sample_weight).labels_
 
-    def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray | da.Array:
+    def fit_transform(
+        self, X: Any, y: Any = None, sample_weight: Any = None
+    ) -> np.ndarray | da.Array:
         """Fit and return the distances of X to the centres."""
         return self.fit(X, sample_weight=sample_weight).transform(X)
 

@@ -95,14 +95,18 @@ class DaskSource:
         """The lazy tree reduction of ``kernel`` over all blocks (one key at the root)."""
         blocks = self.x.to_delayed().ravel()
         weights = (
-            [None] * len(blocks) if self.weights is None else list(self.weights.to_delayed().ravel())
+            [None] * len(blocks)
+            if self.weights is None
+            else list(self.weights.to_delayed().ravel())
         )
         # small arrays (centres, candidates) enter the graph once, as one key each
         shared = [dask.delayed(a) if isinstance(a, np.ndarray) else a for a in args]
         call = dask.delayed(kernel, pure=True)
         partial = [
             call(block, w, int(offset), i, *shared, **kwargs)
-            for i, (block, w, offset) in enumerate(zip(blocks, weights, self.row_offsets))
+            for i, (block, w, offset) in enumerate(
+                zip(blocks, weights, self.row_offsets, strict=True)
+            )
         ]
         combine = dask.delayed(combine_all, pure=True)
         while len(partial) > 1:

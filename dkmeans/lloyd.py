@@ -63,7 +63,7 @@ def relocate_empty_clusters(sums: np.ndarray, counts: np.ndarray, far: FarPoints
     The farthest point goes to the empty cluster with the lowest index.
     """
     empty = np.flatnonzero(counts == 0)
-    for cluster, row, weight, own in zip(empty, far.rows, far.weights, far.labels):
+    for cluster, row, weight, own in zip(empty, far.rows, far.weights, far.labels, strict=False):
         sums[own] -= row * weight
         counts[own] -= weight
         sums[cluster] = row * weight

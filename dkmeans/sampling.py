@@ -162,7 +162,9 @@ def oversample(
         keys = oversampling[r] * mass / u
         cost = float(mass.sum())
         keep = keys >= cost if cost > 0 else np.zeros(len(x), bool)
-        runs.append(Oversample(cost, keys[keep], index[keep], np.asarray(x[keep], dtype=np.float64)))
+        runs.append(
+            Oversample(cost, keys[keep], index[keep], np.asarray(x[keep], dtype=np.float64))
+        )
     return PerRun(runs)
 
 

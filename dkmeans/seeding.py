@@ -26,6 +26,9 @@ from .sampling import oversample, plusplus_trials, smallest_keys
 
 #: Extra k-means|| rounds allowed when the candidates are fewer than k distinct points.
 MAX_EXTRA_ROUNDS = 20
+#: Independent k-means++ seedings of the (few, weighted) candidates; the best after
+#: Lloyd wins. They run on the client and cost no pass over the data.
+RECLUSTER_RESTARTS = 8
 
 
 def _pad(centers: np.ndarray, n_clusters: int) -> np.ndarray:
@@ -105,7 +108,7 @@ def kmeans_parallel(
         drawn = source.map_reduce(
             oversample, stacked, bounds, oversampling[runs], seeds[runs], round_index
         )
-        for r, draws in zip(runs, drawn):
+        for r, draws in zip(runs, drawn, strict=True):
             candidates[r] = np.vstack([candidates[r], draws.kept().rows])
 
     all_runs = list(range(len(seeds)))
@@ -122,7 +125,9 @@ def kmeans_parallel(
             break
         sample_round(short, init_rounds + extra)
     return [
-        _recluster(candidates[r][weights[r] > 0], weights[r][weights[r] > 0], n_clusters[r], int(seed))
+        _recluster(
+            candidates[r][weights[r] > 0], weights[r][weights[r] > 0], n_clusters[r], int(seed)
+        )
         for r, seed in enumerate(seeds)
     ]
 
@@ -134,21 +139,26 @@ def _candidate_weights(
     cost of every run's candidates, in one pass."""
     stacked, bounds = stack_centers(candidates)
     stats = source.map_reduce(pass_statistics, stacked, bounds, far_capacity=0)
-    weights = [stats.counts[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
-    costs = [float(stats.cluster_inertia[lo:hi].sum()) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    runs = list(zip(bounds[:-1], bounds[1:], strict=True))
+    weights = [stats.counts[lo:hi] for lo, hi in runs]
+    costs = [float(stats.cluster_inertia[lo:hi].sum()) for lo, hi in runs]
     return weights, costs
 
 
 def _recluster(
     candidates: np.ndarray, weights: np.ndarray, n_clusters: int, seed: int
 ) -> np.ndarray:
-    """Weighted k-means++ then weighted Lloyd on the candidates, on the client."""
+    """Weighted k-means++ then weighted Lloyd on the candidates, on the client; the
+    best of :data:`RECLUSTER_RESTARTS` restarts (lowest weighted candidate cost)."""
     if len(candidates) <= n_clusters:
         return _pad(candidates, n_clusters)
     small = InMemorySource(candidates, weights)
-    initial = kmeans_plusplus(small, n_clusters, seed)
-    (result,) = lloyd(small, [initial])
-    return result.centers
+    restart_seeds = np.random.default_rng(seed).integers(
+        np.iinfo(np.int32).max, size=RECLUSTER_RESTARTS
+    )
+    initial = [kmeans_plusplus(small, n_clusters, int(s)) for s in restart_seeds]
+    results = lloyd(small, initial)
+    return min(results, key=lambda result: result.inertia).centers
 
 
 def initial_centers(
@@ -164,7 +174,9 @@ def initial_centers(
     if init == "random":
         return random_centers(source, n_clusters, seeds)
     if init == "k-means++":
-        return [kmeans_plusplus(source, k, int(seed)) for k, seed in zip(n_clusters, seeds, strict=True)]
+        return [
+            kmeans_plusplus(source, k, int(seed)) for k, seed in zip(n_clusters, seeds, strict=True)
+        ]
     return kmeans_parallel(
         source, n_clusters, seeds, oversampling_factor=oversampling_factor, init_rounds=init_rounds
     )

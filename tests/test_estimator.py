@@ -20,13 +20,14 @@ from dkmeans import KMeans
 from .helpers import brute_force_inertia, count_computes
 
 
-
 def as_container(X: np.ndarray, kind: str, tmp_path) -> object:
     if kind == "numpy":
         return X
     if kind == "dask":
         return da.from_array(X, chunks=((700, 1000, len(X) - 1701, 1), -1))  # tiny last block
-    z = zarr.create_array(store=str(tmp_path / "x.zarr"), shape=X.shape, chunks=(333, 2), dtype=X.dtype)
+    z = zarr.create_array(
+        store=str(tmp_path / "x.zarr"), shape=X.shape, chunks=(333, 2), dtype=X.dtype
+    )
     z[:] = X
     return str(tmp_path / "x.zarr")
 
@@ -86,8 +87,12 @@ def test_empty_cluster_relocated_like_sklearn(blobs):
 def test_inertia_is_brute_force_sum(blobs, init, weighted):
     X = blobs[0]
     weights = np.random.default_rng(1).uniform(0, 2, size=len(X)) if weighted else None
-    km = KMeans(5, init=init, random_state=0).fit(da.from_array(X, chunks=(512, 4)), sample_weight=weights)
-    assert km.inertia_ == pytest.approx(brute_force_inertia(X, km.cluster_centers_, weights), rel=1e-12)
+    km = KMeans(5, init=init, random_state=0).fit(
+        da.from_array(X, chunks=(512, 4)), sample_weight=weights
+    )
+    assert km.inertia_ == pytest.approx(
+        brute_force_inertia(X, km.cluster_centers_, weights), rel=1e-12
+    )
     assert km.score(X, sample_weight=weights) == pytest.approx(-km.inertia_, rel=1e-12)
 
 

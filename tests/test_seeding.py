@@ -1,0 +1,192 @@
+"""The initialisers: passes over the data, determinism, weights, awkward data, quality."""
+
+from __future__ import annotations
+
+import multiprocessing
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from sklearn.cluster import KMeans as SklearnKMeans
+from sklearn.exceptions import ConvergenceWarning
+
+from dkmeans import KMeans
+from dkmeans.graph import DaskSource, InMemorySource
+from dkmeans.seeding import kmeans_parallel, kmeans_plusplus, random_centers
+
+from .helpers import brute_force_inertia, counting_store
+
+
+def gauss_mixture(n: int, k: int, d: int = 15, spread: float = 10.0, seed: int = 0) -> np.ndarray:
+    """The paper's GaussMixture: k centres from N(0, R I), unit-variance clusters."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=np.sqrt(spread), size=(k, d))
+    return centers[rng.integers(k, size=n)] + rng.normal(size=(n, d))
+
+
+@pytest.fixture
+def store_path(tmp_path):
+    X = gauss_mixture(4000, 10, d=5)
+    z = zarr.create_array(
+        store=str(tmp_path / "x.zarr"), shape=X.shape, chunks=(500, 5), dtype="f8"
+    )
+    z[:] = X
+    return tmp_path / "x.zarr", X
+
+
+@pytest.mark.parametrize("rounds", [1, 5])
+def test_kmeans_parallel_reads_the_store_at_most_rounds_plus_two_times(store_path, rounds):
+    path, _ = store_path
+    store = counting_store(path)
+    X = da.from_zarr(zarr.open_array(store=store, mode="r"))
+    centers = kmeans_parallel(DaskSource(X), [10], [0], init_rounds=rounds)[0]
+    assert centers.shape == (10, 5)
+    assert len(store.reads) == 8  # every chunk was read ...
+    assert max(store.reads.values()) <= rounds + 2  # ... at most rounds + 2 times
+
+
+def test_streaming_fit_reads_init_passes_plus_one_per_iteration(store_path):
+    path, _ = store_path
+    store = counting_store(path)
+    km = KMeans(10, random_state=0, persist=False, init_rounds=3)
+    km.fit(zarr.open_array(store=store, mode="r"))
+    # init: 3 rounds + 2; Lloyd: one pass per iteration and one for the final inertia
+    assert max(store.reads.values()) <= 3 + 2 + km.n_iter_ + 1
+
+
+def test_kmeans_plusplus_takes_k_plus_one_passes(blobs):
+    source = DaskSource(da.from_array(blobs[0], chunks=(600, -1)))
+    centers = kmeans_plusplus(source, 5, seed=0)
+    assert source.passes == 6
+    assert len(np.unique(centers, axis=0)) == 5
+    # each true blob gets one centre
+    nearest_blob = ((centers[:, None] - blobs[1][None]) ** 2).sum(-1).argmin(1)
+    assert sorted(nearest_blob) == [0, 1, 2, 3, 4]
+
+
+def fit_on(scheduler: str, X, init: str, **config) -> KMeans:
+    with dask.config.set(scheduler=scheduler, **config):
+        return KMeans(5, init=init, random_state=11, n_init=2, persist=False).fit(X)
+
+
+def assert_same_fit(a: KMeans, b: KMeans) -> None:
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    assert a.inertia_ == b.inertia_ and a.n_iter_ == b.n_iter_
+
+
+@pytest.mark.parametrize("init", ["k-means||", "k-means++", "random"])
+def test_same_result_on_threads_and_sync(blobs, init):
+    X = da.from_array(blobs[0], chunks=(400, -1))
+    assert_same_fit(fit_on("threads", X, init), fit_on("sync", X, init))
+
+
+def test_same_result_on_processes(blobs):
+    X = da.from_array(blobs[0], chunks=(1000, -1))
+    # one pool for the whole fit: dask's processes scheduler otherwise starts one per compute
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        assert_same_fit(
+            fit_on("threads", X, "k-means||"), fit_on("processes", X, "k-means||", pool=pool)
+        )
+
+
+def test_random_state_kinds(blobs):
+    X = blobs[0]
+    a = KMeans(5, random_state=3).fit(X)
+    b = KMeans(5, random_state=3).fit(X)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    KMeans(5, random_state=np.random.RandomState(0)).fit(X)
+    KMeans(5, random_state=np.random.default_rng(0)).fit(X)
+
+
+def test_weighted_sampling_frequency():
+    # row 1 has three times the weight of row 0: drawn first about 3/4 of the time
+    x = np.array([[0.0], [1.0]])
+    source = InMemorySource(x, np.array([1.0, 3.0]))
+    firsts = [random_centers(source, [1], [seed])[0][0, 0] for seed in range(2000)]
+    assert np.mean(firsts) == pytest.approx(0.75, abs=0.035)
+
+
+def test_weight_behaves_like_copies(blobs):
+    X, _ = blobs
+    counts = np.random.default_rng(0).integers(1, 4, size=len(X))
+    weighted = KMeans(5, random_state=0).fit(X, sample_weight=counts)
+    repeated = KMeans(5, random_state=0).fit(np.repeat(X, counts, axis=0))
+    order = np.lexsort(weighted.cluster_centers_.T)
+    other = np.lexsort(repeated.cluster_centers_.T)
+    np.testing.assert_allclose(
+        weighted.cluster_centers_[order], repeated.cluster_centers_[other], rtol=1e-9
+    )
+    assert weighted.inertia_ == pytest.approx(repeated.inertia_, rel=1e-9)
+
+
+def test_zero_weight_points_are_never_centres():
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(size=(200, 2)), rng.normal(size=(200, 2)) + 100])
+    weights = np.r_[np.ones(200), np.zeros(200)]
+    for init in ["k-means||", "k-means++", "random"]:
+        km = KMeans(3, init=init, random_state=0).fit(X, sample_weight=weights)
+        assert (np.abs(km.cluster_centers_) < 50).all(), init
+
+
+@pytest.mark.parametrize("init", ["k-means||", "k-means++", "random"])
+def test_exactly_k_distinct_points_give_k_distinct_centres(init):
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(6, 3))
+    X = points[rng.integers(6, size=3000)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        km = KMeans(6, init=init, random_state=0).fit(da.from_array(X, chunks=(500, -1)))
+    assert len(np.unique(km.cluster_centers_, axis=0)) == 6
+    assert km.inertia_ == pytest.approx(0, abs=1e-18)
+
+
+@pytest.mark.parametrize("init", ["k-means||", "k-means++", "random"])
+def test_fewer_distinct_points_than_k_warns_and_stays_finite(init):
+    X = np.repeat(np.array([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]]), 50, axis=0)
+    with pytest.warns(ConvergenceWarning, match=r"distinct clusters \(3\)"):
+        km = KMeans(5, init=init, random_state=0).fit(X)
+    assert np.isfinite(km.cluster_centers_).all()
+    assert len(np.unique(km.cluster_centers_, axis=0)) == 3
+    assert km.inertia_ == 0
+
+
+@pytest.mark.parametrize("n, k", [(1, 1), (2, 2), (5, 5), (7, 3)])
+def test_tiny_arrays(n, k):
+    X = np.arange(n * 2, dtype=float).reshape(n, 2)
+    km = KMeans(k, random_state=0).fit(X)
+    assert km.cluster_centers_.shape == (k, 2)
+    assert len(np.unique(km.cluster_centers_, axis=0)) == k
+    assert km.inertia_ == pytest.approx(brute_force_inertia(X, km.cluster_centers_))
+
+
+def test_rounds_that_sample_nothing_still_give_k_centres(blobs):
+    # l = 1e-6 * k: the rounds almost surely keep no point; extra rounds make up for it
+    km = KMeans(5, oversampling_factor=1e-6, random_state=0).fit(blobs[0])
+    assert len(np.unique(km.cluster_centers_, axis=0)) == 5
+
+
+def test_huge_oversampling_keeps_every_point(blobs):
+    X = blobs[0][:300]
+    km = KMeans(5, oversampling_factor=1e6, init_rounds=2, random_state=0).fit(X)
+    ref = SklearnKMeans(5, n_init=10, random_state=0).fit(X)
+    assert km.inertia_ <= ref.inertia_ * 1.01
+
+
+@pytest.mark.parametrize("k", [10, 50])
+def test_kmeans_parallel_is_as_good_as_kmeans_plusplus(k):
+    X = gauss_mixture(6000, k, spread=10.0, seed=k)
+    ours = [KMeans(k, random_state=seed).fit(X).inertia_ for seed in range(5)]
+    theirs = [SklearnKMeans(k, n_init=1, random_state=seed).fit(X).inertia_ for seed in range(5)]
+    assert np.mean(ours) <= 1.02 * np.mean(theirs)
+
+
+def test_runs_share_passes(blobs):
+    source = DaskSource(da.from_array(blobs[0], chunks=(600, -1)))
+    together = kmeans_parallel(source, [5, 5, 3], [1, 2, 3], init_rounds=4)
+    assert source.passes == 4 + 2
+    alone = kmeans_parallel(InMemorySource(blobs[0]), [3], [3], init_rounds=4)
+    assert together[2].shape == alone[0].shape == (3, 4)
