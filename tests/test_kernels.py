@@ -1,0 +1,218 @@
+"""Block kernels against brute force, and the algebra of their partial results."""
+
+from __future__ import annotations
+
+from functools import reduce
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dkmeans import kernels
+from dkmeans.kernels import (
+    FarPoints,
+    Moments,
+    PassStats,
+    cluster_sums,
+    nearest_centers,
+    pass_statistics,
+)
+
+IMPLEMENTATIONS = ["compiled", "numpy"] if kernels.numba is not None else ["numpy"]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def implementation(request, monkeypatch):
+    """Run a test with the numba kernel (when installed) and with the NumPy fallback."""
+    if request.param == "numpy":
+        monkeypatch.setattr(kernels, "_assign_compiled", None)
+    return request.param
+
+
+def brute_force(x, centers, bounds, weights):
+    """Per run: labels and squared distances from all pairwise differences, in float64."""
+    x64 = np.asarray(x, dtype=np.float64)
+    w = np.ones(len(x)) if weights is None else weights
+    runs = []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        squared = ((x64[:, None, :] - centers[None, lo:hi]) ** 2).sum(axis=-1)
+        labels = squared.argmin(axis=1)
+        distances = squared[np.arange(len(x)), labels]
+        k = hi - lo
+        sums = np.zeros((k, x.shape[1]))
+        np.add.at(sums, labels, x64 * w[:, None])
+        runs.append(
+            (
+                labels,
+                distances,
+                sums,
+                np.bincount(labels, weights=w, minlength=k),
+                np.bincount(labels, weights=w * distances, minlength=k),
+            )
+        )
+    return runs
+
+
+@st.composite
+def problems(draw):
+    """A block, stacked centres of 1-3 runs (1..300 centres in all), optional weights."""
+    n_rows = draw(st.integers(1, 400))
+    n_features = draw(st.integers(1, 12))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    sizes = draw(
+        st.lists(st.integers(1, 150), min_size=1, max_size=3).filter(lambda s: sum(s) <= 300)
+    )
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    # a few coarse values make exact ties between centres likely
+    x = (
+        rng.integers(-3, 4, size=(n_rows, n_features)) + rng.normal(size=(n_rows, n_features))
+    ).astype(dtype)
+    centers = rng.normal(scale=2, size=(sum(sizes), n_features))
+    weights = rng.uniform(0, 3, size=n_rows) if draw(st.booleans()) else None
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    return x, centers, bounds, weights
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(problem=problems())
+def test_pass_statistics_matches_brute_force(problem, implementation):
+    x, centers, bounds, weights = problem
+    stats = pass_statistics(x, weights, 0, 0, centers, bounds)
+    labels, distances = nearest_centers(x, centers, bounds)
+    rtol = 1e-4 if x.dtype == np.float32 else 1e-9
+    for r, (ref_labels, ref_dist, ref_sums, ref_counts, ref_inertia) in enumerate(
+        brute_force(x, centers, bounds, weights)
+    ):
+        lo, hi = bounds[r], bounds[r + 1]
+        # the GEMM expansion may pick another centre only when both are (nearly) as close
+        np.testing.assert_allclose(distances[:, r], ref_dist, rtol=rtol, atol=1e-5)
+        chosen = ((x.astype(np.float64) - centers[lo + labels[:, r]]) ** 2).sum(axis=1)
+        np.testing.assert_allclose(distances[:, r], chosen, rtol=1e-12)
+        if x.dtype == np.float64:
+            np.testing.assert_array_equal(labels[:, r], ref_labels)
+            np.testing.assert_allclose(stats.sums[lo:hi], ref_sums, rtol=1e-9, atol=1e-9)
+            np.testing.assert_allclose(stats.counts[lo:hi], ref_counts, rtol=1e-12)
+        np.testing.assert_allclose(
+            stats.cluster_inertia[lo:hi].sum(), ref_inertia.sum(), rtol=rtol, atol=1e-6
+        )
+        # per-cluster statistics agree with the kernel's own labels exactly
+        w = np.ones(len(x)) if weights is None else weights
+        own = labels[:, r]
+        np.testing.assert_allclose(
+            stats.counts[lo:hi], np.bincount(own, weights=w, minlength=hi - lo), rtol=1e-12
+        )
+        np.testing.assert_allclose(
+            stats.sums[lo:hi], cluster_sums(x, own, weights, hi - lo), rtol=1e-9, atol=1e-9
+        )
+
+
+def test_sub_blocks_do_not_change_the_result(monkeypatch):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5000, 6))
+    centers = rng.normal(size=(20, 6))
+    bounds = np.array([0, 7, 20])
+    whole = pass_statistics(x, None, 0, 0, centers, bounds, with_moments=True)
+    monkeypatch.setattr(kernels, "SUB_BLOCK_ELEMENTS", 1)  # 64-row sub-blocks
+    small = pass_statistics(x, None, 0, 0, centers, bounds, with_moments=True)
+    np.testing.assert_allclose(small.sums, whole.sums, rtol=1e-12)
+    np.testing.assert_allclose(small.cluster_inertia, whole.cluster_inertia, rtol=1e-12)
+    np.testing.assert_allclose(small.moments.variance, whole.moments.variance, rtol=1e-12)
+    np.testing.assert_array_equal(small.counts, whole.counts)
+
+
+@pytest.mark.parametrize("k", [1, 5, 64, 65, 300])
+def test_cluster_sums_both_methods(k):
+    rng = np.random.default_rng(k)
+    x = rng.normal(size=(1000, 3)).astype(np.float32)
+    labels = rng.integers(k, size=1000)
+    weights = rng.uniform(size=1000)
+    expected = np.zeros((k, 3))
+    np.add.at(expected, labels, x.astype(np.float64) * weights[:, None])
+    np.testing.assert_allclose(cluster_sums(x, labels, weights, k), expected, rtol=1e-9)
+
+
+def test_inertia_is_exact_far_from_the_origin(implementation):
+    # the GEMM expansion loses every digit here; the direct difference does not
+    rng = np.random.default_rng(1)
+    x = 1e6 + rng.normal(size=(300, 4))
+    centers = 1e6 + rng.normal(size=(3, 4))
+    stats = pass_statistics(x, None, 0, 0, centers, np.array([0, 3]))
+    expected = ((x[:, None] - centers[None]) ** 2).sum(-1).min(1).sum()
+    np.testing.assert_allclose(stats.cluster_inertia.sum(), expected, rtol=1e-9)
+
+
+def _split_points(n_rows: int, seed: int) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return sorted(set(rng.integers(1, n_rows, size=5).tolist()))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_combine_is_associative(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(600, 3)) * 10
+    weights = rng.uniform(size=600)
+    centers = rng.normal(size=(9, 3))
+    bounds = np.array([0, 4, 9])
+    cuts = [0, *_split_points(600, seed), 600]
+    parts = [
+        pass_statistics(x[a:b], weights[a:b], a, i, centers, bounds, with_moments=True)
+        for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True))
+    ]
+    left = reduce(PassStats.combine, parts)
+    right = reduce(lambda a, b: b.combine(a), reversed(parts))  # (p0 + (p1 + (...)))
+    pairs = parts
+    while len(pairs) > 1:  # a balanced tree
+        pairs = [reduce(PassStats.combine, pairs[i : i + 2]) for i in range(0, len(pairs), 2)]
+    whole = pass_statistics(x, weights, 0, 0, centers, bounds, with_moments=True)
+    for other in (right, pairs[0], whole):
+        np.testing.assert_allclose(other.sums, left.sums, rtol=1e-12)
+        np.testing.assert_allclose(other.counts, left.counts, rtol=1e-12)
+        np.testing.assert_allclose(other.cluster_inertia, left.cluster_inertia, rtol=1e-12)
+        np.testing.assert_allclose(other.moments.mean, left.moments.mean, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(other.moments.m2, left.moments.m2, rtol=1e-12)
+        for a, b in zip(other.far, left.far, strict=True):
+            np.testing.assert_array_equal(a.index, b.index)
+            np.testing.assert_array_equal(a.rows, b.rows)
+
+
+def test_far_points_tie_break_and_capacity():
+    distances = np.array([1.0, 5.0, 5.0, 3.0, 5.0, 0.5])
+    rows = np.arange(6, dtype=float)[:, None]
+    weights = np.array([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])  # zero weight is never chosen
+    far = FarPoints.select(rows, distances, np.zeros(6, int), weights, np.arange(6), 3)
+    np.testing.assert_array_equal(far.index, [1, 4, 3])
+    halves = FarPoints.select(
+        rows[:3], distances[:3], np.zeros(3, int), weights[:3], np.arange(3), 3
+    ).combine(
+        FarPoints.select(rows[3:], distances[3:], np.zeros(3, int), weights[3:], np.arange(3, 6), 3)
+    )
+    np.testing.assert_array_equal(halves.index, far.index)
+    assert (
+        len(FarPoints.select(rows, distances, np.zeros(6, int), weights, np.arange(6), 0).index)
+        == 0
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_moments_match_numpy_var(dtype):
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(1001, 4)) * [1, 10, 1e3, 1e-3] + 1e4).astype(dtype)
+    parts = [Moments.of(x[a : a + 97]) for a in range(0, len(x), 97)]
+    combined = reduce(Moments.combine, parts)
+    expected = x.astype(np.float64).var(axis=0)
+    np.testing.assert_allclose(combined.variance, expected, rtol=1e-9)
+    np.testing.assert_allclose(Moments.of(x).variance, expected, rtol=1e-9)
+    assert combined.count == len(x)
+
+
+def test_single_row_and_single_feature(implementation):
+    x = np.array([[2.5]], dtype=np.float32)
+    stats = pass_statistics(x, None, 7, 0, np.array([[0.0], [3.0]]), np.array([0, 2]))
+    np.testing.assert_array_equal(stats.counts, [0, 1])
+    np.testing.assert_allclose(stats.sums, [[0.0], [2.5]])
+    np.testing.assert_allclose(stats.cluster_inertia, [0, 0.25])
+    assert stats.far[0].index.tolist() == [7]
