@@ -1,5 +1,6 @@
 """dkmeans: k-means clustering for arrays of any size, on Dask."""
 
+from .cluster import connect
 from .elbow import elbow
 from .estimator import KMeans
 from .metrics import silhouette_score
@@ -7,4 +8,12 @@ from .plot import plot_clusters, plot_elbow
 
 __version__ = "0.1.0"
 
-__all__ = ["KMeans", "__version__", "elbow", "plot_clusters", "plot_elbow", "silhouette_score"]
+__all__ = [
+    "KMeans",
+    "__version__",
+    "connect",
+    "elbow",
+    "plot_clusters",
+    "plot_elbow",
+    "silhouette_score",
+]
