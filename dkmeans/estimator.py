@@ -6,10 +6,12 @@ import numbers
 import os
 import sys
 import warnings
+from functools import partial
 from typing import Any, Literal
 
 import dask
 import dask.array as da
+from dask.base import tokenize
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
@@ -17,6 +19,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
+from .checkpoint import Checkpoint
 from .graph import DaskSource
 from .io import check_data, check_sample_weight, is_lazy_input, to_dask_array
 from .kernels import center_distances, nearest_centers, pass_statistics
@@ -84,7 +87,11 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     verbose : bool, default=False
         Print one line per iteration (iteration, inertia, centre shift, seconds).
     checkpoint : str or path, default=None
-        Reserved for saving the fit's state after every pass.
+        File where the fit's state (seeds, initial centres, Lloyd state) is saved
+        atomically after every Lloyd pass. A later ``fit`` with the same checkpoint,
+        parameters and data resumes from it and ends with the same result as an
+        uninterrupted fit; one with other parameters or data is refused. A fit
+        stopped during initialisation redoes the initialisation's passes.
 
     Attributes
     ----------
@@ -269,36 +276,76 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             )
             n_init = 1
         weights = check_sample_weight(sample_weight, data)
+        checkpoint = self._open_checkpoint(data, weights, k_values)
+        saved = None if checkpoint is None else checkpoint.load()
         if not in_memory and should_persist(self.persist, data):
             data, weights = dask.persist(data, weights)
         source = DaskSource(data, weights)
-        seeds = self._seeds(n_init)
-        run_k = [k for k in k_values for _ in seeds]
         with threadpool_limits(limits=blas_threads(), user_api="blas"):
-            if init is not None:
-                initial = [init]
+            if saved is None:
+                seeds = self._seeds(n_init)
+                initial = self._initial_centers(source, init, k_values, seeds)
+                resume = None
             else:
-                initial = initial_centers(
-                    source,
-                    self.init,
-                    run_k,
-                    np.tile(seeds, len(k_values)),
-                    oversampling_factor=self.oversampling_factor,
-                    init_rounds=self.init_rounds,
-                )
+                seeds, initial, resume = saved
+            save = None if checkpoint is None else partial(checkpoint.save, seeds, initial)
             results = lloyd(
                 source,
                 initial,
                 max_iter=self.max_iter,
                 tol=self.tol,
                 on_iteration=self._report if self.verbose else None,
+                resume=resume,
+                on_pass=save,
             )
+        run_k = [k for k in k_values for _ in seeds]
         best: dict[int, LloydResult] = {}
         for k, result in zip(run_k, results, strict=True):
             # strictly lower inertia wins; ties keep the earlier run
             if k not in best or result.inertia < best[k].inertia:
                 best[k] = result
         return data, in_memory, best
+
+    def _initial_centers(
+        self, source: DaskSource, init: np.ndarray | None, k_values: list[int], seeds: np.ndarray
+    ) -> list[np.ndarray]:
+        """Initial centres of every run: run ``i * n_init + j`` is k_values[i], seeds[j]."""
+        if init is not None:
+            return [init]
+        return initial_centers(
+            source,
+            self.init,
+            [k for k in k_values for _ in seeds],
+            np.tile(seeds, len(k_values)),
+            oversampling_factor=self.oversampling_factor,
+            init_rounds=self.init_rounds,
+        )
+
+    def _open_checkpoint(
+        self, data: da.Array, weights: da.Array | None, k_values: list[int]
+    ) -> Checkpoint | None:
+        """The fit's checkpoint, identified by its parameters and its data."""
+        if self.checkpoint is None:
+            return None
+        params = {
+            name: value.tolist() if isinstance(value, np.ndarray) else value
+            for name, value in self.get_params().items()
+            if name not in ("verbose", "checkpoint", "persist")
+        }
+        if not isinstance(params["random_state"], (int, type(None))):
+            raise ValueError("checkpoint needs random_state to be an int (or None)")
+        first, last = dask.compute(data[:1], data[-1:])
+        fingerprint = {
+            "params": params,
+            "k_values": list(k_values),
+            "data_shape": list(data.shape),
+            "data_dtype": str(data.dtype),
+            "data_chunks": list(data.chunks[0]),
+            "data_name": data.name,
+            "data_rows": tokenize(first, last),
+            "data_weights": None if weights is None else weights.name,
+        }
+        return Checkpoint(self.checkpoint, fingerprint)
 
     def _report(self, report: IterationReport) -> None:
         print(

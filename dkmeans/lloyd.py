@@ -82,6 +82,39 @@ def updated_centers(
     return new
 
 
+@dataclass
+class LloydState:
+    """Where a set of runs stands between two passes (what a checkpoint saves).
+
+    ``final`` holds the runs whose result is known; the others continue from
+    ``centers`` after ``n_iter`` iterations. ``tol_abs`` is None until the first pass
+    has measured the variance of the data.
+    """
+
+    centers: list[np.ndarray]
+    n_iter: list[int]
+    stopped: list[bool]
+    final: dict[int, LloydResult]
+    tol_abs: float | None = None
+    iteration: int = 0
+
+    @classmethod
+    def start(cls, initial_centers: Sequence[np.ndarray]) -> LloydState:
+        centers = [np.array(c, dtype=np.float64) for c in initial_centers]
+        return cls(centers, [0] * len(centers), [False] * len(centers), {})
+
+    @property
+    def active(self) -> list[int]:
+        return [r for r, done in enumerate(self.stopped) if not done]
+
+    @property
+    def results(self) -> list[LloydResult] | None:
+        """Results of all runs once every run is final, else None."""
+        if len(self.final) < len(self.centers):
+            return None
+        return [self.final[r] for r in range(len(self.centers))]
+
+
 def lloyd(
     source: Source,
     initial_centers: Sequence[np.ndarray],
@@ -89,6 +122,8 @@ def lloyd(
     max_iter: int = 300,
     tol: float = 1e-4,
     on_iteration: Callable[[IterationReport], None] | None = None,
+    resume: LloydState | None = None,
+    on_pass: Callable[[LloydState], None] | None = None,
 ) -> list[LloydResult]:
     """Run Lloyd's algorithm from each set of initial centres, sharing passes.
 
@@ -104,59 +139,70 @@ def lloyd(
         Relative tolerance (scikit-learn's definition).
     on_iteration : callable, optional
         Called with an :class:`IterationReport` after every iteration of every run.
+    resume : LloydState, optional
+        Continue from this state (saved by ``on_pass``) instead of the initial centres.
+    on_pass : callable, optional
+        Called with the current :class:`LloydState` after every pass.
 
     Returns
     -------
     list of LloydResult, one per run, in the order of ``initial_centers``.
     """
-    centers = [np.array(c, dtype=np.float64) for c in initial_centers]
-    n_iter = [0] * len(centers)
-    final: dict[int, LloydResult] = {}  # runs that stopped with labels matching centres
-    stopped: set[int] = set()
-    tol_abs: float | None = None
-    for iteration in range(max_iter):
-        active = [r for r in range(len(centers)) if r not in stopped]
-        if not active:
-            break
-        started = time.perf_counter()
-        stacked, bounds = stack_centers([centers[r] for r in active])
-        stats = source.map_reduce(pass_statistics, stacked, bounds, with_moments=tol_abs is None)
-        if tol_abs is None:
-            tol_abs = tolerance(stats, tol)
-        seconds = time.perf_counter() - started
-        for j, r in enumerate(active):
-            lo, hi = bounds[j], bounds[j + 1]
-            new = updated_centers(centers[r], stats.sums[lo:hi], stats.counts[lo:hi], stats.far[j])
-            shift = float(((new - centers[r]) ** 2).sum())
-            inertia = float(stats.cluster_inertia[lo:hi].sum())
-            n_iter[r] = iteration + 1
-            if on_iteration is not None:
-                on_iteration(IterationReport(r, iteration + 1, inertia, shift, seconds))
-            if np.array_equal(new, centers[r]):
-                # same assignment as the previous iteration: the pass's inertia and
-                # counts already belong to these centres
-                final[r] = LloydResult(new, inertia, n_iter[r], stats.counts[lo:hi].copy())
-                stopped.add(r)
-            elif shift <= tol_abs:
-                stopped.add(r)
-            centers[r] = new
-    return _with_final_inertia(source, centers, n_iter, final)
+    state = LloydState.start(initial_centers) if resume is None else resume
+    while state.iteration < max_iter and state.active:
+        _iterate(source, state, tol, on_iteration)
+        if on_pass is not None:
+            on_pass(state)
+    if state.results is None:
+        _finalize(source, state)
+        if on_pass is not None:
+            on_pass(state)
+    return state.results
 
 
-def _with_final_inertia(
+def _iterate(
     source: Source,
-    centers: list[np.ndarray],
-    n_iter: list[int],
-    final: dict[int, LloydResult],
-) -> list[LloydResult]:
+    state: LloydState,
+    tol: float,
+    on_iteration: Callable[[IterationReport], None] | None,
+) -> None:
+    """One Lloyd iteration of every active run: one pass over the data."""
+    active = state.active
+    started = time.perf_counter()
+    stacked, bounds = stack_centers([state.centers[r] for r in active])
+    stats = source.map_reduce(pass_statistics, stacked, bounds, with_moments=state.tol_abs is None)
+    if state.tol_abs is None:
+        state.tol_abs = tolerance(stats, tol)
+    seconds = time.perf_counter() - started
+    state.iteration += 1
+    for j, r in enumerate(active):
+        lo, hi = bounds[j], bounds[j + 1]
+        old = state.centers[r]
+        new = updated_centers(old, stats.sums[lo:hi], stats.counts[lo:hi], stats.far[j])
+        shift = float(((new - old) ** 2).sum())
+        inertia = float(stats.cluster_inertia[lo:hi].sum())
+        state.n_iter[r] = state.iteration
+        if on_iteration is not None:
+            on_iteration(IterationReport(r, state.iteration, inertia, shift, seconds))
+        if np.array_equal(new, old):
+            # same assignment as the previous iteration: the pass's inertia and
+            # counts already belong to these centres
+            state.final[r] = LloydResult(new, inertia, state.iteration, stats.counts[lo:hi].copy())
+            state.stopped[r] = True
+        elif shift <= state.tol_abs:
+            state.stopped[r] = True
+        state.centers[r] = new
+
+
+def _finalize(source: Source, state: LloydState) -> None:
     """One more pass (shared) for the runs whose inertia is not yet known for their
     final centres."""
-    pending = [r for r in range(len(centers)) if r not in final]
-    if pending:
-        stacked, bounds = stack_centers([centers[r] for r in pending])
-        stats = source.map_reduce(pass_statistics, stacked, bounds, far_capacity=0)
-        for j, r in enumerate(pending):
-            lo, hi = bounds[j], bounds[j + 1]
-            inertia = float(stats.cluster_inertia[lo:hi].sum())
-            final[r] = LloydResult(centers[r], inertia, n_iter[r], stats.counts[lo:hi].copy())
-    return [final[r] for r in range(len(centers))]
+    pending = [r for r in range(len(state.centers)) if r not in state.final]
+    stacked, bounds = stack_centers([state.centers[r] for r in pending])
+    stats = source.map_reduce(pass_statistics, stacked, bounds, far_capacity=0)
+    for j, r in enumerate(pending):
+        lo, hi = bounds[j], bounds[j + 1]
+        inertia = float(stats.cluster_inertia[lo:hi].sum())
+        counts = stats.counts[lo:hi].copy()
+        state.final[r] = LloydResult(state.centers[r], inertia, state.n_iter[r], counts)
+        state.stopped[r] = True
