@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 import dask
 import dask.array as da
-from dask.base import tokenize
 import numpy as np
+from dask.base import tokenize
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
