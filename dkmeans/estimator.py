@@ -280,7 +280,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         saved = None if checkpoint is None else checkpoint.load()
         if not in_memory and should_persist(self.persist, data):
             data, weights = dask.persist(data, weights)
-        source = DaskSource(data, weights)
+        source = DaskSource(data, weights, check_finite=not in_memory)
         with threadpool_limits(limits=blas_threads(), user_api="blas"):
             if saved is None:
                 seeds = self._seeds(n_init)

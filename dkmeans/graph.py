@@ -57,6 +57,28 @@ class InMemorySource:
         return kernel(self.x, self.weights, 0, 0, *args, **kwargs)
 
 
+class FiniteChecked:
+    """A kernel that first checks its block for NaN and infinity.
+
+    Lazy data can only be checked as it is read; the first pass of a fit wraps its
+    kernel in this so that bad values are reported with their block, before they
+    turn into NaN centres.
+    """
+
+    def __init__(self, kernel: Callable[..., Any]) -> None:
+        self.kernel = kernel
+
+    def __call__(self, block, weights, row_offset: int, block_index: int, *args, **kwargs):
+        if not np.isfinite(block).all():
+            bad = int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0]) + row_offset
+            raise ValueError(
+                f"X contains NaN or infinity in block {block_index} (rows {row_offset} to "
+                f"{row_offset + len(block) - 1}; first at row {bad}): remove or impute "
+                "these values before clustering"
+            )
+        return self.kernel(block, weights, row_offset, block_index, *args, **kwargs)
+
+
 class DaskSource:
     """A Dask array chunked along rows only; one pass is one ``compute``.
 
@@ -70,6 +92,8 @@ class DaskSource:
         Fan-in of the tree reduction.
     on_pass : callable, optional
         Called with the pass number after every pass (progress reporting).
+    check_finite : bool
+        Check every block for NaN and infinity during the first pass.
     """
 
     def __init__(
@@ -79,6 +103,7 @@ class DaskSource:
         *,
         split_every: int = SPLIT_EVERY,
         on_pass: Callable[[int], None] | None = None,
+        check_finite: bool = False,
     ) -> None:
         if x.numblocks[1] != 1:
             raise ValueError("DaskSource needs one chunk across features; rechunk first")
@@ -89,6 +114,7 @@ class DaskSource:
         self.split_every = split_every
         self.on_pass = on_pass
         self.passes = 0
+        self.check_finite = check_finite
         self.row_offsets = np.concatenate([[0], np.cumsum(x.chunks[0])[:-1]]).astype(int)
 
     def graph(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> dask.delayed:
@@ -117,6 +143,8 @@ class DaskSource:
         return partial[0]
 
     def map_reduce(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.check_finite and self.passes == 0:
+            kernel = FiniteChecked(kernel)
         (result,) = dask.compute(self.graph(kernel, *args, **kwargs))
         self.passes += 1
         if self.on_pass is not None:
