@@ -171,7 +171,6 @@ def plot_clusters(
     >>> km = dkmeans.KMeans(n_clusters=3, random_state=0).fit(X)
     >>> ax = dkmeans.plot_clusters(X, km)  # doctest: +SKIP
     """
-    ax = _axes(ax)
     data = check_data(to_dask_array(X))
     n_samples, n_features = data.shape
     centers = np.asarray(km.cluster_centers_, dtype=np.float64)
@@ -180,6 +179,7 @@ def plot_clusters(
             f"X has {n_features} features but the centres have {centers.shape[1]}; "
             "plot the data the model was fitted on"
         )
+    ax = _axes(ax)
     rng = np.random.default_rng(random_state)
     rows = np.sort(rng.choice(n_samples, size=min(n_samples, sample_size), replace=False))
     xlabel, ylabel = "feature 0", "feature 1"

@@ -156,6 +156,7 @@ def test_feature_mismatch_is_an_error():
     km = dkmeans.KMeans(n_clusters=2, random_state=0).fit(make_points(3))
     with pytest.raises(ValueError, match="X has 2 features but the centres have 3"):
         dkmeans.plot_clusters(make_points(2), km)
+    assert not plt.get_fignums(), "no empty figure is left behind"
 
 
 def test_elbow_marks_the_chosen_k():
