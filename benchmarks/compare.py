@@ -204,6 +204,7 @@ def time_case(case: Case, peers: list[Peer], *, repeats: int, low: int, high: in
             extra = fitted_high.n_iter_ - fitted_low.n_iter_
             per_iter = (t_high - t_low) / extra if extra > 0 else t_high / fitted_high.n_iter_
             samples[peer.name].append(per_iter)
+            print(f"  {case.name} {peer.name}: {1e3 * per_iter:.1f} ms/iter", flush=True)
             last[peer.name] = (t_high, fitted_high, rss)
     return [
         Timing(

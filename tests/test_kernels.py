@@ -19,14 +19,13 @@ from dkmeans.kernels import (
     pass_statistics,
 )
 
-IMPLEMENTATIONS = ["compiled", "numpy"] if kernels.numba is not None else ["numpy"]
+IMPLEMENTATIONS = ["numba", "numpy"] if kernels.numba is not None else ["numpy"]
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)
 def implementation(request, monkeypatch):
     """Run a test with the numba kernel (when installed) and with the NumPy fallback."""
-    if request.param == "numpy":
-        monkeypatch.setattr(kernels, "_assign_compiled", None)
+    monkeypatch.setattr(kernels, "USE_NUMBA", request.param == "numba")
     return request.param
 
 
@@ -110,7 +109,7 @@ def test_pass_statistics_matches_brute_force(problem, implementation):
         )
 
 
-def test_sub_blocks_do_not_change_the_result(monkeypatch):
+def test_sub_blocks_do_not_change_the_result(monkeypatch, implementation):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(5000, 6))
     centers = rng.normal(size=(20, 6))
@@ -151,7 +150,7 @@ def _split_points(n_rows: int, seed: int) -> list[int]:
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_combine_is_associative(seed):
+def test_combine_is_associative(seed, implementation):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(600, 3)) * 10
     weights = rng.uniform(size=600)
