@@ -90,8 +90,10 @@ def test_human_summary_and_refusal_to_overwrite(tmp_path, blobs_store):
         f"dkmeans fit: error: {out} exists; choose another path or pass --overwrite"
     ]
     assert (out / "precious").exists()
-    run = dkmeans(*args, "--overwrite")
+    checkpoint = tmp_path / "state.npz"
+    run = dkmeans(*args, "--overwrite", "--checkpoint", checkpoint)
     assert run.returncode == 0, run.stderr
+    assert checkpoint.is_file()
     assert "inertia" in run.stdout and "k=2" in run.stdout and f"wrote {out}" in run.stdout
     assert run.stderr == ""  # --quiet
     assert not (out / "precious").exists()
@@ -112,7 +114,7 @@ def read_group_keys(path) -> list[str]:
         ),
         (("predict", "BLOBS", "BLOBS", "--out", "l.zarr"), "not a dkmeans fit result"),
         (("elbow", "BLOBS", "--k-min", 3, "--k-max", 2), "--k-min <= --k-max"),
-        (("fit", "BLOBS", "--n-clusters", 2, "--cluster", "c.yaml"), ""),
+        (("fit", "BLOBS", "--n-clusters", 2, "--cluster", "c.yaml"), "c.yaml"),
     ],
 )
 def test_user_errors_exit_2_in_one_line(tmp_path, blobs_store, args, message):
@@ -123,6 +125,20 @@ def test_user_errors_exit_2_in_one_line(tmp_path, blobs_store, args, message):
     assert message in lines[0]
     assert "Traceback" not in run.stderr
     assert list(tmp_path.iterdir()) == []  # no output, no temporary
+
+
+def test_fit_on_a_cluster_from_a_config(tmp_path, blobs_store):
+    pytest.importorskip("yaml")
+    config = tmp_path / "local.yaml"
+    config.write_text(
+        "kind: local\nn_workers: 1\nthreads_per_worker: 2\nprocesses: false\n"
+        'dashboard_address: ":0"\n'
+    )
+    run = dkmeans("fit", blobs_store, "--n-clusters", 4, "--seed", 0, "--json", "--cluster", config)
+    assert run.returncode == 0, run.stderr
+    assert "dkmeans: dashboard at http" in run.stderr
+    expected = KMeans(4, random_state=0).fit(str(blobs_store))
+    assert json.loads(run.stdout)["inertia"] == pytest.approx(expected.inertia_, rel=1e-9)
 
 
 def test_debug_shows_the_traceback(tmp_path):

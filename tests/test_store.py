@@ -52,8 +52,8 @@ def test_result_layout_and_attributes(tmp_path, source, fitted):
 def test_params_are_stored_as_json(tmp_path, source):
     path, data = source
     init = data[:3].astype(np.float64)
-    km = KMeans(3, init=init, random_state=np.random.default_rng(0), checkpoint=tmp_path / "c")
-    km.fit(data)
+    km = KMeans(3, init=init, random_state=np.random.default_rng(0)).fit(data)
+    km.set_params(checkpoint=tmp_path / "c")  # a path object
     write_result(tmp_path / "out.zarr", km, data)
     params = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["params"]
     json.dumps(params)
