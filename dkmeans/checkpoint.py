@@ -54,6 +54,8 @@ class Checkpoint:
         CheckpointMismatchError
             If the checkpoint belongs to other parameters or other data.
         """
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)  # left by a fit killed while saving
         if not self.path.exists():
             return None
         with np.load(self.path, allow_pickle=False) as saved:
