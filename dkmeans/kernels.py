@@ -52,8 +52,21 @@ def block_rng(seed: int, purpose: int, round_index: int, block_index: int) -> np
     return np.random.default_rng([seed, purpose, round_index, block_index])
 
 
-def _gemm_dtype(x: np.ndarray) -> np.dtype:
+#: Float32 data is multiplied with float64 copies of the centres once a centre
+#: coordinate exceeds this: ``x·c`` and ``||c||²`` could overflow float32 (3.4e38).
+FLOAT32_GEMM_MAX_CENTER = 1e15
+
+
+def _float_dtype(x: np.ndarray) -> np.dtype:
     return x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+
+
+def _gemm_dtype(x: np.ndarray, centers: np.ndarray) -> np.dtype:
+    """The data's float dtype, or float64 when the centres are too large for float32."""
+    dtype = _float_dtype(x)
+    if dtype == np.float32 and centers.size and np.abs(centers).max() > FLOAT32_GEMM_MAX_CENTER:
+        return np.dtype(np.float64)
+    return dtype
 
 
 def partial_distances(x: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray) -> np.ndarray:
@@ -239,7 +252,7 @@ def _assign(
     cache; the distance to the chosen centre is recomputed directly in float64.
     """
     n_centers, n_features = centers.shape
-    dtype = _gemm_dtype(x)
+    dtype = _gemm_dtype(x, centers)
     centers64 = np.ascontiguousarray(centers, dtype=np.float64)
     # -2 is a power of two: x·(-2c) rounds exactly like -2(x·c)
     centers_gemm_t = np.asfortranarray((-2 * centers64).T, dtype=dtype)
@@ -326,13 +339,13 @@ def min_squared_distances(
     out = np.full((len(x), n_runs), np.inf)
     if len(centers) == 0:
         return out
-    dtype = _gemm_dtype(x)
+    dtype = _gemm_dtype(x, centers)
     centers_gemm = np.ascontiguousarray(centers, dtype=dtype)
     centers_sq = np.einsum("ij,ij->i", centers_gemm, centers_gemm)
     for rows in _sub_blocks(len(x), sub_block_rows(len(centers), x.shape[1])):
         xs = np.asarray(x[rows], dtype=dtype)
         partial = partial_distances(xs, centers_gemm, centers_sq)
-        x_sq = np.einsum("ij,ij->i", xs, xs)
+        x_sq = np.einsum("ij,ij->i", xs, xs, dtype=np.float64)
         for r in range(n_runs):
             lo, hi = bounds[r], bounds[r + 1]
             if hi > lo:
@@ -518,7 +531,7 @@ def center_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """
     centers64 = np.asarray(centers, dtype=np.float64)
     centers_sq = np.einsum("ij,ij->i", centers64, centers64)
-    out = np.empty((len(x), len(centers)), dtype=_gemm_dtype(x))
+    out = np.empty((len(x), len(centers)), dtype=_float_dtype(x))
     for rows in _sub_blocks(len(x), sub_block_rows(len(centers), x.shape[1])):
         xs = np.asarray(x[rows], dtype=np.float64)
         squared = partial_distances(xs, centers64, centers_sq)

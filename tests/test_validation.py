@@ -138,6 +138,30 @@ def test_degenerate_data_that_must_work():
     assert np.isfinite(km.cluster_centers_).all()
 
 
+@pytest.mark.parametrize("init", ["k-means||", "k-means++", "random"])
+def test_float32_values_whose_squares_overflow(init):
+    # squares of 1e20 overflow float32 (max 3.4e38): the fit must use float64 where needed
+    rng = np.random.default_rng(1)
+    centers = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    X64 = (centers[rng.integers(3, size=300)] + rng.normal(size=(300, 2))) * 1e20
+    X32 = X64.astype(np.float32)
+    assert not np.isfinite(np.einsum("ij,ij->i", X32, X32)).all()
+    fitted = KMeans(3, init=init, n_init=3, random_state=0).fit(da.from_array(X32, chunks=70))
+    reference = KMeans(3, init=init, n_init=3, random_state=0).fit(X32.astype(np.float64))
+    order = np.lexsort(fitted.cluster_centers_.T), np.lexsort(reference.cluster_centers_.T)
+    np.testing.assert_allclose(
+        fitted.cluster_centers_[order[0]], reference.cluster_centers_[order[1]], rtol=1e-4
+    )
+    assert fitted.cluster_centers_.dtype == np.float32
+    assert np.isfinite(fitted.inertia_)
+    np.testing.assert_allclose(
+        fitted.inertia_,
+        brute_force_inertia(X32.astype(np.float64), fitted.cluster_centers_),
+        rtol=1e-4,
+    )
+    np.testing.assert_array_equal(fitted.predict(X32), fitted.labels_.compute())
+
+
 def test_input_store_is_not_modified(tmp_path):
     z = zarr.create_array(store=str(tmp_path / "x.zarr"), shape=(60, 3), chunks=(7, 3), dtype="f4")
     z[:] = np.resize(X_SMALL, (60, 3))
