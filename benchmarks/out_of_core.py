@@ -13,10 +13,10 @@ Measures, on a float32 store written by ``dkmeans make-blobs``:
         --n-samples 32e6 --n-features 32 --n-clusters 16 --repeats 5
 
 The store is made (with ``dkmeans make-blobs``) if it does not exist. Results go to
-``benchmarks/results/out_of_core[-TAG].json``. glibc's malloc settings change the
-results a lot (fresh 32 MiB blocks are page-faulted in on every read); run once more
-with ``MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
-MALLOC_TOP_PAD_=268435456`` in the environment and ``--tag malloc`` to compare.
+``benchmarks/results/out_of_core[-TAG].json``. The passes are timed with glibc told to
+reuse freed blocks, as the ``dkmeans`` command does (:func:`dkmeans.cli.reuse_freed_memory`);
+``--default-malloc`` times them with glibc's defaults instead (fresh 32 MiB blocks are
+then page-faulted in on every read).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import numpy as np
 import zarr
 from threadpoolctl import threadpool_limits
 
-from dkmeans.cli import count
+from dkmeans.cli import count, reuse_freed_memory
 from dkmeans.graph import DaskSource
 from dkmeans.io import check_data, to_dask_array
 from dkmeans.kernels import pass_statistics
@@ -95,7 +95,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--fit-iterations", type=int, default=3)
     parser.add_argument("--tag", default="", help="suffix of the results file name")
+    parser.add_argument("--default-malloc", action="store_true", help="time with glibc defaults")
     args = parser.parse_args()
+    malloc_tuned = not args.default_malloc and reuse_freed_memory()
     if not Path(args.store).exists():
         make_store(args)
     array = zarr.open_array(args.store, mode="r")
@@ -122,7 +124,7 @@ def main() -> None:
         "n_clusters": args.n_clusters,
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),
-        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+        "malloc_tuned": malloc_tuned,
         "streaming_fit": fit,
         "read_pass_s": [r[0] for r in reads],
         "read_pass_cpu_s": [r[1] for r in reads],

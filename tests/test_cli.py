@@ -11,7 +11,7 @@ import pytest
 import zarr
 
 from dkmeans import KMeans
-from dkmeans.cli import count
+from dkmeans.cli import count, reuse_freed_memory
 
 from .test_io import tree_digest
 
@@ -42,6 +42,11 @@ def test_count_accepts_scientific_and_underscored():
     assert count("32_000_000") == 32_000_000
     with pytest.raises(Exception, match="whole number"):
         count("1.5")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc only")
+def test_commands_make_glibc_reuse_freed_blocks():
+    assert reuse_freed_memory()
 
 
 def test_make_blobs_store(blobs_store):
