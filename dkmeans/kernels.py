@@ -21,7 +21,7 @@ import numpy as np
 #: Elements (rows x (centres + features)) of one row sub-block. Chosen by measurement
 #: (benchmarks/compare.py, 2-core EPYC, 1 MiB L2 per core): 2**15 gives 1024 rows at
 #: d=16..32, k=16, where the fused loop runs 10-25% faster than with 256 or 8192 rows.
-SUB_BLOCK_ELEMENTS = 1 << 15
+SUB_BLOCK_ELEMENTS = 1 << 16
 
 #: The NumPy fallback sums clusters with a one-hot GEMM up to this many centres per run
 #: and with one ``np.bincount`` per feature above (measured crossover near k = 64).
@@ -109,23 +109,52 @@ def cluster_sums(
 
 @dataclass
 class _Accumulator:
-    """Per-block outputs of the assignment: per-row results and per-centre sums."""
+    """Per-block outputs of the assignment: per-row results, per-centre sums, far points.
+
+    ``labels`` and ``distances`` have no rows when the compiled kernel tracks the far
+    points itself (``far_*``: per run, the ``capacity`` rows farthest from their centre
+    seen so far, as block-local row, label and distance; row -1 marks an empty slot).
+    """
 
     labels: np.ndarray  # (rows, R) int64
     distances: np.ndarray  # (rows, R) float64
     sums: np.ndarray  # (K, d) float64
     counts: np.ndarray  # (K,) float64
     inertia: np.ndarray  # (K,) float64
+    far_distances: np.ndarray  # (R, capacity) float64
+    far_rows: np.ndarray  # (R, capacity) int64
+    far_labels: np.ndarray  # (R, capacity) int64
+    far_worst: np.ndarray  # (R,) smallest distance among the slots
 
     @classmethod
-    def empty(cls, n_rows: int, n_runs: int, n_centers: int, n_features: int) -> _Accumulator:
+    def empty(
+        cls, n_rows: int, n_runs: int, n_centers: int, n_features: int, far_capacity: int
+    ) -> _Accumulator:
         return cls(
             np.empty((n_rows, n_runs), dtype=np.int64),
             np.empty((n_rows, n_runs)),
             np.zeros((n_centers, n_features)),
             np.zeros(n_centers),
             np.zeros(n_centers),
+            np.full((n_runs, far_capacity), -np.inf),
+            np.full((n_runs, far_capacity), -1, dtype=np.int64),
+            np.zeros((n_runs, far_capacity), dtype=np.int64),
+            np.full(n_runs, -np.inf),
         )
+
+    def far_points(
+        self, x: np.ndarray, weights: np.ndarray | None, row_offset: int, run: int, capacity: int
+    ) -> FarPoints:
+        """The run's far points, from the tracked slots or from the per-row results."""
+        if self.far_rows.shape[1]:
+            filled = self.far_rows[run] >= 0
+            rows = self.far_rows[run, filled]
+            distances, labels = self.far_distances[run, filled], self.far_labels[run, filled]
+        else:
+            rows = np.arange(len(x))
+            distances, labels = self.distances[:, run], self.labels[:, run]
+        w = np.ones(len(rows)) if weights is None else np.asarray(weights[rows], dtype=np.float64)
+        return FarPoints.select(x[rows], distances, labels, w, row_offset + rows, capacity)
 
 
 def _assign_numpy(
@@ -164,20 +193,32 @@ def _assign_loop(
     centers64,
     bounds,
     weights,
+    row0,
     labels,
     distances,
     sums,
     counts,
     inertia,
+    far_distances,
+    far_rows,
+    far_labels,
+    far_worst,
     accumulate,
 ):
     """Fused assignment of one sub-block: one read of every row, compiled by numba.
 
     ``partial`` holds ``-2 x·c`` (no norms); the ``||c||²`` is added while scanning.
+    Empty ``weights`` mean all ones; ``labels`` without rows are not written. With
+    ``far_*`` slots, the farthest rows of weight > 0 are kept in them: a row replaces
+    the worst slot (nearest, then latest row) when strictly farther, so ties keep the
+    earlier row, as :meth:`FarPoints.select` does.
     """
     n_rows, n_features = xs.shape
+    weighted = weights.shape[0] > 0
+    per_row = labels.shape[0] > 0
+    capacity = far_distances.shape[1]
     for i in range(n_rows):
-        w = weights[i]
+        w = weights[i] if weighted else 1.0
         for r in range(len(bounds) - 1):
             best = bounds[r]
             best_value = partial[i, best] + centers_sq[best]
@@ -189,8 +230,19 @@ def _assign_loop(
             for f in range(n_features):
                 diff = np.float64(xs[i, f]) - centers64[best, f]
                 squared += diff * diff
-            labels[i, r] = best - bounds[r]
-            distances[i, r] = squared
+            if per_row:
+                labels[i, r] = best - bounds[r]
+                distances[i, r] = squared
+            if capacity > 0 and w > 0 and squared > far_worst[r]:
+                worst = 0
+                for slot in range(1, capacity):
+                    d, d_worst = far_distances[r, slot], far_distances[r, worst]
+                    if d < d_worst or (d == d_worst and far_rows[r, slot] > far_rows[r, worst]):
+                        worst = slot
+                far_distances[r, worst] = squared
+                far_rows[r, worst] = row0 + i
+                far_labels[r, worst] = best - bounds[r]
+                far_worst[r] = far_distances[r].min()
             if accumulate:
                 for f in range(n_features):
                     sums[best, f] += w * np.float64(xs[i, f])
@@ -232,9 +284,70 @@ def _merge_moments_numpy(
     count[0], mean[:], m2[:] = merged.count, merged.mean, merged.m2
 
 
+def _assign_block_loop(
+    x,
+    centers_gemm_t,
+    centers_sq,
+    centers64,
+    bounds,
+    weights,
+    step,
+    labels,
+    distances,
+    sums,
+    counts,
+    inertia,
+    far_distances,
+    far_rows,
+    far_labels,
+    far_worst,
+    accumulate,
+    moments,
+    count,
+    mean,
+    m2,
+):
+    """The whole block in one compiled call: GEMM per sub-block, then the fused scan.
+
+    Runs without the GIL from start to end (numba's ``np.dot`` calls BLAS), so the
+    threads of a Dask worker never wait on each other between sub-blocks.
+    """
+    n_rows = x.shape[0]
+    partial = np.empty((min(step, n_rows), centers_gemm_t.shape[1]), dtype=x.dtype)
+    for start in range(0, n_rows, step):
+        stop = min(start + step, n_rows)
+        xs = x[start:stop]
+        block_partial = partial[: stop - start]
+        np.dot(xs, centers_gemm_t, block_partial)
+        _assign_rows_compiled(
+            xs,
+            block_partial,
+            centers_sq,
+            centers64,
+            bounds,
+            weights[start:stop] if weights.shape[0] > 0 else weights,
+            start,
+            labels[start:stop] if labels.shape[0] > 0 else labels,
+            distances[start:stop] if labels.shape[0] > 0 else distances,
+            sums,
+            counts,
+            inertia,
+            far_distances,
+            far_rows,
+            far_labels,
+            far_worst,
+            accumulate,
+        )
+        if moments:
+            _merge_moments_compiled(xs, count, mean, m2)
+
+
 if numba is not None:
-    _assign_compiled = numba.njit(nogil=True, cache=True)(_assign_loop)
-    _merge_moments_compiled = numba.njit(nogil=True, cache=True)(_merge_moments_loop)
+    # reassoc lets LLVM vectorise the squared-distance sums (rounding differs by ~1 ulp)
+    _jit = numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+    _assign_rows_compiled = _jit(_assign_loop)
+    _merge_moments_compiled = _jit(_merge_moments_loop)
+    _assign_block_compiled = _jit(_assign_block_loop)
 
 
 def _assign(
@@ -245,47 +358,76 @@ def _assign(
     *,
     accumulate: bool,
     moments: bool = False,
+    far_capacity: int = 0,
 ) -> tuple[_Accumulator, Moments | None]:
     """Nearest centre of every row per run, with per-centre sums, in one read of ``x``.
 
     The distance GEMM runs in the data's float dtype on row sub-blocks that stay in
-    cache; the distance to the chosen centre is recomputed directly in float64.
+    cache; the distance to the chosen centre is recomputed directly in float64. With
+    ``far_capacity``, the compiled kernel keeps only the far points of every run
+    instead of per-row labels and distances (no allocation of the block's size).
     """
     n_centers, n_features = centers.shape
+    n_runs = len(bounds) - 1
     dtype = _gemm_dtype(x, centers)
     centers64 = np.ascontiguousarray(centers, dtype=np.float64)
     # -2 is a power of two: x·(-2c) rounds exactly like -2(x·c)
-    centers_gemm_t = np.asfortranarray((-2 * centers64).T, dtype=dtype)
+    centers_gemm_t = np.ascontiguousarray((-2 * centers64).T, dtype=dtype)
     centers_sq = np.einsum("ij,ij->j", centers_gemm_t, centers_gemm_t) / 4
     bounds = np.asarray(bounds, dtype=np.int64)
-    w = np.ones(len(x)) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
-    out = _Accumulator.empty(len(x), len(bounds) - 1, n_centers, n_features)
+    track_far = USE_NUMBA and far_capacity > 0
+    out = _Accumulator.empty(
+        0 if track_far else len(x), n_runs, n_centers, n_features, far_capacity * track_far
+    )
     count, mean, m2 = np.zeros(1), np.zeros(n_features), np.zeros(n_features)
-    if USE_NUMBA:
-        assign, merge_moments = _assign_compiled, _merge_moments_compiled
-    else:
-        assign, merge_moments = _assign_numpy, _merge_moments_numpy
     step = sub_block_rows(n_centers, n_features)
-    buffer = np.empty((min(step, len(x)), n_centers), dtype=dtype)
-    for rows in _sub_blocks(len(x), step):
-        xs = np.ascontiguousarray(x[rows], dtype=dtype)
-        partial = np.matmul(xs, centers_gemm_t, out=buffer[: len(xs)])
-        assign(
-            xs,
-            partial,
+    if USE_NUMBA:
+        _assign_block_compiled(
+            np.ascontiguousarray(x, dtype=dtype),
+            centers_gemm_t,
             centers_sq,
             centers64,
             bounds,
-            w[rows],
-            out.labels[rows],
-            out.distances[rows],
+            np.empty(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64),
+            step,
+            out.labels,
+            out.distances,
             out.sums,
             out.counts,
             out.inertia,
+            out.far_distances,
+            out.far_rows,
+            out.far_labels,
+            out.far_worst,
             accumulate,
+            moments,
+            count,
+            mean,
+            m2,
         )
-        if moments:
-            merge_moments(xs, count, mean, m2)
+    else:
+        w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
+        centers_gemm_t = np.asfortranarray(centers_gemm_t)
+        buffer = np.empty((min(step, len(x)), n_centers), dtype=dtype)
+        for rows in _sub_blocks(len(x), step):
+            xs = np.ascontiguousarray(x[rows], dtype=dtype)
+            partial = np.matmul(xs, centers_gemm_t, out=buffer[: len(xs)])
+            _assign_numpy(
+                xs,
+                partial,
+                centers_sq,
+                centers64,
+                bounds,
+                w[rows],
+                out.labels[rows],
+                out.distances[rows],
+                out.sums,
+                out.counts,
+                out.inertia,
+                accumulate,
+            )
+            if moments:
+                _merge_moments_numpy(xs, count, mean, m2)
     return out, Moments(float(count[0]), mean, m2) if moments else None
 
 
@@ -512,16 +654,24 @@ def pass_statistics(
     PassStats
     """
     del block_index
-    out, moments = _assign(x, centers, bounds, weights, accumulate=True, moments=with_moments)
-    w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
-    index = np.arange(row_offset, row_offset + len(x))
-    far = []
-    for r in range(len(bounds) - 1):
-        capacity = bounds[r + 1] - bounds[r] if far_capacity is None else far_capacity
-        far.append(
-            FarPoints.select(x, out.distances[:, r], out.labels[:, r], w, index, int(capacity))
-        )
-    return PassStats(out.sums, out.counts, out.inertia, tuple(far), moments)
+    capacities = [
+        bounds[r + 1] - bounds[r] if far_capacity is None else far_capacity
+        for r in range(len(bounds) - 1)
+    ]
+    out, moments = _assign(
+        x,
+        centers,
+        bounds,
+        weights,
+        accumulate=True,
+        moments=with_moments,
+        far_capacity=int(max(capacities, default=0)),
+    )
+    far = tuple(
+        out.far_points(x, weights, row_offset, run, int(capacity))
+        for run, capacity in enumerate(capacities)
+    )
+    return PassStats(out.sums, out.counts, out.inertia, far, moments)
 
 
 def center_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:

@@ -196,6 +196,28 @@ def test_far_points_tie_break_and_capacity():
     )
 
 
+@pytest.mark.parametrize("capacity", [None, 1, 5, 40])
+def test_pass_far_points_are_the_farthest_with_ties_and_zero_weights(capacity, implementation):
+    rng = np.random.default_rng(4)
+    # few distinct rows, so that many distances tie; some rows weigh nothing
+    x = rng.integers(-3, 4, size=(3000, 2)).astype(np.float64)
+    weights = rng.integers(0, 3, size=3000).astype(np.float64)
+    centers = np.array([[0.0, 0.0], [2.0, 2.0], [-2.0, 1.0], [1.0, -3.0], [3.0, 0.0]])
+    bounds = np.array([0, 2, 5])
+    stats = pass_statistics(x, weights, 100, 0, centers, bounds, far_capacity=capacity)
+    for run, (labels, distances, *_) in enumerate(brute_force(x, centers, bounds, weights)):
+        size = bounds[run + 1] - bounds[run] if capacity is None else capacity
+        eligible = np.flatnonzero(weights > 0)
+        order = np.lexsort((eligible, -distances[eligible]))[:size]
+        expected = eligible[order]
+        far = stats.far[run]
+        np.testing.assert_array_equal(far.index, expected + 100)
+        np.testing.assert_array_equal(far.rows, x[expected])
+        np.testing.assert_array_equal(far.labels, labels[expected])
+        np.testing.assert_allclose(far.distances, distances[expected], rtol=1e-12)
+        np.testing.assert_array_equal(far.weights, weights[expected])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_moments_match_numpy_var(dtype):
     rng = np.random.default_rng(3)

@@ -52,8 +52,9 @@ def test_elbow_shares_passes(blobs):
 def test_n_init_keeps_the_best_run(overlapping):
     single = KMeans(3, init="random", random_state=0).fit(overlapping)
     best = KMeans(3, init="random", n_init=6, random_state=0).fit(overlapping)
-    # the first of the six runs is the single run: the best can only be as good
-    assert best.inertia_ <= single.inertia_
+    # the first of the six runs is the single run: the best can only be as good (up to
+    # rounding: the NumPy kernel's GEMM against six runs' stacked centres rounds differently)
+    assert best.inertia_ <= single.inertia_ * (1 + 1e-12)
     with count_computes() as counter:
         km = KMeans(3, init="random", n_init=6, max_iter=5, tol=0, persist=False)
         km.fit(da.from_array(overlapping, chunks=(500, -1)))
