@@ -36,6 +36,7 @@ import psutil
 from threadpoolctl import threadpool_limits
 
 import dkmeans
+import dkmeans.kernels
 
 RESULTS = Path(__file__).parent / "results"
 #: Rows per Dask block for the "dask" container (the issue's 250k-row blocks).
@@ -69,6 +70,8 @@ class Peer:
     feed: Literal["case", "numpy", "dask"] = "case"
     #: (low, high) iterations instead of the suite's (MiniBatchKMeans: epochs are slow)
     iterations: tuple[int, int] | None = None
+    #: run only on cases whose container is NumPy (a peer that would repeat itself)
+    numpy_cases_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,24 @@ class Timing:
     inertia: float  # brute force, from the final centres
 
 
+class NumpyKernel:
+    """dkmeans fitted with its NumPy kernel, numba switched off for the fit."""
+
+    def __init__(self, estimator: dkmeans.KMeans) -> None:
+        self.estimator = estimator
+
+    def fit(self, X: Any) -> NumpyKernel:
+        compiled, dkmeans.kernels.USE_NUMBA = dkmeans.kernels.USE_NUMBA, False
+        try:
+            self.estimator.fit(X)
+        finally:
+            dkmeans.kernels.USE_NUMBA = compiled
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.estimator, name)
+
+
 def available_peers() -> tuple[list[Peer], list[str]]:
     """The peers installed here, and a note for every one that is not."""
     from sklearn.cluster import KMeans, MiniBatchKMeans
@@ -97,6 +118,10 @@ def available_peers() -> tuple[list[Peer], list[str]]:
         ),
     ]
     notes = []
+    if dkmeans.kernels.USE_NUMBA:
+        peers.insert(1, Peer("dkmeans-numpy", lambda c, m: NumpyKernel(peers[0].build(c, m))))
+    else:
+        notes.append("dkmeans runs its NumPy kernel: numba is not installed")
     try:
         from dask_ml.cluster import KMeans as DaskMLKMeans
     except ImportError as error:
@@ -117,6 +142,7 @@ def available_peers() -> tuple[list[Peer], list[str]]:
             ),
             feed="numpy",
             iterations=(1, 2),
+            numpy_cases_only=True,
         )
     )
     return peers, notes
@@ -195,14 +221,17 @@ def time_case(case: Case, peers: list[Peer], *, repeats: int, low: int, high: in
     centers = initial_centers(x, case.k)
     chunked = da.from_array(x, chunks=(DASK_BLOCK_ROWS, -1))
     feeds = {"numpy": x, "dask": chunked, "case": chunked if case.container == "dask" else x}
+    peers = [p for p in peers if case.container == "numpy" or not p.numpy_cases_only]
     samples: dict[str, list[float]] = {peer.name: [] for peer in peers}
     last: dict[str, tuple[float, Any, float]] = {}
-    for peer in peers:  # warm-up: imports, JIT compilation, first-touch allocations
+    for peer in peers:  # warm-up: imports, JIT compilation
         fit_once(peer, feeds[peer.feed], centers, 1)
     for _ in range(repeats):
         for peer in peers:
             data = feeds[peer.feed]
             peer_low, peer_high = peer.iterations or (low, high)
+            if peer.iterations is None:  # first touch of memory the previous peer freed
+                fit_once(peer, data, centers, 1)
             t_low, fitted_low, _ = fit_once(peer, data, centers, peer_low)
             t_high, fitted_high, rss = fit_once(peer, data, centers, peer_high)
             extra = fitted_high.n_iter_ - fitted_low.n_iter_
