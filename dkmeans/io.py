@@ -9,12 +9,14 @@ re-chunked only when blocks are too small to be efficient.
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any
 
 import dask.array as da
 import numpy as np
 import zarr
+from dask.base import tokenize
 
 #: Block size aimed at when rows must be (re)chunked: large enough that per-task
 #: overhead is negligible, small enough that a few blocks per thread fit in memory.
@@ -59,7 +61,7 @@ def open_zarr_array(
     try:
         node = zarr.open(store=path, mode="r", storage_options=storage_options)
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as error:
-        raise ValueError(f"no Zarr array found at {path!r}: check the path") from error
+        raise ValueError(_not_found_message(path)) from error
     except ImportError as error:
         raise ImportError(_missing_package_message(path, error)) from error
     if isinstance(node, zarr.Group):
@@ -71,6 +73,18 @@ def open_zarr_array(
             f"'{path.rstrip('/')}/{names[0]}' (arrays in the group: {', '.join(names)})"
         )
     return node
+
+
+def _not_found_message(path: str) -> str:
+    local = path.removeprefix("file://")
+    if "://" not in local and os.path.isfile(local):
+        return f"{path!r} is a file, not a Zarr store: give the path of a Zarr array (a folder)"
+    if "://" not in local and os.path.isdir(local):
+        return (
+            f"{path!r} is not a Zarr store (it has no zarr.json, .zarray or .zgroup): give "
+            "the path of a Zarr array, or write one with dkmeans make-blobs or zarr"
+        )
+    return f"no Zarr array found at {path!r}: check the path"
 
 
 def _missing_package_message(path: str, error: ImportError) -> str:
@@ -101,12 +115,57 @@ def to_dask_array(X: Any) -> da.Array:
     return _from_numpy(np.asarray(X))
 
 
+class ChunkReadError(ValueError):
+    """A stored chunk of the input could not be read or decoded."""
+
+
+class NamedChunkReader:
+    """Reads a Zarr array; a failed read names the stored chunks (objects) involved.
+
+    Dask reads blocks through this, so a damaged chunk deep in a terabyte store is
+    reported as ``c/1234/0`` of its store rather than as a decoding error alone.
+    """
+
+    def __init__(self, array: zarr.Array) -> None:
+        self.array = array
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __getitem__(self, selection: tuple[slice, ...]) -> np.ndarray:
+        try:
+            return self.array[selection]
+        except Exception as error:
+            raise ChunkReadError(
+                f"cannot read chunk {self.damaged_chunks(selection)} of the Zarr array at "
+                f"{self.array.store_path}: {type(error).__name__}: {error}. The stored "
+                "chunk is damaged or unreadable: restore it (or rewrite the array)"
+            ) from error
+
+    def damaged_chunks(self, selection: tuple[slice, ...], most: int = 4) -> str:
+        """Keys of the stored chunks (or shards) within ``selection`` that fail to read."""
+        grid = self.array.shards or self.array.chunks
+        ranges = [
+            range(s.indices(n)[0] // g, max(s.indices(n)[1] - 1, 0) // g + 1)
+            for s, n, g in zip(selection, self.shape, grid, strict=True)
+        ]
+        keys = []
+        for coords in itertools.product(*ranges):
+            chunk = tuple(slice(c * g, (c + 1) * g) for c, g in zip(coords, grid, strict=True))
+            try:
+                self.array[chunk]
+            except Exception:
+                keys.append(self.array.metadata.encode_chunk_key(coords))
+        shown = ", ".join(keys[:most])
+        return shown if len(keys) <= most else f"{shown}, ... ({len(keys)} chunks)"
+
+
 def _from_zarr(z: zarr.Array) -> da.Array:
     if z.ndim != 2:
         return da.from_zarr(z)
     stored_rows = (z.shards or z.chunks)[0]
     rows = block_rows(stored_rows, z.shape[1] * z.dtype.itemsize, z.shape[0])
-    return da.from_zarr(z, chunks=(rows, z.shape[1]))
+    chunks = (rows, z.shape[1])
+    name = "from-zarr-" + tokenize(str(z.store_path), z.metadata.to_dict(), chunks)
+    return da.from_array(NamedChunkReader(z), chunks=chunks, name=name, lock=False, fancy=False)
 
 
 def _from_numpy(x: np.ndarray) -> da.Array:

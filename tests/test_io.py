@@ -14,6 +14,7 @@ import zarr
 from dkmeans import KMeans
 from dkmeans.io import (
     TARGET_BLOCK_BYTES,
+    ChunkReadError,
     block_rows,
     check_data,
     open_zarr_array,
@@ -77,6 +78,30 @@ def test_missing_store_is_a_clear_value_error(tmp_path, monkeypatch, url):
     with pytest.raises(ValueError, match="no Zarr array found at .*check the path"):
         open_zarr_array(url)
     assert not (tmp_path / "missing.zarr").exists()  # opening never creates
+
+
+def test_path_that_is_not_zarr_says_so(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "data.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="'.*folder' is not a Zarr store .it has no zarr.json"):
+        open_zarr_array(tmp_path / "folder")
+    with pytest.raises(ValueError, match="'.*data.csv' is a file, not a Zarr store"):
+        KMeans(2).fit(str(tmp_path / "data.csv"))
+
+
+@pytest.mark.parametrize(
+    ("zarr_format", "compressors", "key"),
+    [(3, "auto", "c/3/0"), (3, None, "c/3/0"), (2, "auto", "3.0")],
+)
+def test_damaged_chunk_is_named(tmp_path, data, zarr_format, compressors, key):
+    path = tmp_path / "x.zarr"
+    zarr.create_array(
+        store=str(path), data=data, chunks=(20, 3), zarr_format=zarr_format,
+        compressors=compressors,
+    )  # fmt: skip
+    (path / key).write_bytes(b"not a chunk")
+    with pytest.raises(ChunkReadError, match=f"cannot read chunk {key} of the Zarr array at"):
+        KMeans(2, random_state=0, persist=False).fit(str(path))
 
 
 def test_memory_and_file_urls(tmp_path, data):
