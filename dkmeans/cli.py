@@ -259,7 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, handler: Callable[[argparse.Namespace], int], help: str):
         sub = commands.add_parser(name, help=help, description=help)
         sub.set_defaults(handler=handler)
-        sub.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+        sub.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show tracebacks of errors",
+        )
         return sub
 
     demo = command("demo", run_demo, "cluster a demo store on a local cluster; write demo.png")

@@ -146,8 +146,10 @@ def test_fit_on_a_cluster_from_a_config(tmp_path, blobs_store):
     assert json.loads(run.stdout)["inertia"] == pytest.approx(expected.inertia_, rel=1e-9)
 
 
-def test_debug_shows_the_traceback(tmp_path):
-    run = dkmeans("fit", tmp_path / "missing.zarr", "--n-clusters", 2, "--debug")
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback(tmp_path, where):
+    args = ["fit", tmp_path / "missing.zarr", "--n-clusters", 2]
+    run = dkmeans(*(["--debug", *args] if where == "before" else [*args, "--debug"]))
     assert run.returncode != 0 and "Traceback" in run.stderr
 
 
