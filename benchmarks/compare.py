@@ -309,7 +309,7 @@ SUITES: dict[str, dict[str, Any]] = {
             Case(200_000, 8, 8, "float64", "numpy"),
         ],
         "repeats": 3,
-        "iterations": (2, 8),
+        "iterations": (2, 20),
         "scaling": ((500_000, 32, 16), {"n": [250_000, 1_000_000], "d": [8], "k": [64]}),
     },
     "full": {

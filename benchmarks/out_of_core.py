@@ -47,10 +47,11 @@ RESULTS = Path(__file__).parent / "results"
 DKMEANS = [sys.executable, "-m", "dkmeans.cli"]
 
 
-def make_store(args: argparse.Namespace) -> None:
+def make_store(args: argparse.Namespace, codec: str = "none") -> None:
     subprocess.run(
         [*DKMEANS, "make-blobs", args.store, "--n-samples", str(args.n_samples),
-         "--n-features", str(args.n_features), "--centers", str(args.n_clusters), "--seed", "0"],
+         "--n-features", str(args.n_features), "--centers", str(args.n_clusters), "--seed", "0",
+         "--codec", codec],
         check=True,
     )  # fmt: skip
 
