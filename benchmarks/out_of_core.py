@@ -9,11 +9,13 @@ Measures, on a float32 store written by ``dkmeans make-blobs``:
   (``da.from_zarr(store).sum(axis=0).compute()``). The two alternate, and medians
   are reported, because the machine may be shared.
 
-    python benchmarks/out_of_core.py --store /tmp/dkmeans-bench/blobs-32M.zarr \\
-        --n-samples 32e6 --n-features 32 --n-clusters 16 --repeats 5
+    python -m benchmarks.out_of_core --codec none   # 4.1 GB, 32e6 x 32 float32
+    python -m benchmarks.out_of_core --codec zstd   # Zarr's default codec
 
-The store is made (with ``dkmeans make-blobs``) if it does not exist. Results go to
-``benchmarks/results/out_of_core[-TAG].json``. The passes are timed with glibc told to
+The store is made (with ``dkmeans make-blobs --codec``) if it does not exist. An
+uncompressed store in the page cache is read at memory speed, so the ratio is then set by
+the kernel's compute; a compressed one is read at decompression speed. Results go to
+``benchmarks/results/out_of_core-CODEC[-TAG].json``. The passes are timed with glibc told to
 reuse freed blocks, as the ``dkmeans`` command does (:func:`dkmeans.cli.reuse_freed_memory`);
 ``--default-malloc`` times them with glibc's defaults instead (fresh 32 MiB blocks are
 then page-faulted in on every read).
@@ -37,6 +39,7 @@ import numpy as np
 import zarr
 from threadpoolctl import threadpool_limits
 
+from dkmeans.blobs import CODECS
 from dkmeans.cli import count, reuse_freed_memory
 from dkmeans.graph import DaskSource
 from dkmeans.io import check_data, to_dask_array
@@ -89,7 +92,8 @@ def lloyd_pass(store: str, centers: np.ndarray) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", default="/tmp/dkmeans-bench/blobs-32M.zarr")
+    parser.add_argument("--store", default=None, help="default: a store per codec in /tmp")
+    parser.add_argument("--codec", choices=list(CODECS), default="none")
     parser.add_argument("--n-samples", type=count, default=32_000_000)
     parser.add_argument("--n-features", type=count, default=32)
     parser.add_argument("--n-clusters", type=count, default=16)
@@ -98,9 +102,10 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the results file name")
     parser.add_argument("--default-malloc", action="store_true", help="time with glibc defaults")
     args = parser.parse_args()
+    args.store = args.store or f"/tmp/dkmeans-bench/blobs-32M-{args.codec}.zarr"
     malloc_tuned = not args.default_malloc and reuse_freed_memory()
     if not Path(args.store).exists():
-        make_store(args)
+        make_store(args, args.codec)
     array = zarr.open_array(args.store, mode="r")
     store_bytes = sum(f.stat().st_size for f in Path(args.store).rglob("*") if f.is_file())
 
@@ -137,7 +142,7 @@ def main() -> None:
         "cpu_ratio": median(iterations, 1) / median(reads, 1),
     }
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"out_of_core{'-' + args.tag if args.tag else ''}.json"
+    out = RESULTS / f"out_of_core-{args.codec}{'-' + args.tag if args.tag else ''}.json"
     out.write_text(json.dumps(result, indent=2))
 
     rows = [

@@ -55,8 +55,13 @@ def persisted(client: Client, n_blocks: int, rows: int, d: int) -> da.Array:
 
 
 def one_pass(source: DaskSource, centers: np.ndarray, bounds: np.ndarray) -> Any:
-    """One Lloyd pass: one compute of the tree-reduced statistics."""
-    return source.map_reduce(pass_statistics, centers, bounds)
+    """One Lloyd pass: one compute of the tree-reduced statistics.
+
+    The centres move a little at every call, as in Lloyd: a graph with the keys of the
+    previous pass would find its results still held by the scheduler.
+    """
+    moved = centers + np.random.default_rng().uniform(0, 1e-9, centers.shape)
+    return source.map_reduce(pass_statistics, moved, bounds)
 
 
 def centers_and_bounds(k: int, d: int) -> tuple[np.ndarray, np.ndarray]:
