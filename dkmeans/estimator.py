@@ -20,11 +20,11 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
 from .checkpoint import Checkpoint
-from .graph import DaskSource
+from .graph import DaskSource, InMemorySource, Source
 from .io import check_data, check_sample_weight, is_lazy_input, to_dask_array
 from .kernels import center_distances, nearest_centers, pass_statistics
 from .lloyd import IterationReport, LloydResult, lloyd
-from .resources import blas_threads, should_persist
+from .resources import blas_threads, local_threads, should_persist
 from .seeding import initial_centers
 
 Init = Literal["k-means||", "k-means++", "random"]
@@ -194,8 +194,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 f"Got {self.checkpoint!r} instead."
             )
 
-    def _check_X(self, X: Any, *, reset: bool) -> tuple[da.Array, bool]:
-        """Validated data as a Dask array, and whether it came in as NumPy."""
+    def _check_X(self, X: Any, *, reset: bool) -> tuple[da.Array, np.ndarray | None]:
+        """Validated data as a Dask array, and as NumPy if it came in in memory."""
         if is_lazy_input(X):
             data = check_data(to_dask_array(X))
             if reset:
@@ -205,11 +205,11 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                     f"X has {data.shape[1]} features, but KMeans is expecting "
                     f"{self.n_features_in_} features as input."
                 )
-            return data, False
+            return data, None
         array = validate_data(
             self, X, accept_sparse=False, dtype=[np.float64, np.float32], order="C", reset=reset
         )
-        return check_data(to_dask_array(array)), True
+        return check_data(to_dask_array(array)), array
 
     def _check_init(self, n_features: int) -> np.ndarray | None:
         if isinstance(self.init, str):
@@ -260,7 +260,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         every k.
         """
         self._validate_params()
-        data, in_memory = self._check_X(X, reset=True)
+        data, array = self._check_X(X, reset=True)
+        in_memory = array is not None
         n_samples, n_features = data.shape
         for k in k_values:
             if n_samples < k:
@@ -278,9 +279,20 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         weights = check_sample_weight(sample_weight, data)
         checkpoint = self._open_checkpoint(data, weights, k_values)
         saved = None if checkpoint is None else checkpoint.load()
-        if not in_memory and should_persist(self.persist, data):
-            data, weights = dask.persist(data, weights)
-        source = DaskSource(data, weights, check_finite=not in_memory)
+        source: Source
+        if in_memory:
+            # threads on the client, no graph: the same blocks and the same combining
+            # tree as a DaskSource, so the same result to the last bit
+            source = InMemorySource(
+                array,
+                None if weights is None else weights.compute(),
+                chunks=data.chunks[0],
+                threads=local_threads(),
+            )
+        else:
+            if should_persist(self.persist, data):
+                data, weights = dask.persist(data, weights)
+            source = DaskSource(data, weights, check_finite=True)
         with threadpool_limits(limits=blas_threads(), user_api="blas"):
             if saved is None:
                 seeds = self._seeds(n_init)
@@ -383,21 +395,21 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def predict(self, X: Any, sample_weight: Any = None) -> np.ndarray | da.Array:
         """Index of the nearest centre of every sample (NumPy in, NumPy out; else lazy Dask)."""
         check_is_fitted(self)
-        data, in_memory = self._check_X(X, reset=False)
+        data, array = self._check_X(X, reset=False)
         labels = self._labels(data)
-        return labels.compute() if in_memory else labels
+        return labels if array is None else labels.compute()
 
     def transform(self, X: Any) -> np.ndarray | da.Array:
         """Euclidean distance of every sample to every centre, shape (n_samples, n_clusters)."""
         check_is_fitted(self)
-        data, in_memory = self._check_X(X, reset=False)
+        data, array = self._check_X(X, reset=False)
         distances = data.map_blocks(
             center_distances,
             self.cluster_centers_,
             chunks=(data.chunks[0], (self.n_clusters,)),
             dtype=data.dtype,
         )
-        return distances.compute() if in_memory else distances
+        return distances if array is None else distances.compute()
 
     def fit_predict(
         self, X: Any, y: Any = None, sample_weight: Any = None

@@ -14,6 +14,7 @@ finishes first.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial, reduce
 from typing import Any, Protocol
 
@@ -47,18 +48,61 @@ def combine_all(parts: Sequence[Any]) -> Any:
 
 
 class InMemorySource:
-    """A NumPy array on the client; one kernel call is one pass."""
+    """A NumPy array on the client, in row blocks; a pass needs no task graph.
 
-    def __init__(self, x: np.ndarray, weights: np.ndarray | None = None) -> None:
+    The kernel runs on the blocks in a pool of ``threads`` threads (the kernels release
+    the GIL) and the results are combined in the same tree as :class:`DaskSource`
+    combines them, so both give bitwise the same result for the same blocks.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, d)
+    weights : ndarray of shape (n,) or None
+    chunks : sequence of int, optional
+        Rows of every block; default: one block.
+    threads : int
+        Blocks processed at once.
+    split_every : int
+        Fan-in of the combining tree.
+    """
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        weights: np.ndarray | None = None,
+        *,
+        chunks: Sequence[int] | None = None,
+        threads: int = 1,
+        split_every: int = SPLIT_EVERY,
+    ) -> None:
         self.x = x
         self.weights = weights
         self.n_rows, self.n_features = x.shape
         self.dtype = x.dtype
         self.passes = 0
+        self.chunks = tuple(chunks) if chunks is not None else (len(x),)
+        self.row_offsets = np.concatenate([[0], np.cumsum(self.chunks)[:-1]]).astype(int)
+        self.threads = threads
+        self.split_every = split_every
 
     def map_reduce(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        def block_result(i: int) -> Any:
+            offset = int(self.row_offsets[i])
+            rows = slice(offset, offset + self.chunks[i])
+            weights = None if self.weights is None else self.weights[rows]
+            return kernel(self.x[rows], weights, offset, i, *args, **kwargs)
+
+        blocks = range(len(self.chunks))
+        if self.threads > 1 and len(blocks) > 1:
+            with ThreadPoolExecutor(min(self.threads, len(blocks))) as pool:
+                parts = list(pool.map(block_result, blocks))
+        else:
+            parts = [block_result(i) for i in blocks]
+        step = self.split_every
+        while len(parts) > 1:  # the tree of DaskSource.graph, level by level
+            parts = [combine_all(parts[i : i + step]) for i in range(0, len(parts), step)]
         self.passes += 1
-        return kernel(self.x, self.weights, 0, 0, *args, **kwargs)
+        return parts[0]
 
 
 class FiniteChecked:

@@ -168,10 +168,18 @@ def _from_zarr(z: zarr.Array) -> da.Array:
     return da.from_array(NamedChunkReader(z), chunks=chunks, name=name, lock=False, fancy=False)
 
 
+#: In-memory arrays are cut into at least this many blocks (of at least
+#: :data:`MIN_NUMPY_BLOCK_ROWS` rows) so that every core has work; a fixed number, not the
+#: machine's core count, so that results do not depend on the machine.
+MIN_NUMPY_BLOCKS = 8
+MIN_NUMPY_BLOCK_ROWS = 8192
+
+
 def _from_numpy(x: np.ndarray) -> da.Array:
     if x.ndim != 2:
         return da.from_array(x)
     rows = max(1, TARGET_BLOCK_BYTES // 2 // max(1, x.shape[1] * x.itemsize))
+    rows = min(rows, max(MIN_NUMPY_BLOCK_ROWS, -(-len(x) // MIN_NUMPY_BLOCKS)))
     return da.from_array(x, chunks=(rows, -1))
 
 

@@ -41,10 +41,14 @@ def should_persist(persist: Literal["auto"] | bool, X: da.Array) -> bool:
     return bool(persist)
 
 
+def local_threads() -> int:
+    """Threads that work on blocks on this machine: Dask's ``num_workers``, else the cores."""
+    return dask.config.get("num_workers", None) or os.cpu_count() or 1
+
+
 def blas_threads() -> int:
     """BLAS threads per Dask thread so that their product stays within the cores."""
     cores = os.cpu_count() or 1
     if _client() is not None:
         return cores  # tasks run on workers; their own settings apply there
-    dask_threads = dask.config.get("num_workers", None) or cores
-    return max(1, cores // dask_threads)
+    return max(1, cores // local_threads())

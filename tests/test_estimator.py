@@ -109,6 +109,22 @@ def test_result_does_not_depend_on_chunking(overlapping):
         assert km.inertia_ == pytest.approx(results[0].inertia_, rel=1e-12)
 
 
+@pytest.mark.parametrize("init", ["k-means||", "random"])
+def test_numpy_input_on_threads_equals_dask_input_with_the_same_blocks(overlapping, init):
+    # NumPy input runs on a pool of threads without a task graph; with the same blocks
+    # and the same combining tree it must give a Dask array's result to the last bit
+    X = np.tile(overlapping, (10, 1))  # 20,000 rows: 8 blocks of 2,500 (MIN_NUMPY_BLOCKS)
+    weights = np.random.default_rng(3).uniform(0.5, 2, len(X))
+    params = dict(init=init, n_init=2, max_iter=15, random_state=4)
+    on_threads = KMeans(3, **params).fit(X, sample_weight=weights)
+    lazy = da.from_array(X, chunks=(2500, -1))
+    on_dask = KMeans(3, **params).fit(lazy, sample_weight=da.from_array(weights, chunks=2500))
+    np.testing.assert_array_equal(on_threads.cluster_centers_, on_dask.cluster_centers_)
+    assert on_threads.inertia_ == on_dask.inertia_
+    assert on_threads.n_iter_ == on_dask.n_iter_
+    np.testing.assert_array_equal(on_threads.labels_, on_dask.labels_.compute())
+
+
 def test_columns_chunks_are_merged(blobs):
     X = blobs[0]
     init = X[:5]
