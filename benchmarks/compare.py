@@ -294,8 +294,8 @@ def scaling(
             runs = []
             with total_threads(threads):
                 for _ in range(repeats):
-                    t_low, low, _ = fit_once(peer, x, centers, 1)
-                    t_high, high, _ = fit_once(peer, x, centers, 4)
+                    t_low, low, _ = fit_once(peer, x, centers, 2)
+                    t_high, high, _ = fit_once(peer, x, centers, 12)
                     runs.append((t_high - t_low) / max(1, high.n_iter_ - low.n_iter_))
             points.append(ScalingPoint(n, d, k, threads, statistics.median(runs)))
     return points
