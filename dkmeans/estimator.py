@@ -281,14 +281,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         saved = None if checkpoint is None else checkpoint.load()
         source: Source
         if in_memory:
-            # threads on the client, no graph: the same blocks and the same combining
-            # tree as a DaskSource, so the same result to the last bit
-            source = InMemorySource(
-                array,
-                None if weights is None else weights.compute(),
-                chunks=data.chunks[0],
-                threads=local_threads(),
-            )
+            source = _in_memory_source(data, array, weights)
         else:
             if should_persist(self.persist, data):
                 data, weights = dask.persist(data, weights)
@@ -371,7 +364,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.inertia_ = result.inertia
         self.n_iter_ = result.n_iter
         labels = self._labels(data)
-        self.labels_ = labels.compute() if in_memory else labels
+        # NumPy in: computed here on threads, even when a distributed client is active
+        self.labels_ = labels.compute(scheduler="threads") if in_memory else labels
         distinct = int(np.count_nonzero(result.counts))
         if distinct < self.n_clusters:
             warnings.warn(
@@ -397,7 +391,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         data, array = self._check_X(X, reset=False)
         labels = self._labels(data)
-        return labels if array is None else labels.compute()
+        return labels if array is None else labels.compute(scheduler="threads")
 
     def transform(self, X: Any) -> np.ndarray | da.Array:
         """Euclidean distance of every sample to every centre, shape (n_samples, n_clusters)."""
@@ -409,7 +403,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             chunks=(data.chunks[0], (self.n_clusters,)),
             dtype=data.dtype,
         )
-        return distances if array is None else distances.compute()
+        return distances if array is None else distances.compute(scheduler="threads")
 
     def fit_predict(
         self, X: Any, y: Any = None, sample_weight: Any = None
@@ -426,13 +420,29 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
         """Opposite of the inertia of X under the fitted centres."""
         check_is_fitted(self)
-        data, _ = self._check_X(X, reset=False)
+        data, array = self._check_X(X, reset=False)
         weights = check_sample_weight(sample_weight, data)
         centers = self.cluster_centers_.astype(np.float64)
-        stats = DaskSource(data, weights).map_reduce(
+        source = (
+            DaskSource(data, weights) if array is None else _in_memory_source(data, array, weights)
+        )
+        stats = source.map_reduce(
             pass_statistics, centers, np.array([0, len(centers)]), far_capacity=0
         )
         return -float(stats.cluster_inertia.sum())
+
+
+def _in_memory_source(
+    data: da.Array, array: np.ndarray, weights: da.Array | None
+) -> InMemorySource:
+    """NumPy data on a pool of threads on the client, without a task graph: the blocks of
+    ``data`` combined in the same tree as a DaskSource, so the same result to the last bit."""
+    return InMemorySource(
+        array,
+        None if weights is None else weights.compute(scheduler="threads"),
+        chunks=data.chunks[0],
+        threads=local_threads(),
+    )
 
 
 def _block_labels(block: np.ndarray, centers: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 import zarr
 from dask.utils import key_split
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, get_task_stream
 from distributed.diagnostics.plugin import SchedulerPlugin
 from threadpoolctl import threadpool_limits
 
@@ -256,3 +256,21 @@ def test_fit_survives_losing_a_worker(tmp_path, two_workers) -> None:
     np.testing.assert_array_equal(disturbed.cluster_centers_, undisturbed.cluster_centers_)
     assert disturbed.inertia_ == undisturbed.inertia_
     assert disturbed.n_iter_ == undisturbed.n_iter_ == 8
+
+
+def test_numpy_input_stays_on_the_client_with_a_cluster_active() -> None:
+    # NumPy data is already here: fitting it, predicting and scoring must not ship it
+    # to the workers of an active distributed client, and give the same result
+    X = np.random.default_rng(8).normal(size=(3000, 4))
+    alone = KMeans(3, random_state=2).fit(X)
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster,
+        Client(cluster) as client,
+        get_task_stream(client) as stream,
+    ):
+        with_client = KMeans(3, random_state=2).fit(X)
+        labels, score = with_client.predict(X), with_client.score(X)
+    assert stream.data == []
+    np.testing.assert_array_equal(with_client.cluster_centers_, alone.cluster_centers_)
+    np.testing.assert_array_equal(labels, alone.labels_)
+    assert score == -alone.inertia_
