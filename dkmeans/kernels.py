@@ -38,7 +38,7 @@ USE_NUMBA = numba is not None
 
 
 #: Fewest rows per sub-block: with a thousand centres (ten k-means|| runs), GEMMs of 64
-#: rows ran 25% slower than of 256 or more (250,000 x 32 rows, 1000 centres: 441 -> 364 ms).
+#: rows ran 21% slower than of 256 or more (250,000 x 32 rows, 1000 centres: 441 -> 364 ms).
 MIN_SUB_BLOCK_ROWS = 256
 
 
