@@ -2,8 +2,9 @@
 
 A *source* is the data an algorithm passes over: :class:`DaskSource` for a Dask
 array (every pass is one ``compute`` of a tree reduction), :class:`InMemorySource`
-for a small NumPy array on the client (the kernel runs once on the whole array).
-Algorithms are written once against :class:`Source` and never see the difference.
+for a NumPy array on the client (its blocks on a pool of threads, no task graph; one
+block for the few weighted candidates of k-means||). Algorithms are written once
+against :class:`Source` and never see the difference.
 
 A kernel is called as ``kernel(block, weights, row_offset, block_index, *args,
 **kwargs)`` and returns an object with a ``combine(other)`` method; combining is done

@@ -1,4 +1,5 @@
-"""Pure-NumPy kernels on one block of rows.
+"""Kernels on one block of rows: NumPy, with the per-row loops compiled by numba when
+it is installed (the ``fast`` extra) and a vectorised NumPy twin of each otherwise.
 
 Everything here takes one in-memory block of samples (rows x features) and returns
 small statistics whose size does not depend on the number of rows. Nothing here
