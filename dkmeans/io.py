@@ -133,6 +133,8 @@ class NamedChunkReader:
     def __getitem__(self, selection: tuple[slice, ...]) -> np.ndarray:
         try:
             return self.array[selection]
+        except MemoryError:
+            raise
         except Exception as error:
             raise ChunkReadError(
                 f"cannot read chunk {self.damaged_chunks(selection)} of the Zarr array at "
@@ -154,6 +156,9 @@ class NamedChunkReader:
                 self.array[chunk]
             except Exception:
                 keys.append(self.array.metadata.encode_chunk_key(coords))
+        if not keys:  # the failure did not repeat chunk by chunk: name the whole block
+            start, stop, _ = selection[0].indices(self.shape[0])
+            return f"holding rows {start} to {stop - 1}"
         shown = ", ".join(keys[:most])
         return shown if len(keys) <= most else f"{shown}, ... ({len(keys)} chunks)"
 

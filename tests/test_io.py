@@ -15,6 +15,7 @@ from dkmeans import KMeans
 from dkmeans.io import (
     TARGET_BLOCK_BYTES,
     ChunkReadError,
+    NamedChunkReader,
     block_rows,
     check_data,
     open_zarr_array,
@@ -102,6 +103,30 @@ def test_damaged_chunk_is_named(tmp_path, data, zarr_format, compressors, key):
     (path / key).write_bytes(b"not a chunk")
     with pytest.raises(ChunkReadError, match=f"cannot read chunk {key} of the Zarr array at"):
         KMeans(2, random_state=0, persist=False).fit(str(path))
+
+
+class FailsOnce:
+    """A Zarr array whose first read fails (a transient error), as seen by the reader."""
+
+    def __init__(self, array):
+        self.array, self.failed = array, False
+
+    def __getattr__(self, name):
+        return getattr(self.array, name)
+
+    def __getitem__(self, selection):
+        if not self.failed:
+            self.failed = True
+            raise OSError("connection reset")
+        return self.array[selection]
+
+
+def test_failure_that_does_not_repeat_names_the_rows(data):
+    array = zarr.create_array(store="memory://dkmeans-fails-once.zarr", data=data, chunks=(20, 3))
+    reader = NamedChunkReader(FailsOnce(array))
+    with pytest.raises(ChunkReadError, match="chunk holding rows 40 to 99 .*connection reset"):
+        reader[40:100, 0:3]
+    np.testing.assert_array_equal(reader[40:100, 0:3], data[40:100])
 
 
 def test_memory_and_file_urls(tmp_path, data):
