@@ -133,6 +133,14 @@ class _Accumulator:
     far_labels: np.ndarray  # (R, capacity) int64
     far_worst: np.ndarray  # (R,) smallest distance among the slots
 
+    @property
+    def totals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.sums, self.counts, self.inertia
+
+    @property
+    def far(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return self.far_distances, self.far_rows, self.far_labels, self.far_worst
+
     @classmethod
     def empty(
         cls, n_rows: int, n_runs: int, n_centers: int, n_features: int, far_capacity: int
@@ -173,12 +181,12 @@ def _assign_numpy(
     weights: np.ndarray,
     labels: np.ndarray,
     distances: np.ndarray,
-    sums: np.ndarray,
-    counts: np.ndarray,
-    inertia: np.ndarray,
+    totals: tuple[np.ndarray, np.ndarray, np.ndarray],
     accumulate: bool,
 ) -> None:
-    """Vectorised NumPy twin of :func:`_assign_loop` (same arguments, same effect)."""
+    """Vectorised NumPy twin of :func:`_assign_loop` without far-point slots (the caller
+    selects far points from the per-row results)."""
+    sums, counts, inertia = totals
     partial += centers_sq
     for r in range(len(bounds) - 1):
         lo, hi = bounds[r], bounds[r + 1]
@@ -203,23 +211,21 @@ def _assign_loop(
     row0,
     labels,
     distances,
-    sums,
-    counts,
-    inertia,
-    far_distances,
-    far_rows,
-    far_labels,
-    far_worst,
+    totals,
+    far,
     accumulate,
 ):
     """Fused assignment of one sub-block: one read of every row, compiled by numba.
 
     ``partial`` holds ``-2 x·c`` (no norms); the ``||c||²`` is added while scanning.
-    Empty ``weights`` mean all ones; ``labels`` without rows are not written. With
-    ``far_*`` slots, the farthest rows of weight > 0 are kept in them: a row replaces
-    the worst slot (nearest, then latest row) when strictly farther, so ties keep the
-    earlier row, as :meth:`FarPoints.select` does.
+    Empty ``weights`` mean all ones; ``labels`` without rows are not written.
+    ``totals`` are the per-centre sums, counts and inertia. With slots in ``far``
+    (:attr:`_Accumulator.far`), the farthest rows of weight > 0 are kept in them: a row
+    replaces the worst slot (nearest, then latest row) when strictly farther, so ties
+    keep the earlier row, as :meth:`FarPoints.select` does.
     """
+    sums, counts, inertia = totals
+    far_distances, far_rows, far_labels, far_worst = far
     n_rows, n_features = xs.shape
     weighted = weights.shape[0] > 0
     per_row = labels.shape[0] > 0
@@ -301,18 +307,11 @@ def _assign_block_loop(
     step,
     labels,
     distances,
-    sums,
-    counts,
-    inertia,
-    far_distances,
-    far_rows,
-    far_labels,
-    far_worst,
+    totals,
+    far,
     accumulate,
     moments,
-    count,
-    mean,
-    m2,
+    moment_sums,
 ):
     """The whole block in one compiled call: GEMM per sub-block, then the fused scan.
 
@@ -336,17 +335,12 @@ def _assign_block_loop(
             start,
             labels[start:stop] if labels.shape[0] > 0 else labels,
             distances[start:stop] if labels.shape[0] > 0 else distances,
-            sums,
-            counts,
-            inertia,
-            far_distances,
-            far_rows,
-            far_labels,
-            far_worst,
+            totals,
+            far,
             accumulate,
         )
         if moments:
-            _merge_moments_compiled(xs, count, mean, m2)
+            _merge_moments_compiled(xs, *moment_sums)
 
 
 if numba is not None:
@@ -399,18 +393,11 @@ def _assign(
             step,
             out.labels,
             out.distances,
-            out.sums,
-            out.counts,
-            out.inertia,
-            out.far_distances,
-            out.far_rows,
-            out.far_labels,
-            out.far_worst,
+            out.totals,
+            out.far,
             accumulate,
             moments,
-            count,
-            mean,
-            m2,
+            (count, mean, m2),
         )
     else:
         w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -428,9 +415,7 @@ def _assign(
                 w[rows],
                 out.labels[rows],
                 out.distances[rows],
-                out.sums,
-                out.counts,
-                out.inertia,
+                out.totals,
                 accumulate,
             )
             if moments:
