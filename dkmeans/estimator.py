@@ -312,7 +312,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         return data, in_memory, best
 
     def _initial_centers(
-        self, source: DaskSource, init: np.ndarray | None, k_values: list[int], seeds: np.ndarray
+        self, source: Source, init: np.ndarray | None, k_values: list[int], seeds: np.ndarray
     ) -> list[np.ndarray]:
         """Initial centres of every run: run ``i * n_init + j`` is k_values[i], seeds[j]."""
         if init is not None:

@@ -48,6 +48,16 @@ def combine_all(parts: Sequence[Any]) -> Any:
     return reduce(lambda a, b: a.combine(b), parts)
 
 
+def tree_level(items: Sequence[Any], split_every: int) -> list[Sequence[Any]]:
+    """One level of the combining tree: consecutive groups of ``split_every`` items."""
+    return [items[i : i + split_every] for i in range(0, len(items), split_every)]
+
+
+def row_offsets(chunks: Sequence[int]) -> np.ndarray:
+    """Global index of the first row of every block."""
+    return np.concatenate([[0], np.cumsum(chunks)[:-1]]).astype(int)
+
+
 class InMemorySource:
     """A NumPy array on the client, in row blocks; a pass needs no task graph.
 
@@ -82,7 +92,7 @@ class InMemorySource:
         self.dtype = x.dtype
         self.passes = 0
         self.chunks = tuple(chunks) if chunks is not None else (len(x),)
-        self.row_offsets = np.concatenate([[0], np.cumsum(self.chunks)[:-1]]).astype(int)
+        self.row_offsets = row_offsets(self.chunks)
         self.threads = threads
         self.split_every = split_every
 
@@ -99,9 +109,8 @@ class InMemorySource:
                 parts = list(pool.map(block_result, blocks))
         else:
             parts = [block_result(i) for i in blocks]
-        step = self.split_every
         while len(parts) > 1:  # the tree of DaskSource.graph, level by level
-            parts = [combine_all(parts[i : i + step]) for i in range(0, len(parts), step)]
+            parts = [combine_all(group) for group in tree_level(parts, self.split_every)]
         self.passes += 1
         return parts[0]
 
@@ -164,7 +173,7 @@ class DaskSource:
         self.on_pass = on_pass
         self.passes = 0
         self.check_finite = check_finite
-        self.row_offsets = np.concatenate([[0], np.cumsum(x.chunks[0])[:-1]]).astype(int)
+        self.row_offsets = row_offsets(x.chunks[0])
 
     def graph(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> Delayed:
         """The lazy tree reduction of ``kernel`` over all blocks (one key at the root).
@@ -203,13 +212,13 @@ class DaskSource:
         for i, (block, w, offset) in enumerate(zip(blocks, weights, self.row_offsets, strict=True)):
             layer[(name, i)] = (call, block, w, int(offset), i, *shared)
             level.append((name, i))
-        depth, step = 0, self.split_every
+        depth = 0
         while len(level) > 1:
             depth += 1
-            parents = [(combined, depth, i) for i in range(-(-len(level) // step))]
-            for i, key in enumerate(parents):
-                layer[key] = (combine_all, level[i * step : (i + 1) * step])
-            level = parents
+            groups = tree_level(level, self.split_every)
+            for i, group in enumerate(groups):
+                layer[(combined, depth, i)] = (combine_all, group)
+            level = [(combined, depth, i) for i in range(len(groups))]
         dependencies = [self.x] if self.weights is None else [self.x, self.weights]
         graph = HighLevelGraph.from_collections(name, layer, dependencies=dependencies)
         return Delayed(level[0], graph, layer=name)

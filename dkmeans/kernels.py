@@ -165,11 +165,12 @@ class _Accumulator:
             filled = self.far_rows[run] >= 0
             rows = self.far_rows[run, filled]
             distances, labels = self.far_distances[run, filled], self.far_labels[run, filled]
-        else:
+            x, weights = x[rows], None if weights is None else weights[rows]
+        else:  # select picks its few rows itself: no copy of the block
             rows = np.arange(len(x))
             distances, labels = self.distances[:, run], self.labels[:, run]
-        w = np.ones(len(rows)) if weights is None else np.asarray(weights[rows], dtype=np.float64)
-        return FarPoints.select(x[rows], distances, labels, w, row_offset + rows, capacity)
+        w = np.ones(len(rows)) if weights is None else np.asarray(weights, dtype=np.float64)
+        return FarPoints.select(x, distances, labels, w, row_offset + rows, capacity)
 
 
 def _assign_numpy(
