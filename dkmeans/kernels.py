@@ -54,11 +54,6 @@ def _sub_blocks(n_rows: int, step: int) -> Iterator[slice]:
         yield slice(start, min(start + step, n_rows))
 
 
-def block_rng(seed: int, purpose: int, round_index: int, block_index: int) -> np.random.Generator:
-    """Random generator of one block, identical on every scheduler and worker."""
-    return np.random.default_rng([seed, purpose, round_index, block_index])
-
-
 #: Float32 data is multiplied with float64 copies of the centres once a centre
 #: coordinate exceeds this: ``x·c`` and ``||c||²`` could overflow float32 (3.4e38).
 FLOAT32_GEMM_MAX_CENTER = 1e15
@@ -371,11 +366,9 @@ def _assign(
     """
     n_centers, n_features = centers.shape
     n_runs = len(bounds) - 1
-    dtype = _gemm_dtype(x, centers)
+    dtype, centers_gemm_t, centers_sq = gemm_operands(x, centers)
+    centers_sq = centers_sq.astype(dtype)  # the scan adds it to the GEMM in its dtype
     centers64 = np.ascontiguousarray(centers, dtype=np.float64)
-    # -2 is a power of two: x·(-2c) rounds exactly like -2(x·c)
-    centers_gemm_t = np.ascontiguousarray((-2 * centers64).T, dtype=dtype)
-    centers_sq = np.einsum("ij,ij->j", centers_gemm_t, centers_gemm_t) / 4
     bounds = np.asarray(bounds, dtype=np.int64)
     track_far = USE_NUMBA and far_capacity > 0
     out = _Accumulator.empty(
@@ -450,6 +443,18 @@ def nearest_centers(
     return out.labels, out.distances
 
 
+def gemm_operands(x: np.ndarray, centers: np.ndarray) -> tuple[np.dtype, np.ndarray, np.ndarray]:
+    """The GEMM dtype, ``-2 * centers`` transposed in that dtype, and the float64 squared
+    norms of the centres as rounded to it: ``x·(-2c) + ||c||²`` is ``||x - c||² - ||x||²``.
+    """
+    dtype = _gemm_dtype(x, centers)
+    # -2 is a power of two: x·(-2c) rounds exactly like -2(x·c)
+    scaled = -2 * np.asarray(centers, dtype=np.float64)
+    centers_gemm_t = np.ascontiguousarray(scaled.T, dtype=dtype)
+    rounded = centers_gemm_t.astype(np.float64)
+    return dtype, centers_gemm_t, np.einsum("ij,ij->j", rounded, rounded) / 4
+
+
 def min_squared_distances(
     x: np.ndarray, centers: np.ndarray, bounds: np.ndarray | None = None
 ) -> np.ndarray:
@@ -474,12 +479,11 @@ def min_squared_distances(
     out = np.full((len(x), n_runs), np.inf)
     if len(centers) == 0:
         return out
-    dtype = _gemm_dtype(x, centers)
-    centers_gemm = np.ascontiguousarray(centers, dtype=dtype)
-    centers_sq = np.einsum("ij,ij->i", centers_gemm, centers_gemm)
+    dtype, centers_gemm_t, centers_sq = gemm_operands(x, centers)
     for rows in _sub_blocks(len(x), sub_block_rows(len(centers), x.shape[1])):
-        xs = np.asarray(x[rows], dtype=dtype)
-        partial = partial_distances(xs, centers_gemm, centers_sq)
+        xs = np.ascontiguousarray(x[rows], dtype=dtype)
+        partial = (xs @ centers_gemm_t).astype(np.float64)
+        partial += centers_sq
         x_sq = np.einsum("ij,ij->i", xs, xs, dtype=np.float64)
         for r in range(n_runs):
             lo, hi = bounds[r], bounds[r + 1]

@@ -1,9 +1,13 @@
-"""Pure-NumPy sampling kernels for the initialisers, one block of rows at a time.
+"""Sampling kernels for the initialisers, one block of rows at a time.
 
-Every random draw of a block comes from :func:`dkmeans.kernels.block_rng` seeded by
-(seed, purpose, round, block index), so that the sample does not depend on the
-scheduler or on the order in which blocks finish. Combining two partial results is
+Every random number belongs to a row, not to a block: it is a hash of (seed, purpose,
+round, global row index) (:func:`row_uniforms`). So a sample depends neither on the
+scheduler nor on how the rows are cut into blocks. Combining two partial results is
 associative and order-independent (ties broken by global row index).
+
+The per-row loops of the k-means|| rounds and of the key draws are compiled by numba
+when it is installed (see :mod:`dkmeans.kernels`); their NumPy twins give the same
+samples.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from enum import IntEnum
 
 import numpy as np
 
-from .kernels import block_rng, min_squared_distances
+from . import kernels
+from .kernels import gemm_operands, min_squared_distances
 
 
 class Purpose(IntEnum):
@@ -22,6 +27,142 @@ class Purpose(IntEnum):
     SMALLEST_KEYS = 1
     OVERSAMPLE = 2
     PLUSPLUS = 3
+
+
+def stream_key(seed: int, purpose: int, *counters: int) -> np.uint64:
+    """The key of one random stream: every row draws one number from it."""
+    words = [seed, purpose, *counters]
+    return np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0]
+
+
+# splitmix64 (Steele, Lea & Flood 2014) of stream + row * golden ratio
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX_2 = np.uint64(0x94D049BB133111EB)
+_SHIFT_1, _SHIFT_2, _SHIFT_3 = np.uint64(30), np.uint64(27), np.uint64(31)
+_MANTISSA_SHIFT = np.uint64(11)
+_ULP = 2.0**-53
+
+
+def _uniform(stream, row):
+    """Uniform on (0, 1] of a row, or of an array of rows (NumPy uint64 arithmetic
+    wraps around, like the compiled one)."""
+    z = stream + row * _GOLDEN
+    z = (z ^ (z >> _SHIFT_1)) * _MIX_1
+    z = (z ^ (z >> _SHIFT_2)) * _MIX_2
+    z = z ^ (z >> _SHIFT_3)
+    return (np.float64(z >> _MANTISSA_SHIFT) + 1.0) * _ULP
+
+
+def row_uniforms(stream: np.uint64, row_offset: int, n_rows: int) -> np.ndarray:
+    """Uniform numbers on (0, 1] of the rows ``row_offset .. row_offset + n_rows - 1``."""
+    return _uniform(stream, np.arange(row_offset, row_offset + n_rows, dtype=np.uint64))
+
+
+def _exponential_keys_loop(weights, stream, row0, out):
+    """``out[i] = Exp(1) / w[i]`` of row ``row0 + i`` (``inf`` where ``w[i] <= 0``)."""
+    for i in range(out.shape[0]):
+        w = weights[i] if weights.shape[0] > 0 else 1.0
+        if w > 0:
+            out[i] = -np.log(_uniform_compiled(stream, np.uint64(row0 + i))) / w
+        else:
+            out[i] = np.inf
+
+
+def _drop_below(run, threshold, kept_rows, kept_keys, n_kept):
+    """Keep only the run's kept rows whose key is at least ``threshold``."""
+    filled = 0
+    for slot in range(n_kept[run]):
+        if kept_keys[run, slot] >= threshold:
+            kept_rows[run, filled] = kept_rows[run, slot]
+            kept_keys[run, filled] = kept_keys[run, slot]
+            filled += 1
+    n_kept[run] = filled
+
+
+def _oversample_loop(
+    x,
+    centers_gemm_t,
+    centers_sq,
+    bounds,
+    weights,
+    step,
+    oversampling,
+    streams,
+    row0,
+    cost,
+    kept_rows,
+    kept_keys,
+    n_kept,
+):
+    """One k-means|| round of every run over one block, in one compiled call.
+
+    Per row sub-block one GEMM against all runs' candidates; then for every row and
+    run the squared distance to the nearest candidate, the run's cost, and the row's
+    key. A row is kept while its key is at least the cost so far (the block's cost only
+    grows, so a row dropped here could never be kept). Returns False when a run keeps
+    more rows than its slots hold.
+    """
+    n_rows, n_features = x.shape
+    capacity = kept_rows.shape[1]
+    weighted = weights.shape[0] > 0
+    partial = np.empty((min(step, n_rows), centers_gemm_t.shape[1]), dtype=x.dtype)
+    for start in range(0, n_rows, step):
+        stop = min(start + step, n_rows)
+        block_partial = partial[: stop - start]
+        np.dot(x[start:stop], centers_gemm_t, block_partial)
+        for i in range(stop - start):
+            w = weights[start + i] if weighted else 1.0
+            if not w > 0:
+                continue
+            x_sq = 0.0
+            for f in range(n_features):
+                value = np.float64(x[start + i, f])
+                x_sq += value * value
+            row = np.uint64(row0 + start + i)
+            for r in range(bounds.shape[0] - 1):
+                nearest = np.inf
+                for j in range(bounds[r], bounds[r + 1]):
+                    nearest = min(nearest, block_partial[i, j] + centers_sq[j])
+                mass = w * max(np.float64(nearest) + x_sq, 0.0)
+                cost[r] += mass
+                if not mass > 0:
+                    continue
+                key = oversampling[r] * mass / _uniform_compiled(streams[r], row)
+                if key >= cost[r]:
+                    if n_kept[r] == capacity:
+                        _drop_below_compiled(r, cost[r], kept_rows, kept_keys, n_kept)
+                        if n_kept[r] == capacity:
+                            return False
+                    kept_rows[r, n_kept[r]] = start + i
+                    kept_keys[r, n_kept[r]] = key
+                    n_kept[r] += 1
+    return True
+
+
+if kernels.numba is not None:
+    _jit = kernels.numba.njit(nogil=True, cache=True)
+    _uniform_compiled = _jit(_uniform)
+    _exponential_keys_compiled = _jit(_exponential_keys_loop)
+    _drop_below_compiled = _jit(_drop_below)
+    # reassoc vectorises the squared norms and the nearest-candidate minima
+    _oversample_compiled = kernels.numba.njit(
+        nogil=True, cache=True, fastmath={"reassoc", "contract"}
+    )(_oversample_loop)
+
+
+def exponential_keys(weights: np.ndarray | None, stream: np.uint64, row_offset: int, n_rows: int):
+    """Keys ``Exp(1) / w`` of a block's rows (``inf`` for weight 0): the rows with the
+    smallest keys are a weighted sample without replacement (Efraimidis & Spirakis)."""
+    if kernels.USE_NUMBA:
+        out = np.empty(n_rows)
+        w = np.empty(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
+        _exponential_keys_compiled(w, stream, row_offset, out)
+        return out
+    w = _weights(weights, n_rows)
+    exp = -np.log(row_uniforms(stream, row_offset, n_rows))
+    with np.errstate(divide="ignore"):
+        return np.where(w > 0, exp / np.where(w > 0, w, 1.0), np.inf)
 
 
 def _weights(weights: np.ndarray | None, n_rows: int) -> np.ndarray:
@@ -73,14 +214,15 @@ def smallest_keys(
 ) -> PerRun:
     """Weighted samples of ``size`` distinct rows, one per seed (partial: this block's
     smallest keys)."""
-    w = _weights(weights, len(x))
+    del block_index
     index = np.arange(row_offset, row_offset + len(x))
     samples = []
     for seed in seeds:
-        exp = block_rng(int(seed), Purpose.SMALLEST_KEYS, 0, block_index).exponential(size=len(x))
-        with np.errstate(divide="ignore"):
-            keys = np.where(w > 0, exp / w, np.inf)
-        if len(x) > size:
+        stream = stream_key(int(seed), Purpose.SMALLEST_KEYS)
+        keys = exponential_keys(weights, stream, row_offset, len(x))
+        if size == 1 and len(x):
+            candidates = np.array([np.argmin(keys)])
+        elif len(x) > size:
             candidates = np.argpartition(keys, size - 1)[:size]
         else:
             candidates = np.arange(len(x))
@@ -137,7 +279,8 @@ def oversample(
     x : ndarray of shape (rows, d)
     weights : ndarray of shape (rows,) or None
     row_offset, block_index : int
-        Global index of the first row; position of the block.
+        Global index of the first row; position of the block (unused: the draws
+        belong to the rows).
     candidates : ndarray of shape (M, d)
         Stacked current candidates of all runs.
     bounds : ndarray of shape (R + 1,)
@@ -152,20 +295,71 @@ def oversample(
     -------
     PerRun of Oversample
     """
+    del block_index
+    streams = np.array(
+        [stream_key(int(seed), Purpose.OVERSAMPLE, round_index) for seed in seeds],
+        dtype=np.uint64,
+    )
+    oversampling = np.asarray(oversampling, dtype=np.float64)
+    block_round = _oversample_compiled_block if kernels.USE_NUMBA else _oversample_numpy
+    cost, kept = block_round(x, weights, row_offset, candidates, bounds, oversampling, streams)
+    return PerRun(
+        Oversample(
+            float(cost[r]), keys, row_offset + rows, np.asarray(x[rows], dtype=np.float64)
+        ).kept()
+        for r, (rows, keys) in enumerate(kept)
+    )
+
+
+def _oversample_numpy(x, weights, row_offset, candidates, bounds, oversampling, streams):
+    """NumPy twin of :func:`_oversample_loop`: per run, the block's cost and the
+    block-local rows (with their keys) that may be kept."""
     w = _weights(weights, len(x))
     distances = min_squared_distances(x, candidates, bounds)
-    index = np.arange(row_offset, row_offset + len(x))
-    runs = []
-    for r, seed in enumerate(seeds):
-        mass = w * distances[:, r]
-        u = 1.0 - block_rng(int(seed), Purpose.OVERSAMPLE, round_index, block_index).random(len(x))
-        keys = oversampling[r] * mass / u
-        cost = float(mass.sum())
-        keep = keys >= cost if cost > 0 else np.zeros(len(x), bool)
-        runs.append(
-            Oversample(cost, keys[keep], index[keep], np.asarray(x[keep], dtype=np.float64))
+    cost, kept = np.zeros(len(streams)), []
+    for r, stream in enumerate(streams):
+        with np.errstate(invalid="ignore"):
+            mass = np.where(w > 0, w * distances[:, r], 0.0)
+        keys = oversampling[r] * mass / row_uniforms(stream, row_offset, len(x))
+        # summed in row order, like the compiled loop
+        cost[r] = np.cumsum(mass)[-1] if len(x) else 0.0
+        rows = np.flatnonzero((mass > 0) & (keys >= cost[r]))
+        kept.append((rows, keys[rows]))
+    return cost, kept
+
+
+def _oversample_compiled_block(x, weights, row_offset, candidates, bounds, oversampling, streams):
+    """:func:`_oversample_loop` on a block, with more slots if the first ones overflow."""
+    n_runs = len(streams)
+    dtype, centers_gemm_t, centers_sq = gemm_operands(x, candidates)
+    x = np.ascontiguousarray(x, dtype=dtype)
+    w = np.empty(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
+    step = kernels.sub_block_rows(len(candidates), x.shape[1])
+    # a run keeps about l rows per round in all; the slots overflow only by bad luck
+    for capacity in (min(len(x), int(4 * oversampling.max(initial=0)) + 64), len(x)):
+        cost = np.zeros(n_runs)
+        kept_rows = np.empty((n_runs, capacity), dtype=np.int64)
+        kept_keys = np.empty((n_runs, capacity))
+        n_kept = np.zeros(n_runs, dtype=np.int64)
+        done = _oversample_compiled(
+            x,
+            centers_gemm_t,
+            centers_sq,
+            np.asarray(bounds, dtype=np.int64),
+            w,
+            step,
+            oversampling,
+            streams,
+            row_offset,
+            cost,
+            kept_rows,
+            kept_keys,
+            n_kept,
         )
-    return PerRun(runs)
+        if done:
+            break
+    kept = [(kept_rows[r, : n_kept[r]], kept_keys[r, : n_kept[r]]) for r in range(n_runs)]
+    return cost, kept
 
 
 @dataclass(frozen=True)
@@ -219,11 +413,15 @@ def plusplus_trials(
     seed, step : int
         Randomness of this step.
     """
+    del block_index
     w = _weights(weights, len(x))
     current = min_squared_distances(x, centers)[:, 0]
     per_trial = min_squared_distances(x, trials, np.arange(len(trials) + 1))
     mass = w[:, None] * np.minimum(current[:, None], per_trial)  # (rows, T)
-    exp = block_rng(seed, Purpose.PLUSPLUS, step, block_index).exponential(size=(len(x), n_draws))
+    exp = np.empty((len(x), n_draws))
+    for draw in range(n_draws):
+        stream = stream_key(seed, Purpose.PLUSPLUS, step, draw)
+        exp[:, draw] = exponential_keys(None, stream, row_offset, len(x))
     n_trials, n_features = trials.shape
     keys = np.full((n_trials, n_draws), np.inf)
     index = np.full((n_trials, n_draws), np.iinfo(np.int64).max)

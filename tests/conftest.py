@@ -2,6 +2,8 @@ import matplotlib
 import numpy as np
 import pytest
 
+from dkmeans import kernels
+
 matplotlib.use("Agg")
 
 
@@ -20,3 +22,13 @@ def overlapping() -> np.ndarray:
     rng = np.random.default_rng(7)
     labels = rng.integers(3, size=2000)
     return rng.normal(size=(2000, 3)) * 1.5 + labels[:, None] * np.array([2.0, 1.0, 0.0])
+
+
+IMPLEMENTATIONS = ["numba", "numpy"] if kernels.numba is not None else ["numpy"]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def implementation(request, monkeypatch):
+    """Run a test with the numba kernels (when installed) and with the NumPy fallbacks."""
+    monkeypatch.setattr(kernels, "USE_NUMBA", request.param == "numba")
+    return request.param

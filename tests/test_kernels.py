@@ -19,15 +19,6 @@ from dkmeans.kernels import (
     pass_statistics,
 )
 
-IMPLEMENTATIONS = ["numba", "numpy"] if kernels.numba is not None else ["numpy"]
-
-
-@pytest.fixture(params=IMPLEMENTATIONS)
-def implementation(request, monkeypatch):
-    """Run a test with the numba kernel (when installed) and with the NumPy fallback."""
-    monkeypatch.setattr(kernels, "USE_NUMBA", request.param == "numba")
-    return request.param
-
 
 def brute_force(x, centers, bounds, weights):
     """Per run: labels and squared distances from all pairwise differences, in float64."""

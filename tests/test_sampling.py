@@ -1,0 +1,114 @@
+"""Sampling kernels: per-row random streams, k-means|| rounds against a brute-force
+reference, and samples that do not depend on how the rows are cut into blocks."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dkmeans import kernels, sampling
+from dkmeans.graph import DaskSource, InMemorySource
+from dkmeans.sampling import Purpose, oversample, row_uniforms, stream_key
+from dkmeans.seeding import kmeans_parallel, kmeans_plusplus, random_centers
+
+
+def test_row_uniforms_are_uniform_on_the_half_open_unit_interval():
+    u = row_uniforms(stream_key(3, Purpose.OVERSAMPLE, 0), 0, 200_000)
+    assert u.min() > 0 and u.max() <= 1
+    counts, _ = np.histogram(u, bins=20, range=(0, 1))
+    chi_square = ((counts - 10_000) ** 2 / 10_000).sum()
+    assert chi_square < 60  # 19 degrees of freedom: p < 1e-6 above this
+    # another stream, and the next rows of this one, are unrelated to these numbers
+    other = row_uniforms(stream_key(4, Purpose.OVERSAMPLE, 0), 0, 200_000)
+    assert abs(np.corrcoef(u, other)[0, 1]) < 0.02
+    np.testing.assert_array_equal(row_uniforms(stream_key(3, 2, 0), 100, 10), u[100:110])
+
+
+@pytest.mark.skipif(kernels.numba is None, reason="numba is not installed")
+def test_compiled_and_numpy_draws_are_identical():
+    stream = stream_key(11, Purpose.SMALLEST_KEYS)
+    compiled = np.array([sampling._uniform_compiled(stream, np.uint64(row)) for row in range(50)])
+    np.testing.assert_array_equal(compiled, row_uniforms(stream, 0, 50))
+
+
+def brute_force_round(x, weights, candidates, bounds, oversampling, seeds, round_index, offset):
+    """Cost and kept global rows of every run, from exact float64 distances."""
+    x64 = np.asarray(x, dtype=np.float64)
+    w = np.ones(len(x)) if weights is None else weights
+    runs = []
+    for r, seed in enumerate(seeds):
+        lo, hi = bounds[r], bounds[r + 1]
+        squared = ((x64[:, None, :] - candidates[None, lo:hi]) ** 2).sum(-1).min(axis=1)
+        mass = w * squared
+        u = row_uniforms(stream_key(int(seed), Purpose.OVERSAMPLE, round_index), offset, len(x))
+        keys = oversampling[r] * mass / u
+        cost = mass.sum()
+        runs.append((cost, offset + np.flatnonzero((mass > 0) & (keys >= cost))))
+    return runs
+
+
+@st.composite
+def rounds(draw):
+    """A block, the stacked candidates of 1-3 runs, weights, oversampling factors."""
+    n_rows = draw(st.integers(1, 3000))
+    n_features = draw(st.integers(1, 8))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    sizes = draw(st.lists(st.integers(1, 40), min_size=1, max_size=3))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.normal(size=(n_rows, n_features)).astype(dtype)
+    candidates = rng.normal(size=(sum(sizes), n_features))
+    weights = rng.choice([0.0, 0.5, 2.0], size=n_rows) if draw(st.booleans()) else None
+    oversampling = rng.choice([0.5, 5.0, 200.0, 1e6], size=len(sizes))
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    offset = draw(st.integers(0, 10**12))
+    return x, weights, candidates, bounds, oversampling, offset
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(problem=rounds(), round_index=st.integers(0, 6))
+def test_oversample_matches_brute_force(problem, round_index, implementation):
+    x, weights, candidates, bounds, oversampling, offset = problem
+    seeds = np.arange(len(oversampling)) + 17
+    drawn = oversample(x, weights, offset, 0, candidates, bounds, oversampling, seeds, round_index)
+    reference = brute_force_round(
+        x, weights, candidates, bounds, oversampling, seeds, round_index, offset
+    )
+    rtol = 1e-4 if x.dtype == np.float32 else 1e-9
+    for run, (cost, kept) in zip(drawn, reference, strict=True):
+        assert run.cost == pytest.approx(cost, rel=rtol, abs=1e-6)
+        np.testing.assert_array_equal(run.index, kept)
+        np.testing.assert_array_equal(run.rows, x[kept - offset].astype(np.float64))
+
+
+def test_a_run_without_candidates_keeps_every_weighted_row(implementation):
+    # infinite distances: more rows are kept than the compiled kernel's first slots hold
+    x = np.random.default_rng(0).normal(size=(5000, 3))
+    weights = np.ones(5000)
+    weights[::7] = 0
+    (run,) = oversample(x, weights, 0, 0, np.empty((0, 3)), np.array([0, 0]), [2.0], [1], 0)
+    np.testing.assert_array_equal(run.index, np.flatnonzero(weights))
+
+
+CHUNKINGS = [(3000,), (600,) * 5, (1, 999, 1250, 750)]
+
+
+@pytest.mark.parametrize("chunks", CHUNKINGS[1:])
+def test_seeding_does_not_depend_on_the_blocks(blobs, chunks):
+    X = blobs[0]
+
+    def seeded(source):
+        return (
+            kmeans_parallel(source, [5, 8], [3, 4], init_rounds=3),
+            kmeans_plusplus(source, 4, seed=5),
+            random_centers(source, [6], [7]),
+        )
+
+    whole = seeded(InMemorySource(X))
+    cut = seeded(DaskSource(da.from_array(X, chunks=(chunks, -1))))
+    for a, b in zip(whole[0] + [whole[1]] + whole[2], cut[0] + [cut[1]] + cut[2], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9)
