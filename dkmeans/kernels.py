@@ -156,7 +156,7 @@ class _Accumulator:
         self, x: np.ndarray, weights: np.ndarray | None, row_offset: int, run: int, capacity: int
     ) -> FarPoints:
         """The run's far points, from the tracked slots or from the per-row results."""
-        if self.far_rows.shape[1]:
+        if capacity == 0 or self.far_rows.shape[1]:  # from the slots (if any)
             filled = self.far_rows[run] >= 0
             rows = self.far_rows[run, filled]
             distances, labels = self.far_distances[run, filled], self.far_labels[run, filled]
@@ -209,25 +209,18 @@ def _assign_loop(
     distances,
     totals,
     far,
-    accumulate,
 ):
     """Fused assignment of one sub-block: one read of every row, compiled by numba.
 
     ``partial`` holds ``-2 x·c`` (no norms); the ``||c||²`` is added while scanning.
-    Empty ``weights`` mean all ones; ``labels`` without rows are not written.
-    ``totals`` are the per-centre sums, counts and inertia. With slots in ``far``
-    (:attr:`_Accumulator.far`), the farthest rows of weight > 0 are kept in them: a row
-    replaces the worst slot (nearest, then latest row) when strictly farther, so ties
-    keep the earlier row, as :meth:`FarPoints.select` does.
+    Arguments that are None are compiled out: ``weights`` (all ones), ``labels`` and
+    ``distances`` (per-row results), ``totals`` (per-centre sums, counts and inertia),
+    ``far`` (:attr:`_Accumulator.far`: the farthest rows of weight > 0 are kept in its
+    slots).
     """
-    sums, counts, inertia = totals
-    far_distances, far_rows, far_labels, far_worst = far
     n_rows, n_features = xs.shape
-    weighted = weights.shape[0] > 0
-    per_row = labels.shape[0] > 0
-    capacity = far_distances.shape[1]
     for i in range(n_rows):
-        w = weights[i] if weighted else 1.0
+        w = 1.0 if weights is None else weights[i]
         for r in range(len(bounds) - 1):
             best = bounds[r]
             best_value = partial[i, best] + centers_sq[best]
@@ -236,27 +229,41 @@ def _assign_loop(
                 if value < best_value:
                     best, best_value = j, value
             squared = 0.0
-            for f in range(n_features):
-                diff = np.float64(xs[i, f]) - centers64[best, f]
-                squared += diff * diff
-            if per_row:
-                labels[i, r] = best - bounds[r]
-                distances[i, r] = squared
-            if capacity > 0 and w > 0 and squared > far_worst[r]:
-                worst = 0
-                for slot in range(1, capacity):
-                    d, d_worst = far_distances[r, slot], far_distances[r, worst]
-                    if d < d_worst or (d == d_worst and far_rows[r, slot] > far_rows[r, worst]):
-                        worst = slot
-                far_distances[r, worst] = squared
-                far_rows[r, worst] = row0 + i
-                far_labels[r, worst] = best - bounds[r]
-                far_worst[r] = far_distances[r].min()
-            if accumulate:
+            if totals is None:
                 for f in range(n_features):
-                    sums[best, f] += w * np.float64(xs[i, f])
+                    diff = np.float64(xs[i, f]) - centers64[best, f]
+                    squared += diff * diff
+            else:  # one read of the row for the distance and the sums
+                sums, counts, inertia = totals
+                for f in range(n_features):
+                    value = np.float64(xs[i, f])
+                    diff = value - centers64[best, f]
+                    squared += diff * diff
+                    sums[best, f] += w * value
                 counts[best] += w
                 inertia[best] += w * squared
+            if labels is not None:
+                labels[i, r] = best - bounds[r]
+                distances[i, r] = squared
+            if far is not None:
+                if w > 0 and squared > far[3][r]:
+                    _keep_far_compiled(far, r, squared, row0 + i, best - bounds[r])
+
+
+def _keep_far_loop(far, run, squared, row, label):
+    """Put a row into the run's worst far-point slot (the nearest, then the latest
+    row): called for rows strictly farther than that slot, so ties keep the earlier
+    row, as :meth:`FarPoints.select` does."""
+    far_distances, far_rows, far_labels, far_worst = far
+    worst = 0
+    for slot in range(1, far_distances.shape[1]):
+        d, d_worst = far_distances[run, slot], far_distances[run, worst]
+        if d < d_worst or (d == d_worst and far_rows[run, slot] > far_rows[run, worst]):
+            worst = slot
+    far_distances[run, worst] = squared
+    far_rows[run, worst] = row
+    far_labels[run, worst] = label
+    far_worst[run] = far_distances[run].min()
 
 
 def _merge_moments_loop(xs, count, mean, m2):
@@ -305,7 +312,6 @@ def _assign_block_loop(
     distances,
     totals,
     far,
-    accumulate,
     moments,
     moment_sums,
 ):
@@ -327,13 +333,12 @@ def _assign_block_loop(
             centers_sq,
             centers64,
             bounds,
-            weights[start:stop] if weights.shape[0] > 0 else weights,
+            None if weights is None else weights[start:stop],
             start,
-            labels[start:stop] if labels.shape[0] > 0 else labels,
-            distances[start:stop] if labels.shape[0] > 0 else distances,
+            None if labels is None else labels[start:stop],
+            None if distances is None else distances[start:stop],
             totals,
             far,
-            accumulate,
         )
         if moments:
             _merge_moments_compiled(xs, *moment_sums)
@@ -343,6 +348,7 @@ if numba is not None:
     # reassoc lets LLVM vectorise the squared-distance sums (rounding differs by ~1 ulp)
     _jit = numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
     _assign_rows_compiled = _jit(_assign_loop)
+    _keep_far_compiled = _jit(_keep_far_loop)
     _merge_moments_compiled = _jit(_merge_moments_loop)
     _assign_block_compiled = _jit(_assign_block_loop)
 
@@ -370,9 +376,11 @@ def _assign(
     centers_sq = centers_sq.astype(dtype)  # the scan adds it to the GEMM in its dtype
     centers64 = np.ascontiguousarray(centers, dtype=np.float64)
     bounds = np.asarray(bounds, dtype=np.int64)
+    # the compiled kernel keeps far points in slots; per-row results only when asked
     track_far = USE_NUMBA and far_capacity > 0
+    per_row = not USE_NUMBA or not accumulate
     out = _Accumulator.empty(
-        0 if track_far else len(x), n_runs, n_centers, n_features, far_capacity * track_far
+        len(x) if per_row else 0, n_runs, n_centers, n_features, far_capacity * track_far
     )
     count, mean, m2 = np.zeros(1), np.zeros(n_features), np.zeros(n_features)
     step = sub_block_rows(n_centers, n_features)
@@ -383,13 +391,12 @@ def _assign(
             centers_sq,
             centers64,
             bounds,
-            np.empty(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64),
+            None if weights is None else np.ascontiguousarray(weights, dtype=np.float64),
             step,
-            out.labels,
-            out.distances,
-            out.totals,
-            out.far,
-            accumulate,
+            out.labels if per_row else None,
+            out.distances if per_row else None,
+            out.totals if accumulate else None,
+            out.far if track_far else None,
             moments,
             (count, mean, m2),
         )
