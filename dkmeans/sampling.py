@@ -6,8 +6,8 @@ scheduler nor on how the rows are cut into blocks. Combining two partial results
 associative and order-independent (ties broken by global row index).
 
 The per-row loops of the k-means|| rounds and of the key draws are compiled by numba
-when it is installed (see :mod:`dkmeans.kernels`); their NumPy twins give the same
-samples.
+when it is installed (see :mod:`dkmeans.kernels`); their NumPy twins draw the same
+rows (the costs may differ in the last bits: the GEMMs and sums are not the same code).
 """
 
 from __future__ import annotations
