@@ -255,8 +255,9 @@ def time_case(case: Case, peers: list[Peer], *, repeats: int, low: int, high: in
 
 @dataclass(frozen=True)
 class ScalingPoint:
-    """dkmeans's time of one iteration at one (n, d, k, threads)."""
+    """One peer's time of one iteration at one (n, d, k, threads)."""
 
+    peer: str
     n: int
     d: int
     k: int
@@ -278,26 +279,28 @@ def total_threads(threads: int) -> Iterator[None]:
 def scaling(
     base: tuple[int, int, int], grid: dict[str, list[int]], *, repeats: int
 ) -> list[ScalingPoint]:
-    """Vary n, d and k one at a time around ``base`` (float32, NumPy input), 1 and 2 threads."""
+    """Vary n, d and k one at a time around ``base`` (float32, NumPy input), 1 and 2 threads,
+    for dkmeans and scikit-learn (whose OpenMP threads ``threadpool_limits`` limits too)."""
     n0, d0, k0 = base
     shapes = [(n0, d0, k0)]
     shapes += [(n, d0, k0) for n in grid["n"]] + [(n0, d, k0) for d in grid["d"]]
     shapes += [(n0, d0, k) for k in grid["k"]]
     shapes = list(dict.fromkeys(shapes))
-    peer = available_peers()[0][0]
+    peers = [p for p in available_peers()[0] if p.name in ("dkmeans", "sklearn")]
     points = []
     for n, d, k in shapes:
         x = make_data(n, d, k, "float32")
         centers = initial_centers(x, k)
-        fit_once(peer, x, centers, 1)  # warm-up
-        for threads in (1, 2):
-            runs = []
-            with total_threads(threads):
-                for _ in range(repeats):
-                    t_low, low, _ = fit_once(peer, x, centers, 2)
-                    t_high, high, _ = fit_once(peer, x, centers, 12)
-                    runs.append((t_high - t_low) / max(1, high.n_iter_ - low.n_iter_))
-            points.append(ScalingPoint(n, d, k, threads, statistics.median(runs)))
+        for peer in peers:
+            fit_once(peer, x, centers, 1)  # warm-up
+            for threads in (1, 2):
+                runs = []
+                with total_threads(threads):
+                    for _ in range(repeats):
+                        t_low, low, _ = fit_once(peer, x, centers, 2)
+                        t_high, high, _ = fit_once(peer, x, centers, 12)
+                        runs.append((t_high - t_low) / max(1, high.n_iter_ - low.n_iter_))
+                points.append(ScalingPoint(peer.name, n, d, k, threads, statistics.median(runs)))
     return points
 
 
@@ -349,18 +352,27 @@ def markdown_table(timings: list[Timing]) -> str:
 
 
 def scaling_table(points: list[ScalingPoint]) -> str:
-    """Time of one dkmeans iteration per shape, 1 and 2 threads, and the speed-up."""
-    by_shape: dict[tuple[int, int, int], dict[int, float]] = {}
+    """Time of one iteration per shape, 1 and 2 threads: dkmeans, its speed-up, and its
+    ratio to scikit-learn at the same thread count."""
+    by_shape: dict[tuple[int, int, int], dict[tuple[str, int], float]] = {}
     for p in points:
-        by_shape.setdefault((p.n, p.d, p.k), {})[p.threads] = p.seconds_per_iter
+        by_shape.setdefault((p.n, p.d, p.k), {})[p.peer, p.threads] = p.seconds_per_iter
     lines = [
-        "| n | d | k | 1 thread ms | 2 threads ms | speed-up | ns per row x centre (2 thr.) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| n | d | k | 1 thread ms | 2 threads ms | speed-up | ns per row x centre (2 thr.) "
+        "| / sklearn, 1 thread | / sklearn, 2 threads |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (n, d, k), t in sorted(by_shape.items()):
+        one, two = t["dkmeans", 1], t["dkmeans", 2]
+        versus = [
+            f"{t['dkmeans', threads] / t['sklearn', threads]:.2f}"
+            if ("sklearn", threads) in t
+            else "-"
+            for threads in (1, 2)
+        ]
         lines.append(
-            f"| {n:,} | {d} | {k} | {1e3 * t[1]:.1f} | {1e3 * t[2]:.1f} | {t[1] / t[2]:.2f} "
-            f"| {1e9 * t[2] / (n * k):.2f} |"
+            f"| {n:,} | {d} | {k} | {1e3 * one:.1f} | {1e3 * two:.1f} | {one / two:.2f} "
+            f"| {1e9 * two / (n * k):.2f} | {versus[0]} | {versus[1]} |"
         )
     return "\n".join(lines)
 
@@ -395,7 +407,8 @@ def plot(timings: list[Timing], points: list[ScalingPoint], path: Path) -> None:
             chosen = sorted(
                 (getattr(p, axis), 1e3 * p.seconds_per_iter)
                 for p in points
-                if p.threads == threads
+                if p.peer == "dkmeans"
+                and p.threads == threads
                 and all(
                     getattr(p, a) == v
                     for a, v in zip("ndk", (n0, d0, k0), strict=True)
