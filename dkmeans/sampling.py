@@ -60,9 +60,10 @@ def row_uniforms(stream: np.uint64, row_offset: int, n_rows: int) -> np.ndarray:
 
 
 def _exponential_keys_loop(weights, stream, row0, out):
-    """``out[i] = Exp(1) / w[i]`` of row ``row0 + i`` (``inf`` where ``w[i] <= 0``)."""
+    """``out[i] = Exp(1) / w[i]`` of row ``row0 + i`` (``inf`` where ``w[i] <= 0``);
+    ``weights`` of None (all ones) are compiled out."""
     for i in range(out.shape[0]):
-        w = weights[i] if weights.shape[0] > 0 else 1.0
+        w = 1.0 if weights is None else weights[i]
         if w > 0:
             out[i] = -np.log(_uniform_compiled(stream, np.uint64(row0 + i))) / w
         else:
@@ -101,18 +102,17 @@ def _oversample_loop(
     run the squared distance to the nearest candidate, the run's cost, and the row's
     key. A row is kept while its key is at least the cost so far (the block's cost only
     grows, so a row dropped here could never be kept). Returns False when a run keeps
-    more rows than its slots hold.
+    more rows than its slots hold. ``weights`` of None (all ones) are compiled out.
     """
     n_rows, n_features = x.shape
     capacity = kept_rows.shape[1]
-    weighted = weights.shape[0] > 0
     partial = np.empty((min(step, n_rows), centers_gemm_t.shape[1]), dtype=x.dtype)
     for start in range(0, n_rows, step):
         stop = min(start + step, n_rows)
         block_partial = partial[: stop - start]
         np.dot(x[start:stop], centers_gemm_t, block_partial)
         for i in range(stop - start):
-            w = weights[start + i] if weighted else 1.0
+            w = 1.0 if weights is None else weights[start + i]
             if not w > 0:
                 continue
             x_sq = 0.0
@@ -156,7 +156,7 @@ def exponential_keys(weights: np.ndarray | None, stream: np.uint64, row_offset: 
     smallest keys are a weighted sample without replacement (Efraimidis & Spirakis)."""
     if kernels.USE_NUMBA:
         out = np.empty(n_rows)
-        w = np.empty(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
+        w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
         _exponential_keys_compiled(w, stream, row_offset, out)
         return out
     w = _weights(weights, n_rows)
@@ -220,9 +220,7 @@ def smallest_keys(
     for seed in seeds:
         stream = stream_key(int(seed), Purpose.SMALLEST_KEYS)
         keys = exponential_keys(weights, stream, row_offset, len(x))
-        if size == 1 and len(x):
-            candidates = np.array([np.argmin(keys)])
-        elif len(x) > size:
+        if len(x) > size:
             candidates = np.argpartition(keys, size - 1)[:size]
         else:
             candidates = np.arange(len(x))
@@ -333,7 +331,8 @@ def _oversample_compiled_block(x, weights, row_offset, candidates, bounds, overs
     n_runs = len(streams)
     dtype, centers_gemm_t, centers_sq = gemm_operands(x, candidates)
     x = np.ascontiguousarray(x, dtype=dtype)
-    w = np.empty(0) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
+    w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
+    bounds = np.asarray(bounds, dtype=np.int64)
     step = kernels.sub_block_rows(len(candidates), x.shape[1])
     # a run keeps about l rows per round in all; the slots overflow only by bad luck
     for capacity in (min(len(x), int(4 * oversampling.max(initial=0)) + 64), len(x)):
@@ -345,7 +344,7 @@ def _oversample_compiled_block(x, weights, row_offset, candidates, bounds, overs
             x,
             centers_gemm_t,
             centers_sq,
-            np.asarray(bounds, dtype=np.int64),
+            bounds,
             w,
             step,
             oversampling,
