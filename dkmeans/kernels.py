@@ -20,9 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 
 #: Elements (rows x (centres + features)) of one row sub-block. Chosen by measurement
-#: (benchmarks/compare.py, 2-core EPYC, 1 MiB L2 per core): 2**15 gives 1024 rows at
-#: d=16..32, k=16, where the fused loop runs 10-25% faster than with 256 or 8192 rows.
-SUB_BLOCK_ELEMENTS = 1 << 16
+#: (250,000 x 32 float32 rows, k=16, one thread, 2-core EPYC with 1 MiB L2 per core):
+#: 2**18 (5461 rows) took 6.9 ms per block against 7.3 ms with 2**16 and 8.3 with 2**14;
+#: at d=2 and at k=256 the size made no difference.
+SUB_BLOCK_ELEMENTS = 1 << 18
 
 #: The NumPy fallback sums clusters with a one-hot GEMM up to this many centres per run
 #: and with one ``np.bincount`` per feature above (measured crossover near k = 64).
@@ -180,8 +181,8 @@ def _assign_numpy(
     totals: tuple[np.ndarray, np.ndarray, np.ndarray],
     accumulate: bool,
 ) -> None:
-    """Vectorised NumPy twin of :func:`_assign_loop` without far-point slots (the caller
-    selects far points from the per-row results)."""
+    """Vectorised NumPy twin of :func:`_nearest_loop` and :func:`_accumulate_loop`
+    without far-point slots (the caller selects far points from the per-row results)."""
     sums, counts, inertia = totals
     partial += centers_sq
     for r in range(len(bounds) - 1):
@@ -197,22 +198,29 @@ def _assign_numpy(
             sums[lo:hi] += cluster_sums(xs, best, weights, hi - lo)
 
 
-def _assign_loop(
-    xs,
-    partial,
-    centers_sq,
-    centers64,
-    bounds,
-    weights,
-    row0,
-    labels,
-    distances,
-    totals,
-    far,
-):
-    """Fused assignment of one sub-block: one read of every row, compiled by numba.
+def _nearest_loop(partial, centers_sq, bounds, nearest):
+    """Nearest centre of every row of a sub-block, per run, from ``-2 x·c`` (no norms).
 
-    ``partial`` holds ``-2 x·c`` (no norms); the ``||c||²`` is added while scanning.
+    ``nearest[i, r]`` receives the index into the stacked centres (ties: the lowest).
+    A loop of its own, apart from the accumulation: fused with it, the scan ran 25%
+    slower (250,000 x 32 float32 rows, k=16: 8.4 -> 6.6 ms per block with both loops).
+    """
+    for i in range(partial.shape[0]):
+        for r in range(len(bounds) - 1):
+            # unsigned indices: numba drops its negative-index check (1.7 vs 2.6 ms)
+            best, stop = np.uint64(bounds[r]), np.uint64(bounds[r + 1])
+            best_value = partial[i, best] + centers_sq[best]
+            for j in range(best + np.uint64(1), stop):
+                value = partial[i, j] + centers_sq[j]
+                if value < best_value:
+                    best, best_value = j, value
+            nearest[i, r] = best
+
+
+def _accumulate_loop(xs, nearest, centers64, bounds, weights, row0, labels, distances, totals, far):
+    """Distances to the nearest centres and per-centre sums of a sub-block, compiled by
+    numba: one read of every row.
+
     Arguments that are None are compiled out: ``weights`` (all ones), ``labels`` and
     ``distances`` (per-row results), ``totals`` (per-centre sums, counts and inertia),
     ``far`` (:attr:`_Accumulator.far`: the farthest rows of weight > 0 are kept in its
@@ -222,12 +230,7 @@ def _assign_loop(
     for i in range(n_rows):
         w = 1.0 if weights is None else weights[i]
         for r in range(len(bounds) - 1):
-            best = bounds[r]
-            best_value = partial[i, best] + centers_sq[best]
-            for j in range(bounds[r] + 1, bounds[r + 1]):
-                value = partial[i, j] + centers_sq[j]
-                if value < best_value:
-                    best, best_value = j, value
+            best = nearest[i, r]  # unsigned: no negative-index checks
             squared = 0.0
             if totals is None:
                 for f in range(n_features):
@@ -242,12 +245,13 @@ def _assign_loop(
                     sums[best, f] += w * value
                 counts[best] += w
                 inertia[best] += w * squared
+            label = np.int64(best) - bounds[r]
             if labels is not None:
-                labels[i, r] = best - bounds[r]
+                labels[i, r] = label
                 distances[i, r] = squared
             if far is not None:
                 if w > 0 and squared > far[3][r]:
-                    _keep_far_compiled(far, r, squared, row0 + i, best - bounds[r])
+                    _keep_far_compiled(far, r, squared, row0 + i, label)
 
 
 def _keep_far_loop(far, run, squared, row, label):
@@ -322,15 +326,16 @@ def _assign_block_loop(
     """
     n_rows = x.shape[0]
     partial = np.empty((min(step, n_rows), centers_gemm_t.shape[1]), dtype=x.dtype)
+    nearest = np.empty((min(step, n_rows), len(bounds) - 1), dtype=np.uint64)
     for start in range(0, n_rows, step):
         stop = min(start + step, n_rows)
         xs = x[start:stop]
-        block_partial = partial[: stop - start]
+        block_partial, block_nearest = partial[: stop - start], nearest[: stop - start]
         np.dot(xs, centers_gemm_t, block_partial)
-        _assign_rows_compiled(
+        _nearest_compiled(block_partial, centers_sq, bounds, block_nearest)
+        _accumulate_compiled(
             xs,
-            block_partial,
-            centers_sq,
+            block_nearest,
             centers64,
             bounds,
             None if weights is None else weights[start:stop],
@@ -347,7 +352,8 @@ def _assign_block_loop(
 if numba is not None:
     # reassoc lets LLVM vectorise the squared-distance sums (rounding differs by ~1 ulp)
     _jit = numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-    _assign_rows_compiled = _jit(_assign_loop)
+    _nearest_compiled = _jit(_nearest_loop)
+    _accumulate_compiled = _jit(_accumulate_loop)
     _keep_far_compiled = _jit(_keep_far_loop)
     _merge_moments_compiled = _jit(_merge_moments_loop)
     _assign_block_compiled = _jit(_assign_block_loop)
