@@ -209,7 +209,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         array = validate_data(
             self, X, accept_sparse=False, dtype=[np.float64, np.float32], order="C", reset=reset
         )
-        return check_data(to_dask_array(array)), array
+        return check_data(to_dask_array(array), merge_rows=False), array
 
     def _check_init(self, n_features: int) -> np.ndarray | None:
         if isinstance(self.init, str):
@@ -277,7 +277,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             )
             n_init = 1
         weights = check_sample_weight(sample_weight, data)
-        checkpoint = self._open_checkpoint(data, weights, k_values)
+        checkpoint = self._open_checkpoint(data, array, weights, k_values)
         saved = None if checkpoint is None else checkpoint.load()
         source: Source
         if in_memory:
@@ -327,9 +327,14 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         )
 
     def _open_checkpoint(
-        self, data: da.Array, weights: da.Array | None, k_values: list[int]
+        self,
+        data: da.Array,
+        array: np.ndarray | None,
+        weights: da.Array | None,
+        k_values: list[int],
     ) -> Checkpoint | None:
-        """The fit's checkpoint, identified by its parameters and its data."""
+        """The fit's checkpoint, identified by its parameters and its data (by name for
+        lazy data, by contents for NumPy data)."""
         if self.checkpoint is None:
             return None
         params = {
@@ -346,7 +351,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             "data_shape": list(data.shape),
             "data_dtype": str(data.dtype),
             "data_chunks": list(data.chunks[0]),
-            "data_name": data.name,
+            "data_name": data.name if array is None else tokenize(array),
             "data_rows": tokenize(first, last),
             "data_weights": None if weights is None else weights.name,
         }

@@ -15,6 +15,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 
+import dkmeans.io
 from dkmeans import KMeans
 
 from .helpers import brute_force_inertia, count_computes
@@ -110,19 +111,45 @@ def test_result_does_not_depend_on_chunking(overlapping):
 
 
 @pytest.mark.parametrize("init", ["k-means||", "random"])
-def test_numpy_input_on_threads_equals_dask_input_with_the_same_blocks(overlapping, init):
+def test_numpy_input_on_threads_equals_dask_input_with_the_same_blocks(
+    overlapping, init, monkeypatch
+):
     # NumPy input runs on a pool of threads without a task graph; with the same blocks
     # and the same combining tree it must give a Dask array's result to the last bit
-    X = np.tile(overlapping, (10, 1))  # 20,000 rows: 8 blocks of 2,500 (MIN_NUMPY_BLOCKS)
+    X = np.tile(overlapping, (40, 1))  # 80,000 rows: 8 blocks of 10,000 (MIN_NUMPY_BLOCKS)
     weights = np.random.default_rng(3).uniform(0.5, 2, len(X))
+    monkeypatch.setattr(dkmeans.io, "MERGE_BELOW", 0)  # the Dask array's blocks are kept
     params = dict(init=init, n_init=2, max_iter=15, random_state=4)
     on_threads = KMeans(3, **params).fit(X, sample_weight=weights)
-    lazy = da.from_array(X, chunks=(2500, -1))
-    on_dask = KMeans(3, **params).fit(lazy, sample_weight=da.from_array(weights, chunks=2500))
+    lazy = da.from_array(X, chunks=(10_000, -1))
+    on_dask = KMeans(3, **params).fit(lazy, sample_weight=da.from_array(weights, chunks=10_000))
     np.testing.assert_array_equal(on_threads.cluster_centers_, on_dask.cluster_centers_)
     assert on_threads.inertia_ == on_dask.inertia_
     assert on_threads.n_iter_ == on_dask.n_iter_
     np.testing.assert_array_equal(on_threads.labels_, on_dask.labels_.compute())
+
+
+def test_small_numpy_input_is_cut_into_blocks_for_every_thread():
+    X = np.zeros((80_000, 2))
+    assert dkmeans.io.check_data(dkmeans.io.to_dask_array(X), merge_rows=False).numblocks[0] == 8
+    assert dkmeans.io.check_data(dkmeans.io.to_dask_array(X)).numblocks[0] == 1  # lazy: merged
+
+
+def test_numpy_input_is_not_copied():
+    # da.from_array copies NumPy arrays, and merged blocks would be concatenated: a fit
+    # must hold neither a copy of X nor one of its blocks merged
+    import tracemalloc
+
+    X = np.random.default_rng(0).standard_normal((200_000, 40)).astype(np.float32)  # 32 MB
+    KMeans(4, n_init=1, max_iter=3, random_state=0).fit(X[:1000])  # compiled kernels loaded
+    tracemalloc.start()
+    try:
+        km = KMeans(4, n_init=1, max_iter=3, random_state=0).fit(X)
+        km.predict(X)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < X.nbytes / 2, f"peak {peak / 2**20:.1f} MiB for a {X.nbytes / 2**20:.0f} MiB X"
 
 
 def test_columns_chunks_are_merged(blobs):
