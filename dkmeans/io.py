@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import dask.array as da
 import numpy as np
 import zarr
 from dask.base import tokenize
+from zarr.codecs import BytesCodec
+from zarr.storage import LocalStore
 
 #: Block size aimed at when rows must be (re)chunked: large enough that per-task
 #: overhead is negligible, small enough that a few blocks per thread fit in memory.
@@ -163,6 +167,65 @@ class NamedChunkReader:
         return shown if len(keys) <= most else f"{shown}, ... ({len(keys)} chunks)"
 
 
+class UncompressedChunkReader(NamedChunkReader):
+    """Reads row blocks of an uncompressed Zarr array on a local disk straight from its
+    chunk files into the block: one copy of the bytes, where Zarr's codec pipeline
+    makes two (a 32 MiB chunk from the page cache: 2.2 ms against 5.2 ms).
+
+    Only for what :meth:`handles`: chunks that span all columns, stored as raw
+    C-order bytes in the machine's byte order, unsharded. A chunk that was never
+    written reads as the fill value, as in Zarr.
+    """
+
+    @staticmethod
+    def handles(array: zarr.Array) -> bool:
+        """Whether ``array``'s chunks are raw bytes in local files that this can read."""
+        if not isinstance(array.store, LocalStore) or array.ndim != 2 or array.shards:
+            return False
+        if array.chunks[1] != array.shape[1] or not array.dtype.isnative:
+            return False
+        meta = array.metadata
+        if meta.zarr_format == 2:
+            return meta.compressor is None and not meta.filters and meta.order == "C"
+        (codec, *others) = meta.codecs
+        endian = getattr(codec, "endian", None)
+        return (
+            not others
+            and isinstance(codec, BytesCodec)
+            and (endian is None or endian.value == sys.byteorder)
+        )
+
+    def __getitem__(self, selection: tuple[slice, ...]) -> np.ndarray:
+        rows, columns = selection
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1 or columns.indices(self.shape[1]) != (0, self.shape[1], 1):
+            return super().__getitem__(selection)
+        out = np.empty((max(stop - start, 0), self.shape[1]), dtype=self.dtype)
+        if not out.size:
+            return out
+        chunk_rows, row_bytes = self.array.chunks[0], self.shape[1] * self.dtype.itemsize
+        folder = Path(self.array.store.root, self.array.path)
+        for chunk in range(start // chunk_rows, -(-stop // chunk_rows)):
+            lo, hi = max(start, chunk * chunk_rows), min(stop, (chunk + 1) * chunk_rows)
+            target = out[lo - start : hi - start]
+            key = self.array.metadata.encode_chunk_key((chunk, 0))
+            try:
+                with open(folder / key, "rb", buffering=0) as file:
+                    file.seek((lo - chunk * chunk_rows) * row_bytes)
+                    read = file.readinto(memoryview(target).cast("B"))
+            except FileNotFoundError:
+                target[...] = self.array.fill_value
+                continue
+            if read != target.nbytes:
+                raise ChunkReadError(
+                    f"cannot read chunk {key} of the Zarr array at {self.array.store_path}: it "
+                    f"holds {read + (lo - chunk * chunk_rows) * row_bytes} bytes, not "
+                    f"{chunk_rows * row_bytes}. The stored chunk is damaged: restore it (or "
+                    "rewrite the array)"
+                )
+        return out
+
+
 def _from_zarr(z: zarr.Array) -> da.Array:
     if z.ndim != 2:
         return da.from_zarr(z)
@@ -170,7 +233,9 @@ def _from_zarr(z: zarr.Array) -> da.Array:
     rows = block_rows(stored_rows, z.shape[1] * z.dtype.itemsize, z.shape[0])
     chunks = (rows, z.shape[1])
     name = "from-zarr-" + tokenize(str(z.store_path), z.metadata.to_dict(), chunks)
-    return da.from_array(NamedChunkReader(z), chunks=chunks, name=name, lock=False, fancy=False)
+    direct = UncompressedChunkReader.handles(z)
+    reader = UncompressedChunkReader(z) if direct else NamedChunkReader(z)
+    return da.from_array(reader, chunks=chunks, name=name, lock=False, fancy=False)
 
 
 #: In-memory arrays are cut into at least this many blocks (of at least

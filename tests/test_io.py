@@ -10,12 +10,16 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from zarr.codecs import BytesCodec
 
 from dkmeans import KMeans
 from dkmeans.io import (
     TARGET_BLOCK_BYTES,
     ChunkReadError,
     NamedChunkReader,
+    UncompressedChunkReader,
     block_rows,
     check_data,
     open_zarr_array,
@@ -103,6 +107,61 @@ def test_damaged_chunk_is_named(tmp_path, data, zarr_format, compressors, key):
     (path / key).write_bytes(b"not a chunk")
     with pytest.raises(ChunkReadError, match=f"cannot read chunk {key} of the Zarr array at"):
         KMeans(2, random_state=0, persist=False).fit(str(path))
+
+
+@pytest.mark.parametrize(
+    ("store", "options", "direct"),
+    [
+        ("v3.zarr", dict(compressors=None), True),
+        ("v2.zarr", dict(compressors=None, zarr_format=2), True),
+        ("v2-slash.zarr", dict(
+            compressors=None, zarr_format=2, chunk_key_encoding={"name": "v2", "separator": "/"}
+        ), True),
+        ("group.zarr/inner", dict(compressors=None), True),
+        ("zstd.zarr", dict(), False),
+        ("sharded.zarr", dict(compressors=None, shards=(40, 3)), False),
+        ("columns.zarr", dict(compressors=None, chunks=(20, 2)), False),
+        ("big-endian.zarr", dict(compressors=None, serializer=BytesCodec(endian="big")), False),
+        ("memory://dkmeans-direct.zarr", dict(compressors=None), False),
+    ],
+)  # fmt: skip
+def test_uncompressed_local_chunks_are_read_directly(tmp_path, data, store, options, direct):
+    options = {"chunks": (20, 3), **options}
+    path = store if "://" in store else str(tmp_path / store)
+    zarr.create_array(store=path, data=data, **options)
+    array = open_zarr_array(path)
+    assert UncompressedChunkReader.handles(array) is direct
+    blocks = to_dask_array(path)
+    np.testing.assert_array_equal(blocks.compute(), data)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    n_rows=st.integers(1, 90),
+    chunk_rows=st.integers(1, 30),
+    bounds=st.tuples(st.integers(0, 100), st.integers(0, 100)),
+    unwritten=st.sets(st.integers(0, 9), max_size=3),
+    dtype=st.sampled_from(["float32", "float64", "int16"]),
+)
+def test_direct_reads_equal_zarr_reads(
+    tmp_path_factory, n_rows, chunk_rows, bounds, unwritten, dtype
+):
+    path = tmp_path_factory.mktemp("direct") / "x.zarr"
+    values = np.arange(n_rows * 3, dtype=dtype).reshape(n_rows, 3)
+    array = zarr.create_array(
+        store=str(path), shape=values.shape, dtype=dtype, chunks=(chunk_rows, 3),
+        compressors=None, fill_value=7,
+    )  # fmt: skip
+    for chunk in range(-(-n_rows // chunk_rows)):
+        if chunk not in unwritten:  # chunks never written read as the fill value
+            rows = slice(chunk * chunk_rows, (chunk + 1) * chunk_rows)
+            array[rows] = values[rows]
+    array = open_zarr_array(path)
+    rows = slice(*sorted(bounds))
+    np.testing.assert_array_equal(UncompressedChunkReader(array)[rows, 0:3], array[rows, 0:3])
+    np.testing.assert_array_equal(UncompressedChunkReader(array)[rows, 1:2], array[rows, 1:2])
 
 
 class FailsOnce:
