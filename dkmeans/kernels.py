@@ -198,6 +198,67 @@ def _assign_numpy(
             sums[lo:hi] += cluster_sums(xs, best, weights, hi - lo)
 
 
+#: Runs with at least this many centres are scanned eight centres at a time (see
+#: :func:`_segment_argmin_loop`); below it a plain scan is faster (random float32 rows:
+#: 101 centres 59 -> 34 ns per row, 1014 centres 702 -> 287 ns; 32 centres 14 -> 26 ns).
+CHUNKED_SCAN_MIN_CENTERS = 64
+
+
+def _chunk_min(row, centers_sq, j):
+    """``min(row[j + t] + centers_sq[j + t] for t in range(8))`` as a tree: eight
+    independent sums and a depth-3 minimum instead of a chain of eight dependent ones.
+    ``j`` is unsigned, so that numba checks no index for being negative."""
+    t1, t2, t3 = j + np.uint64(1), j + np.uint64(2), j + np.uint64(3)
+    t4, t5, t6, t7 = j + np.uint64(4), j + np.uint64(5), j + np.uint64(6), j + np.uint64(7)
+    v0, v1 = row[j] + centers_sq[j], row[t1] + centers_sq[t1]
+    v2, v3 = row[t2] + centers_sq[t2], row[t3] + centers_sq[t3]
+    v4, v5 = row[t4] + centers_sq[t4], row[t5] + centers_sq[t5]
+    v6, v7 = row[t6] + centers_sq[t6], row[t7] + centers_sq[t7]
+    return min(min(min(v0, v1), min(v2, v3)), min(min(v4, v5), min(v6, v7)))
+
+
+def _segment_min_loop(row, centers_sq, lo, hi):
+    """``min(row[j] + centers_sq[j] for j in range(lo, hi))`` (``inf`` when empty),
+    eight centres at a time. A minimum is exact in any order: the result is the same
+    bits as a plain scan's."""
+    best_value = np.inf
+    j, stop, eight = np.uint64(lo), np.uint64(hi), np.uint64(8)
+    while j + eight <= stop:
+        best_value = min(best_value, _chunk_min_compiled(row, centers_sq, j))
+        j += eight
+    for t in range(j, stop):
+        best_value = min(best_value, row[t] + centers_sq[t])
+    return best_value
+
+
+def _segment_argmin_loop(row, centers_sq, lo, hi):
+    """The first ``j`` in ``[lo, hi)`` with the smallest ``row[j] + centers_sq[j]``.
+
+    Eight centres at a time and without branches: the first chunk whose minimum is
+    strictly below the best so far is remembered, and only that chunk is searched at
+    the end (ties keep the first index, as a plain scan with ``<`` does). Branching
+    into every chunk that improves mispredicts on fresh rows.
+    """
+    start, stop, eight = np.uint64(lo), np.uint64(hi), np.uint64(8)
+    best_chunk, best_value = start, row[start] + centers_sq[start]
+    j = start + np.uint64(1)
+    while j + eight <= stop:
+        value = _chunk_min_compiled(row, centers_sq, j)
+        better = value < best_value
+        best_chunk = j if better else best_chunk
+        best_value = value if better else best_value
+        j += eight
+    for t in range(j, stop):  # the last few, one by one
+        value = row[t] + centers_sq[t]
+        better = value < best_value
+        best_chunk = t if better else best_chunk
+        best_value = value if better else best_value
+    for t in range(best_chunk, min(best_chunk + eight, stop)):
+        if row[t] + centers_sq[t] == best_value:
+            return t
+    return best_chunk
+
+
 def _nearest_loop(partial, centers_sq, bounds, nearest):
     """Nearest centre of every row of a sub-block, per run, from ``-2 x·c`` (no norms).
 
@@ -207,6 +268,11 @@ def _nearest_loop(partial, centers_sq, bounds, nearest):
     """
     for i in range(partial.shape[0]):
         for r in range(len(bounds) - 1):
+            if bounds[r + 1] - bounds[r] >= CHUNKED_SCAN_MIN_CENTERS:
+                nearest[i, r] = _segment_argmin_compiled(
+                    partial[i], centers_sq, bounds[r], bounds[r + 1]
+                )
+                continue
             # unsigned indices: numba drops its negative-index check (1.7 vs 2.6 ms)
             best, stop = np.uint64(bounds[r]), np.uint64(bounds[r + 1])
             best_value = partial[i, best] + centers_sq[best]
@@ -352,6 +418,9 @@ def _assign_block_loop(
 if numba is not None:
     # reassoc lets LLVM vectorise the squared-distance sums (rounding differs by ~1 ulp)
     _jit = numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+    _chunk_min_compiled = _jit(_chunk_min)
+    _segment_min_compiled = _jit(_segment_min_loop)
+    _segment_argmin_compiled = _jit(_segment_argmin_loop)
     _nearest_compiled = _jit(_nearest_loop)
     _accumulate_compiled = _jit(_accumulate_loop)
     _keep_far_compiled = _jit(_keep_far_loop)

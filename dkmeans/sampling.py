@@ -121,9 +121,9 @@ def _oversample_loop(
                 x_sq += value * value
             row = np.uint64(row0 + start + i)
             for r in range(bounds.shape[0] - 1):
-                nearest = np.inf
-                for j in range(bounds[r], bounds[r + 1]):
-                    nearest = min(nearest, block_partial[i, j] + centers_sq[j])
+                nearest = kernels._segment_min_compiled(
+                    block_partial[i], centers_sq, bounds[r], bounds[r + 1]
+                )
                 mass = w * max(np.float64(nearest) + x_sq, 0.0)
                 cost[r] += mass
                 if not mass > 0:

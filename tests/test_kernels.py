@@ -100,6 +100,24 @@ def test_pass_statistics_matches_brute_force(problem, implementation):
         )
 
 
+@pytest.mark.skipif(kernels.numba is None, reason="the compiled scans need numba")
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(st.integers(-4, 4), min_size=1, max_size=200),
+    lo=st.integers(0, 20),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
+def test_chunked_scans_equal_a_plain_scan(values, lo, dtype):
+    # few distinct values: ties everywhere; the first index of the minimum must win
+    row = np.concatenate([np.full(lo, -9.0), values]).astype(dtype)
+    centers_sq = np.random.default_rng(len(values)).integers(0, 2, len(row)).astype(dtype)
+    hi = len(row)
+    expected = lo + int(np.argmin(row[lo:] + centers_sq[lo:]))
+    assert kernels._segment_argmin_compiled(row, centers_sq, lo, hi) == expected
+    assert kernels._segment_min_compiled(row, centers_sq, lo, hi) == (row + centers_sq)[expected]
+    assert kernels._segment_min_compiled(row, centers_sq, hi, hi) == np.inf
+
+
 def test_sub_blocks_do_not_change_the_result(monkeypatch, implementation):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(5000, 6))
