@@ -10,8 +10,12 @@ a fit costs once (validation, final labels, conversions). The median over repeat
 reported. The final inertia of every peer is recomputed here by brute force from its
 centres (dask-ml's own ``inertia_`` is not the sum of squared distances).
 
-Run ``python -m benchmarks.compare --suite quick`` (a few minutes) or ``--suite full``;
-results go to ``benchmarks/results/compare-<suite>.json`` and ``.png``.
+Run ``python -m benchmarks.compare --suite quick`` (a few minutes), ``--suite full`` or
+``--suite out-of-core``; results go to ``benchmarks/results/compare-<suite>.json`` and
+``.png``. The out-of-core case clusters the 4.1 GB uncompressed store of
+``benchmarks/out_of_core.py`` (made with ``dkmeans make-blobs`` if missing): dkmeans
+streams it (``persist=False``), dask-ml gets ``da.from_zarr``, and a plain read-and-sum
+pass is timed beside them; the peers that need X in memory are skipped there.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +39,7 @@ import dask
 import dask.array as da
 import numpy as np
 import psutil
+import zarr
 from threadpoolctl import threadpool_limits
 
 import dkmeans
@@ -42,7 +49,10 @@ RESULTS = Path(__file__).parent / "results"
 #: Rows per Dask block for the "dask" container (the issue's 250k-row blocks).
 DASK_BLOCK_ROWS = 250_000
 
-Container = Literal["numpy", "dask"]
+#: The store of the out-of-core case (32e6 x 32 float32, uncompressed).
+STORE = "/tmp/dkmeans-bench/blobs-32M-none.zarr"
+
+Container = Literal["numpy", "dask", "zarr"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,8 @@ class Case:
     k: int
     dtype: str
     container: Container
+    #: (low, high) iterations instead of the suite's
+    iterations: tuple[int, int] | None = None
 
     @property
     def name(self) -> str:
@@ -72,6 +84,8 @@ class Peer:
     iterations: tuple[int, int] | None = None
     #: run only on cases whose container is NumPy (a peer that would repeat itself)
     numpy_cases_only: bool = False
+    #: a reference pass, not a clustering: it has no inertia of its own
+    reference: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,7 +98,7 @@ class Timing:
     fit_seconds: float  # of the fit with ``high`` iterations
     n_iter: int
     peak_rss_mib: float  # growth of the resident set during that fit
-    inertia: float  # brute force, from the final centres
+    inertia: float | None  # brute force, from the final centres (None: a reference pass)
 
 
 class NumpyKernel:
@@ -105,12 +119,28 @@ class NumpyKernel:
         return getattr(self.estimator, name)
 
 
+class ReadPass:
+    """The floor of any pass: ``max_iter`` plain read-and-sum passes over a Dask array."""
+
+    def __init__(self, centers: np.ndarray, max_iter: int) -> None:
+        self.cluster_centers_, self.n_iter_ = centers, max_iter
+
+    def fit(self, X: da.Array) -> ReadPass:
+        for _ in range(self.n_iter_):
+            X.sum(axis=0).compute()
+        return self
+
+
 def available_peers() -> tuple[list[Peer], list[str]]:
     """The peers installed here, and a note for every one that is not."""
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
     peers = [
-        Peer("dkmeans", lambda c, m: dkmeans.KMeans(len(c), init=c, n_init=1, max_iter=m, tol=0)),
+        Peer(
+            "dkmeans",
+            # persist=False: Dask input is read at every pass (a Zarr store from disk)
+            lambda c, m: dkmeans.KMeans(len(c), init=c, n_init=1, max_iter=m, tol=0, persist=False),
+        ),
         Peer(
             "sklearn",
             lambda c, m: KMeans(len(c), init=c, n_init=1, max_iter=m, tol=0, algorithm="lloyd"),
@@ -145,6 +175,7 @@ def available_peers() -> tuple[list[Peer], list[str]]:
             numpy_cases_only=True,
         )
     )
+    peers.append(Peer("read pass", ReadPass, feed="dask", reference=True))
     return peers, notes
 
 
@@ -160,13 +191,13 @@ def make_data(n: int, d: int, k: int, dtype: str, seed: int = 0) -> np.ndarray:
     return x
 
 
-def initial_centers(x: np.ndarray, k: int, seed: int = 1) -> np.ndarray:
-    """``k`` distinct random rows, float64."""
-    rows = np.random.default_rng(seed).choice(len(x), size=k, replace=False)
-    return x[np.sort(rows)].astype(np.float64)
+def initial_centers(x: Any, k: int, seed: int = 1) -> np.ndarray:
+    """``k`` distinct random rows (of an array or a Zarr array), float64."""
+    rows = np.random.default_rng(seed).choice(x.shape[0], size=k, replace=False)
+    return np.stack([x[int(row)] for row in np.sort(rows)]).astype(np.float64)
 
 
-def brute_force_inertia(x: np.ndarray, centers: np.ndarray, chunk: int = 65_536) -> float:
+def brute_force_inertia(x: Any, centers: np.ndarray, chunk: int = 262_144) -> float:
     """Sum of squared distances to the nearest centre, in float64, independent of dkmeans.
 
     The nearest centre comes from a float64 GEMM expansion, its distance from ``x - c``.
@@ -174,7 +205,7 @@ def brute_force_inertia(x: np.ndarray, centers: np.ndarray, chunk: int = 65_536)
     centers = np.asarray(centers, dtype=np.float64)
     centers_sq = (centers**2).sum(axis=1)
     total = 0.0
-    for start in range(0, len(x), chunk):
+    for start in range(0, x.shape[0], chunk):
         xs = np.asarray(x[start : start + chunk], dtype=np.float64)
         nearest = (centers_sq - 2 * xs @ centers.T).argmin(axis=1)
         total += float(((xs - centers[nearest]) ** 2).sum())
@@ -215,13 +246,34 @@ def fit_once(peer: Peer, data: Any, centers: np.ndarray, max_iter: int) -> tuple
     return seconds, estimator, peak[0]
 
 
+def case_data(case: Case) -> tuple[Any, dict[str, Any]]:
+    """The case's data (for initial centres and inertia) and what each feed gets."""
+    if case.container == "zarr":
+        if not Path(STORE).exists():
+            subprocess.run(
+                [sys.executable, "-m", "dkmeans.cli", "make-blobs", STORE, "--n-samples",
+                 str(case.n), "--n-features", str(case.d), "--centers", str(case.k),
+                 "--seed", "0"],
+                check=True,
+            )  # fmt: skip
+        x = zarr.open_array(STORE, mode="r")
+        return x, {"numpy": None, "dask": da.from_zarr(STORE), "case": STORE}
+    x = make_data(case.n, case.d, case.k, case.dtype)
+    chunked = da.from_array(x, chunks=(DASK_BLOCK_ROWS, -1))
+    return x, {"numpy": x, "dask": chunked, "case": chunked if case.container == "dask" else x}
+
+
 def time_case(case: Case, peers: list[Peer], *, repeats: int, low: int, high: int) -> list[Timing]:
     """Marginal per-iteration time of every peer on one case, peers alternating."""
-    x = make_data(case.n, case.d, case.k, case.dtype)
+    x, feeds = case_data(case)
     centers = initial_centers(x, case.k)
-    chunked = da.from_array(x, chunks=(DASK_BLOCK_ROWS, -1))
-    feeds = {"numpy": x, "dask": chunked, "case": chunked if case.container == "dask" else x}
+    skipped = [p.name for p in peers if feeds[p.feed] is None]
+    if skipped:
+        print(f"  {case.name}: skipped {', '.join(skipped)} (they need X in memory)")
+    peers = [p for p in peers if feeds[p.feed] is not None]
     peers = [p for p in peers if case.container == "numpy" or not p.numpy_cases_only]
+    peers = [p for p in peers if case.container == "zarr" or not p.reference]
+    low, high = case.iterations or (low, high)
     samples: dict[str, list[float]] = {peer.name: [] for peer in peers}
     last: dict[str, tuple[float, Any, float]] = {}
     for peer in peers:  # warm-up: imports, JIT compilation
@@ -247,7 +299,7 @@ def time_case(case: Case, peers: list[Peer], *, repeats: int, low: int, high: in
             last[peer.name][0],
             int(last[peer.name][1].n_iter_),
             last[peer.name][2],
-            brute_force_inertia(x, last[peer.name][1].cluster_centers_),
+            None if peer.reference else brute_force_inertia(x, last[peer.name][1].cluster_centers_),
         )
         for peer in peers
     ]
@@ -304,6 +356,9 @@ def scaling(
     return points
 
 
+#: The 4.1 GB store streamed from disk: one pass of dask-ml takes seconds, so few iterations.
+OUT_OF_CORE = Case(32_000_000, 32, 16, "float32", "zarr", iterations=(1, 3))
+
 SUITES: dict[str, dict[str, Any]] = {
     "quick": {
         "cases": [
@@ -330,7 +385,14 @@ SUITES: dict[str, dict[str, Any]] = {
             {"n": [250_000, 500_000, 2_000_000], "d": [2, 8, 128], "k": [4, 64, 256]},
         ),
     },
+    "out-of-core": {
+        "cases": [OUT_OF_CORE],
+        "repeats": 2,
+        "iterations": (1, 3),
+        "scaling": None,
+    },
 }
+SUITES["full"]["cases"].append(OUT_OF_CORE)
 
 
 def markdown_table(timings: list[Timing]) -> str:
@@ -346,7 +408,8 @@ def markdown_table(timings: list[Timing]) -> str:
         lines.append(
             f"| {t.case} | {t.peer} | {1e3 * t.seconds_per_iter:.1f} "
             f"| {t.seconds_per_iter / ref.seconds_per_iter:.2f} | {t.fit_seconds:.2f} "
-            f"| {t.n_iter} | {t.peak_rss_mib:.0f} | {t.inertia / ref.inertia:.6f} |"
+            f"| {t.n_iter} | {t.peak_rss_mib:.0f} "
+            f"| {'-' if t.inertia is None else f'{t.inertia / ref.inertia:.6f}'} |"
         )
     return "\n".join(lines)
 
@@ -440,7 +503,8 @@ def main(argv: list[str] | None = None) -> None:
         low, high = suite["iterations"]
         timings += time_case(case, peers, repeats=suite["repeats"], low=low, high=high)
         print(markdown_table([t for t in timings if t.case == case.name]), flush=True)
-    points = [] if args.no_scaling else scaling(*suite["scaling"], repeats=suite["repeats"])
+    run_scaling = suite["scaling"] is not None and not args.no_scaling
+    points = scaling(*suite["scaling"], repeats=suite["repeats"]) if run_scaling else []
     print("\n" + markdown_table(timings))
     if points:
         print("\n" + scaling_table(points))
