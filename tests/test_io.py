@@ -12,19 +12,22 @@ import pytest
 import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from zarr.codecs import BytesCodec
+from numcodecs.zstd import Zstd
+from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
 
 from dkmeans import KMeans
 from dkmeans.io import (
     TARGET_BLOCK_BYTES,
+    ZSTD_MAGIC,
     ChunkReadError,
+    DirectChunkReader,
     NamedChunkReader,
-    UncompressedChunkReader,
     block_rows,
     check_data,
     open_zarr_array,
     rechunk_rows,
     to_dask_array,
+    zstd_content_size,
 )
 
 from .helpers import counting_store
@@ -118,19 +121,21 @@ def test_damaged_chunk_is_named(tmp_path, data, zarr_format, compressors, key):
             compressors=None, zarr_format=2, chunk_key_encoding={"name": "v2", "separator": "/"}
         ), True),
         ("group.zarr/inner", dict(compressors=None), True),
-        ("zstd.zarr", dict(), False),
+        ("zstd.zarr", dict(), True),  # Zarr's default: Zstandard
+        ("blosc.zarr", dict(compressors=BloscCodec()), False),
+        ("zstd-v2.zarr", dict(zarr_format=2), False),
         ("sharded.zarr", dict(compressors=None, shards=(40, 3)), False),
         ("columns.zarr", dict(compressors=None, chunks=(20, 2)), False),
         ("big-endian.zarr", dict(compressors=None, serializer=BytesCodec(endian="big")), False),
         ("memory://dkmeans-direct.zarr", dict(compressors=None), False),
     ],
 )  # fmt: skip
-def test_uncompressed_local_chunks_are_read_directly(tmp_path, data, store, options, direct):
+def test_local_chunks_are_read_directly(tmp_path, data, store, options, direct):
     options = {"chunks": (20, 3), **options}
     path = store if "://" in store else str(tmp_path / store)
     zarr.create_array(store=path, data=data, **options)
     array = open_zarr_array(path)
-    assert UncompressedChunkReader.handles(array) is direct
+    assert DirectChunkReader.handles(array) is direct
     blocks = to_dask_array(path)
     np.testing.assert_array_equal(blocks.compute(), data)
 
@@ -144,24 +149,47 @@ def test_uncompressed_local_chunks_are_read_directly(tmp_path, data, store, opti
     bounds=st.tuples(st.integers(0, 100), st.integers(0, 100)),
     unwritten=st.sets(st.integers(0, 9), max_size=3),
     dtype=st.sampled_from(["float32", "float64", "int16"]),
+    compressed=st.booleans(),
 )
 def test_direct_reads_equal_zarr_reads(
-    tmp_path_factory, n_rows, chunk_rows, bounds, unwritten, dtype
+    tmp_path_factory, n_rows, chunk_rows, bounds, unwritten, dtype, compressed
 ):
     path = tmp_path_factory.mktemp("direct") / "x.zarr"
     values = np.arange(n_rows * 3, dtype=dtype).reshape(n_rows, 3)
     array = zarr.create_array(
         store=str(path), shape=values.shape, dtype=dtype, chunks=(chunk_rows, 3),
-        compressors=None, fill_value=7,
+        compressors=ZstdCodec(checksum=True) if compressed else None, fill_value=7,
     )  # fmt: skip
     for chunk in range(-(-n_rows // chunk_rows)):
         if chunk not in unwritten:  # chunks never written read as the fill value
             rows = slice(chunk * chunk_rows, (chunk + 1) * chunk_rows)
             array[rows] = values[rows]
     array = open_zarr_array(path)
+    assert DirectChunkReader.handles(array)
     rows = slice(*sorted(bounds))
-    np.testing.assert_array_equal(UncompressedChunkReader(array)[rows, 0:3], array[rows, 0:3])
-    np.testing.assert_array_equal(UncompressedChunkReader(array)[rows, 1:2], array[rows, 1:2])
+    np.testing.assert_array_equal(DirectChunkReader(array)[rows, 0:3], array[rows, 0:3])
+    np.testing.assert_array_equal(DirectChunkReader(array)[rows, 1:2], array[rows, 1:2])
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65_791, 2**20, 2**25])
+def test_zstd_content_size_is_read_from_the_frame_header(size):
+    assert zstd_content_size(Zstd().encode(b"x" * size)) == size
+    assert zstd_content_size(b"not a frame") is None
+
+
+def test_zstd_chunks_of_the_wrong_size_or_without_one(tmp_path):
+    path = tmp_path / "x.zarr"
+    values = np.arange(300, dtype=np.float32).reshape(100, 3)
+    zarr.create_array(store=str(path), data=values, chunks=(20, 3))  # Zstandard
+    # a frame of the wrong size is damage, not data
+    (path / "c/3/0").write_bytes(Zstd().encode(b"x" * 10))
+    with pytest.raises(ChunkReadError, match="chunk c/3/0 .* decompresses to 10 bytes, not 240"):
+        to_dask_array(str(path)).compute()
+    # a frame that declares no size (one raw block; not written by Zarr): Zarr reads it
+    header = ZSTD_MAGIC + bytes([0, 0]) + ((240 << 3) | 1).to_bytes(3, "little")
+    (path / "c/3/0").write_bytes(header + values[60:80].tobytes())
+    assert zstd_content_size((path / "c/3/0").read_bytes()) is None
+    np.testing.assert_array_equal(to_dask_array(str(path)).compute(), values)
 
 
 class FailsOnce:
