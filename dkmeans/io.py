@@ -249,8 +249,8 @@ class DirectChunkReader(NamedChunkReader):
                         raise self._damaged(key, detail)
                     return
                 encoded = file.read()
-        except FileNotFoundError:
-            target[...] = self.array.fill_value
+        except FileNotFoundError:  # never written: the fill value (Zarr 2's None reads as 0)
+            target[...] = 0 if self.array.fill_value is None else self.array.fill_value
             return
         size = zstd_content_size(encoded)
         if size is None:  # written without its size (not by Zarr): Zarr reads it

@@ -171,6 +171,17 @@ def test_direct_reads_equal_zarr_reads(
     np.testing.assert_array_equal(DirectChunkReader(array)[rows, 1:2], array[rows, 1:2])
 
 
+def test_unwritten_chunks_of_a_zarr_2_array_without_fill_value_read_as_zarr_reads(tmp_path):
+    path = str(tmp_path / "v2.zarr")
+    array = zarr.create_array(
+        store=path, shape=(100, 3), chunks=(20, 3), dtype="f4", zarr_format=2,
+        compressors=None, fill_value=None,
+    )  # fmt: skip
+    array[:20] = 1
+    array = open_zarr_array(path)
+    np.testing.assert_array_equal(DirectChunkReader(array)[0:100, 0:3], array[0:100, 0:3])
+
+
 @pytest.mark.parametrize("size", [0, 1, 255, 256, 65_791, 2**20, 2**25])
 def test_zstd_content_size_is_read_from_the_frame_header(size):
     assert zstd_content_size(Zstd().encode(b"x" * size)) == size
