@@ -191,7 +191,7 @@ class DirectChunkReader(NamedChunkReader):
     """Reads row blocks of a Zarr array on a local disk straight from its chunk files
     into the block, for the two encodings ``make-blobs`` writes: raw bytes (one copy,
     where Zarr's codec pipeline makes two: 2.5 against 5.6 ms per 32 MiB chunk from the
-    page cache) and Zstandard, decompressed into the block (22 against 40 ms).
+    page cache) and Zstandard, decompressed into the block (23 against 26 ms).
 
     Only for what :meth:`handles`: chunks that span all columns, C order, the
     machine's byte order, unsharded. A chunk that was never written reads as the fill
