@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -125,6 +126,9 @@ class ReadPass:
     def __init__(self, centers: np.ndarray, max_iter: int) -> None:
         self.cluster_centers_, self.n_iter_ = centers, max_iter
 
+    def get_params(self) -> dict[str, Any]:
+        return {}
+
     def fit(self, X: da.Array) -> ReadPass:
         for _ in range(self.n_iter_):
             X.sum(axis=0).compute()
@@ -136,11 +140,7 @@ def available_peers() -> tuple[list[Peer], list[str]]:
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
     peers = [
-        Peer(
-            "dkmeans",
-            # persist=False: Dask input is read at every pass (a Zarr store from disk)
-            lambda c, m: dkmeans.KMeans(len(c), init=c, n_init=1, max_iter=m, tol=0, persist=False),
-        ),
+        Peer("dkmeans", lambda c, m: dkmeans.KMeans(len(c), init=c, n_init=1, max_iter=m, tol=0)),
         Peer(
             "sklearn",
             lambda c, m: KMeans(len(c), init=c, n_init=1, max_iter=m, tol=0, algorithm="lloyd"),
@@ -236,9 +236,17 @@ def peak_rss() -> Iterator[list[float]]:
         result.append((peak[0] - baseline) / 2**20)
 
 
-def fit_once(peer: Peer, data: Any, centers: np.ndarray, max_iter: int) -> tuple[float, Any, float]:
-    """Fit one estimator; return seconds, the estimator and the peak RSS growth (MiB)."""
+def fit_once(
+    peer: Peer, data: Any, centers: np.ndarray, max_iter: int, *, streaming: bool = False
+) -> tuple[float, Any, float]:
+    """Fit one estimator; return seconds, the estimator and the peak RSS growth (MiB).
+
+    ``streaming``: an estimator with a ``persist`` parameter reads the data at every pass
+    (the out-of-core case) instead of keeping it in memory when it fits.
+    """
     estimator = peer.build(centers, max_iter)
+    if streaming and "persist" in estimator.get_params():
+        estimator.set_params(persist=False)
     with peak_rss() as peak:
         started = time.perf_counter()
         estimator.fit(data)
@@ -276,16 +284,17 @@ def time_case(case: Case, peers: list[Peer], *, repeats: int, low: int, high: in
     low, high = case.iterations or (low, high)
     samples: dict[str, list[float]] = {peer.name: [] for peer in peers}
     last: dict[str, tuple[float, Any, float]] = {}
+    fit = partial(fit_once, streaming=case.container == "zarr")
     for peer in peers:  # warm-up: imports, JIT compilation
-        fit_once(peer, feeds[peer.feed], centers, 1)
+        fit(peer, feeds[peer.feed], centers, 1)
     for _ in range(repeats):
         for peer in peers:
             data = feeds[peer.feed]
             peer_low, peer_high = peer.iterations or (low, high)
             if peer.iterations is None:  # first touch of memory the previous peer freed
-                fit_once(peer, data, centers, 1)
-            t_low, fitted_low, _ = fit_once(peer, data, centers, peer_low)
-            t_high, fitted_high, rss = fit_once(peer, data, centers, peer_high)
+                fit(peer, data, centers, 1)
+            t_low, fitted_low, _ = fit(peer, data, centers, peer_low)
+            t_high, fitted_high, rss = fit(peer, data, centers, peer_high)
             extra = fitted_high.n_iter_ - fitted_low.n_iter_
             per_iter = (t_high - t_low) / extra if extra > 0 else t_high / fitted_high.n_iter_
             samples[peer.name].append(per_iter)
