@@ -1,4 +1,5 @@
-"""Input handling: Zarr formats, groups, URLs, read-only access and row blocks."""
+"""Input handling: Zarr formats, groups, URLs, read-only access, row blocks and the
+readers of stored chunks."""
 
 from __future__ import annotations
 
@@ -18,15 +19,17 @@ from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
 from dkmeans import KMeans
 from dkmeans.io import (
     TARGET_BLOCK_BYTES,
-    ZSTD_MAGIC,
-    ChunkReadError,
-    DirectChunkReader,
-    NamedChunkReader,
     block_rows,
     check_data,
     open_zarr_array,
     rechunk_rows,
     to_dask_array,
+)
+from dkmeans.readers import (
+    ZSTD_MAGIC,
+    ChunkReadError,
+    DirectChunkReader,
+    NamedChunkReader,
     zstd_content_size,
 )
 
