@@ -15,6 +15,7 @@ finishes first.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial, reduce
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 
 import dask
 import dask.array as da
+import dask.threaded
 import numpy as np
 from dask.base import tokenize
 from dask.delayed import Delayed
@@ -47,7 +49,19 @@ class Source(Protocol):
 #: Thread pools of :class:`InMemorySource`, by size, kept for the life of the process:
 #: starting threads for every pass cost a quarter of a pass over 250,000 rows.
 _POOLS: dict[int, ThreadPoolExecutor] = {}
-os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has none of the threads
+
+
+def _forget_the_parents_threads() -> None:
+    """In a forked child, drop the thread pools made by the parent: ours, and those of
+    Dask's threaded scheduler, which would otherwise wait forever for threads that do not
+    exist in the child (a fit in a ``fork``-ed process after one in the parent hung)."""
+    _POOLS.clear()
+    dask.threaded.default_pool = None
+    dask.threaded.pools.clear()
+    dask.threaded.pools_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_the_parents_threads)
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:

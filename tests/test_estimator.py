@@ -252,3 +252,34 @@ def test_demo_writes_its_picture(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "n=3,000" in done.stdout and "inertia=" in done.stdout and "iterations=" in done.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _fit_in_child(queue) -> None:
+    X = np.random.default_rng(0).standard_normal((20_000, 4))
+    fitted = [
+        KMeans(3, n_init=1, random_state=0).fit(data).inertia_
+        for data in (X, da.from_array(X, chunks=5000))
+    ]
+    queue.put(fitted)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork is the default start method on Linux")
+def test_fit_in_a_forked_child_after_fits_in_the_parent():
+    # the child inherits thread pools (ours, Dask's) whose threads it does not have
+    import multiprocessing
+
+    X = np.random.default_rng(0).standard_normal((20_000, 4))
+    expected = [
+        KMeans(3, n_init=1, random_state=0).fit(data).inertia_
+        for data in (X, da.from_array(X, chunks=5000))
+    ]
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_fit_in_child, args=(queue,))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the fit in the forked child hung")
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == expected
