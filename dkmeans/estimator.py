@@ -24,7 +24,7 @@ from .graph import DaskSource, InMemorySource, Source
 from .io import check_data, check_sample_weight, is_lazy_input, to_dask_array
 from .kernels import center_distances, nearest_centers, pass_statistics
 from .lloyd import IterationReport, LloydResult, lloyd
-from .resources import blas_threads, local_threads, should_persist
+from .resources import blas_threads, client_active, local_threads, should_persist
 from .seeding import initial_centers
 
 Init = Literal["k-means||", "k-means++", "random"]
@@ -282,9 +282,14 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         source: Source
         if in_memory:
             source = _in_memory_source(data, array, weights)
+        elif should_persist(self.persist, data):
+            data, weights = dask.persist(data, weights)
+            source = (
+                DaskSource(data, weights, check_finite=True)
+                if client_active()
+                else _persisted_source(data, weights)
+            )
         else:
-            if should_persist(self.persist, data):
-                data, weights = dask.persist(data, weights)
             source = DaskSource(data, weights, check_finite=True)
         with threadpool_limits(limits=blas_threads(), user_api="blas"):
             if saved is None:
@@ -447,6 +452,22 @@ def _in_memory_source(
         None if weights is None else weights.compute(scheduler="threads"),
         chunks=data.chunks[0],
         threads=local_threads(),
+    )
+
+
+def _persisted_source(data: da.Array, weights: da.Array | None) -> InMemorySource:
+    """A Dask array persisted in this process's memory: its blocks on the pool of
+    threads of NumPy input, without a task graph per pass (the same blocks and the
+    same combining tree as a DaskSource, so the same result)."""
+
+    def blocks(array: da.Array) -> tuple[np.ndarray, ...]:
+        return dask.compute(*array.to_delayed().ravel(), scheduler="threads")
+
+    return InMemorySource.from_blocks(
+        blocks(data),
+        None if weights is None else blocks(weights),
+        threads=local_threads(),
+        check_finite=True,
     )
 
 

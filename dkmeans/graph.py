@@ -86,7 +86,7 @@ def row_offsets(chunks: Sequence[int]) -> np.ndarray:
 
 
 class InMemorySource:
-    """A NumPy array on the client, in row blocks; a pass needs no task graph.
+    """Data in this process's memory, in row blocks; a pass needs no task graph.
 
     The kernel runs on the blocks in a pool of ``threads`` threads (the kernels release
     the GIL) and the results are combined in the same tree as :class:`DaskSource`
@@ -97,7 +97,7 @@ class InMemorySource:
     x : ndarray of shape (n, d)
     weights : ndarray of shape (n,) or None
     chunks : sequence of int, optional
-        Rows of every block; default: one block.
+        Rows of every block; default: one block. The blocks are views of ``x``.
     threads : int
         Blocks processed at once.
     split_every : int
@@ -113,24 +113,70 @@ class InMemorySource:
         threads: int = 1,
         split_every: int = SPLIT_EVERY,
     ) -> None:
-        self.x = x
-        self.weights = weights
-        self.n_rows, self.n_features = x.shape
-        self.dtype = x.dtype
+        offsets = row_offsets(tuple(chunks) if chunks is not None else (len(x),))
+        rows = [slice(a, b) for a, b in zip(offsets, [*offsets[1:], len(x)], strict=True)]
+        self._set_blocks(
+            [x[r] for r in rows],
+            None if weights is None else [weights[r] for r in rows],
+            n_features=x.shape[1],
+            dtype=x.dtype,
+            threads=threads,
+            split_every=split_every,
+        )
+
+    @classmethod
+    def from_blocks(
+        cls,
+        blocks: Sequence[np.ndarray],
+        weight_blocks: Sequence[np.ndarray] | None,
+        *,
+        threads: int,
+        check_finite: bool = False,
+    ) -> InMemorySource:
+        """The blocks of a Dask array already in memory (persisted on this machine).
+
+        ``check_finite``: check every block for NaN and infinity during the first pass,
+        as :class:`DaskSource` does.
+        """
+        source = cls.__new__(cls)
+        source._set_blocks(
+            list(blocks),
+            None if weight_blocks is None else list(weight_blocks),
+            n_features=blocks[0].shape[1],
+            dtype=blocks[0].dtype,
+            threads=threads,
+            split_every=SPLIT_EVERY,
+        )
+        source.check_finite = check_finite
+        return source
+
+    def _set_blocks(
+        self,
+        blocks: list[np.ndarray],
+        weight_blocks: list[np.ndarray] | None,
+        *,
+        n_features: int,
+        dtype: np.dtype,
+        threads: int,
+        split_every: int,
+    ) -> None:
+        self.blocks, self.weight_blocks = blocks, weight_blocks
+        self.n_rows, self.n_features = sum(len(block) for block in blocks), n_features
+        self.dtype = dtype
+        self.row_offsets = row_offsets([len(block) for block in blocks])
+        self.threads, self.split_every = threads, split_every
         self.passes = 0
-        self.chunks = tuple(chunks) if chunks is not None else (len(x),)
-        self.row_offsets = row_offsets(self.chunks)
-        self.threads = threads
-        self.split_every = split_every
+        self.check_finite = False
 
     def map_reduce(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        def block_result(i: int) -> Any:
-            offset = int(self.row_offsets[i])
-            rows = slice(offset, offset + self.chunks[i])
-            weights = None if self.weights is None else self.weights[rows]
-            return kernel(self.x[rows], weights, offset, i, *args, **kwargs)
+        if self.check_finite and self.passes == 0:
+            kernel = FiniteChecked(kernel)
 
-        blocks = range(len(self.chunks))
+        def block_result(i: int) -> Any:
+            weights = None if self.weight_blocks is None else self.weight_blocks[i]
+            return kernel(self.blocks[i], weights, int(self.row_offsets[i]), i, *args, **kwargs)
+
+        blocks = range(len(self.blocks))
         if self.threads > 1 and len(blocks) > 1:
             parts = list(_pool(self.threads).map(block_result, blocks))
         else:

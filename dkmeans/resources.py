@@ -25,6 +25,11 @@ def _client():
         return None
 
 
+def client_active() -> bool:
+    """Whether a distributed client is active (tasks then run on its workers)."""
+    return _client() is not None
+
+
 def available_memory() -> int:
     """Bytes available to hold X: free memory of the cluster's workers, or of this machine."""
     client = _client()

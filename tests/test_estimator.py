@@ -129,6 +129,27 @@ def test_numpy_input_on_threads_equals_dask_input_with_the_same_blocks(
     np.testing.assert_array_equal(on_threads.labels_, on_dask.labels_.compute())
 
 
+def test_persisted_dask_input_runs_on_threads_with_the_result_of_a_streamed_fit(
+    overlapping, monkeypatch
+):
+    # a Dask array persisted in this process is fitted like NumPy input: one compute (the
+    # persist) in all, then passes on the pool of threads; same blocks, same tree, same bits
+    monkeypatch.setattr(dkmeans.io, "MERGE_BELOW", 0)  # the 8 blocks are kept
+    X = da.from_array(np.tile(overlapping, (40, 1)), chunks=(10_000, -1))
+    params = dict(n_init=2, max_iter=15, random_state=4, tol=0)
+    with count_computes() as counter:
+        persisted = KMeans(3, persist=True, **params).fit(X)
+    assert counter.computes == 1
+    streamed = KMeans(3, persist=False, **params).fit(X)
+    np.testing.assert_array_equal(persisted.cluster_centers_, streamed.cluster_centers_)
+    assert persisted.inertia_ == streamed.inertia_
+    assert persisted.n_iter_ == streamed.n_iter_
+    bad = X.copy()
+    bad[45_000, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity in block 4 .*first at row 45000"):
+        KMeans(3, persist=True, **params).fit(bad)
+
+
 def test_small_numpy_input_is_cut_into_blocks_for_every_thread():
     X = np.zeros((80_000, 2))
     assert dkmeans.io.check_data(dkmeans.io.to_dask_array(X), merge_rows=False).numblocks[0] == 8
