@@ -447,7 +447,7 @@ def _in_memory_source(
 ) -> InMemorySource:
     """NumPy data on a pool of threads on the client, without a task graph: the blocks of
     ``data`` combined in the same tree as a DaskSource, so the same result to the last bit."""
-    return InMemorySource(
+    return InMemorySource.of_array(
         array,
         None if weights is None else weights.compute(scheduler="threads"),
         chunks=data.chunks[0],
@@ -463,7 +463,7 @@ def _persisted_source(data: da.Array, weights: da.Array | None) -> InMemorySourc
     def blocks(array: da.Array) -> tuple[np.ndarray, ...]:
         return dask.compute(*array.to_delayed().ravel(), scheduler="threads")
 
-    return InMemorySource.from_blocks(
+    return InMemorySource(
         blocks(data),
         None if weights is None else blocks(weights),
         threads=local_threads(),

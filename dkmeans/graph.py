@@ -94,79 +94,55 @@ class InMemorySource:
 
     Parameters
     ----------
-    x : ndarray of shape (n, d)
-    weights : ndarray of shape (n,) or None
-    chunks : sequence of int, optional
-        Rows of every block; default: one block. The blocks are views of ``x``.
+    blocks : sequence of ndarray of shape (rows, d)
+        The row blocks, in order (for a NumPy array see :meth:`of_array`).
+    weight_blocks : sequence of ndarray of shape (rows,), optional
+        The sample weights of every block; default: all ones.
     threads : int
         Blocks processed at once.
     split_every : int
         Fan-in of the combining tree.
+    check_finite : bool
+        Check every block for NaN and infinity during the first pass, as
+        :class:`DaskSource` does (for data not validated yet).
     """
 
     def __init__(
         self,
+        blocks: Sequence[np.ndarray],
+        weight_blocks: Sequence[np.ndarray] | None = None,
+        *,
+        threads: int = 1,
+        split_every: int = SPLIT_EVERY,
+        check_finite: bool = False,
+    ) -> None:
+        self.blocks = list(blocks)
+        self.weight_blocks = None if weight_blocks is None else list(weight_blocks)
+        self.n_rows = sum(len(block) for block in self.blocks)
+        self.n_features = self.blocks[0].shape[1]
+        self.dtype = self.blocks[0].dtype
+        self.row_offsets = row_offsets([len(block) for block in self.blocks])
+        self.threads, self.split_every = threads, split_every
+        self.check_finite = check_finite
+        self.passes = 0
+
+    @classmethod
+    def of_array(
+        cls,
         x: np.ndarray,
         weights: np.ndarray | None = None,
         *,
         chunks: Sequence[int] | None = None,
         threads: int = 1,
-        split_every: int = SPLIT_EVERY,
-    ) -> None:
+    ) -> InMemorySource:
+        """A NumPy array cut into blocks of ``chunks`` rows (default: one block), as views."""
         offsets = row_offsets(tuple(chunks) if chunks is not None else (len(x),))
         rows = [slice(a, b) for a, b in zip(offsets, [*offsets[1:], len(x)], strict=True)]
-        self._set_blocks(
+        return cls(
             [x[r] for r in rows],
             None if weights is None else [weights[r] for r in rows],
-            n_features=x.shape[1],
-            dtype=x.dtype,
             threads=threads,
-            split_every=split_every,
         )
-
-    @classmethod
-    def from_blocks(
-        cls,
-        blocks: Sequence[np.ndarray],
-        weight_blocks: Sequence[np.ndarray] | None,
-        *,
-        threads: int,
-        check_finite: bool = False,
-    ) -> InMemorySource:
-        """The blocks of a Dask array already in memory (persisted on this machine).
-
-        ``check_finite``: check every block for NaN and infinity during the first pass,
-        as :class:`DaskSource` does.
-        """
-        source = cls.__new__(cls)
-        source._set_blocks(
-            list(blocks),
-            None if weight_blocks is None else list(weight_blocks),
-            n_features=blocks[0].shape[1],
-            dtype=blocks[0].dtype,
-            threads=threads,
-            split_every=SPLIT_EVERY,
-        )
-        source.check_finite = check_finite
-        return source
-
-    def _set_blocks(
-        self,
-        blocks: list[np.ndarray],
-        weight_blocks: list[np.ndarray] | None,
-        *,
-        n_features: int,
-        dtype: np.dtype,
-        threads: int,
-        split_every: int,
-    ) -> None:
-        self.blocks, self.weight_blocks = blocks, weight_blocks
-        self.n_rows, self.n_features = sum(len(block) for block in blocks), n_features
-        self.dtype = dtype
-        self.row_offsets = row_offsets([len(block) for block in blocks])
-        self.threads, self.split_every = threads, split_every
-        self.passes = 0
-        self.check_finite = False
 
     def map_reduce(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self.check_finite and self.passes == 0:

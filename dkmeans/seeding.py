@@ -152,7 +152,7 @@ def _recluster(
     best of :data:`RECLUSTER_RESTARTS` restarts (lowest weighted candidate cost)."""
     if len(candidates) <= n_clusters:
         return _pad(candidates, n_clusters)
-    small = InMemorySource(candidates, weights)
+    small = InMemorySource.of_array(candidates, weights)
     restart_seeds = np.random.default_rng(seed).integers(
         np.iinfo(np.int32).max, size=RECLUSTER_RESTARTS
     )

@@ -115,7 +115,7 @@ def test_seeding_does_not_depend_on_the_blocks(blobs, chunks):
             random_centers(source, [6], [7]),
         )
 
-    whole = seeded(InMemorySource(X))
+    whole = seeded(InMemorySource.of_array(X))
     cut = seeded(DaskSource(da.from_array(X, chunks=(chunks, -1))))
     for a, b in zip(whole[0] + [whole[1]] + whole[2], cut[0] + [cut[1]] + cut[2], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-9)

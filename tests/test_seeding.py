@@ -105,7 +105,7 @@ def test_random_state_kinds(blobs):
 def test_weighted_sampling_frequency():
     # row 1 has three times the weight of row 0: drawn first about 3/4 of the time
     x = np.array([[0.0], [1.0]])
-    source = InMemorySource(x, np.array([1.0, 3.0]))
+    source = InMemorySource.of_array(x, np.array([1.0, 3.0]))
     firsts = [random_centers(source, [1], [seed])[0][0, 0] for seed in range(2000)]
     assert np.mean(firsts) == pytest.approx(0.75, abs=0.035)
 
@@ -188,5 +188,5 @@ def test_runs_share_passes(blobs):
     source = DaskSource(da.from_array(blobs[0], chunks=(600, -1)))
     together = kmeans_parallel(source, [5, 5, 3], [1, 2, 3], init_rounds=4)
     assert source.passes == 4 + 2
-    alone = kmeans_parallel(InMemorySource(blobs[0]), [3], [3], init_rounds=4)
+    alone = kmeans_parallel(InMemorySource.of_array(blobs[0]), [3], [3], init_rounds=4)
     assert together[2].shape == alone[0].shape == (3, 4)
