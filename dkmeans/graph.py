@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import dask
 import dask.array as da
+import dask.local
 import dask.threaded
 import numpy as np
 from dask.base import tokenize
@@ -41,6 +42,9 @@ class Source(Protocol):
     n_features: int
     dtype: np.dtype
     passes: int
+    #: Whether the kernels run in this process, so that they may keep state per block
+    #: between passes (threads; not the workers of a cluster, nor processes).
+    in_process: bool
 
     def map_reduce(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``kernel`` on every block and return the combined result."""
@@ -125,6 +129,7 @@ class InMemorySource:
         self.threads, self.split_every = threads, split_every
         self.check_finite = check_finite
         self.passes = 0
+        self.in_process = True
 
     @classmethod
     def of_array(
@@ -222,6 +227,11 @@ class DaskSource:
         self.passes = 0
         self.check_finite = check_finite
         self.row_offsets = row_offsets(x.chunks[0])
+
+    @property
+    def in_process(self) -> bool:
+        scheduler = dask.base.get_scheduler(collections=[self.x])
+        return scheduler in (dask.threaded.get, dask.local.get_sync)
 
     def graph(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> Delayed:
         """The lazy tree reduction of ``kernel`` over all blocks (one key at the root).

@@ -217,20 +217,6 @@ def _chunk_min(row, centers_sq, j):
     return min(min(min(v0, v1), min(v2, v3)), min(min(v4, v5), min(v6, v7)))
 
 
-def _segment_min_loop(row, centers_sq, lo, hi):
-    """``min(row[j] + centers_sq[j] for j in range(lo, hi))`` (``inf`` when empty),
-    eight centres at a time. A minimum is exact in any order: the result is the same
-    bits as a plain scan's."""
-    best_value = np.inf
-    j, stop, eight = np.uint64(lo), np.uint64(hi), np.uint64(8)
-    while j + eight <= stop:
-        best_value = min(best_value, _chunk_min_compiled(row, centers_sq, j))
-        j += eight
-    for t in range(j, stop):
-        best_value = min(best_value, row[t] + centers_sq[t])
-    return best_value
-
-
 def _segment_argmin_loop(row, centers_sq, lo, hi):
     """The first ``j`` in ``[lo, hi)`` with the smallest ``row[j] + centers_sq[j]``.
 
@@ -419,7 +405,6 @@ if numba is not None:
     # reassoc lets LLVM vectorise the squared-distance sums (rounding differs by ~1 ulp)
     _jit = numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
     _chunk_min_compiled = _jit(_chunk_min)
-    _segment_min_compiled = _jit(_segment_min_loop)
     _segment_argmin_compiled = _jit(_segment_argmin_loop)
     _nearest_compiled = _jit(_nearest_loop)
     _accumulate_compiled = _jit(_accumulate_loop)

@@ -11,6 +11,9 @@ import psutil
 
 #: "auto" persists X when it takes under this fraction of the memory available.
 PERSIST_FRACTION = 0.5
+#: k-means|| remembers every row's nearest candidate (12 bytes per row and run) when
+#: that takes under this fraction of the memory available.
+ROW_MEMORY_FRACTION = 0.25
 
 
 def _client():

@@ -18,7 +18,7 @@ from enum import IntEnum
 import numpy as np
 
 from . import kernels
-from .kernels import gemm_operands, min_squared_distances
+from .kernels import min_squared_distances
 
 
 class Purpose(IntEnum):
@@ -70,85 +70,10 @@ def _exponential_keys_loop(weights, stream, row0, out):
             out[i] = np.inf
 
 
-def _drop_below(run, threshold, kept_rows, kept_keys, n_kept):
-    """Keep only the run's kept rows whose key is at least ``threshold``."""
-    filled = 0
-    for slot in range(n_kept[run]):
-        if kept_keys[run, slot] >= threshold:
-            kept_rows[run, filled] = kept_rows[run, slot]
-            kept_keys[run, filled] = kept_keys[run, slot]
-            filled += 1
-    n_kept[run] = filled
-
-
-def _oversample_loop(
-    x,
-    centers_gemm_t,
-    centers_sq,
-    bounds,
-    weights,
-    step,
-    oversampling,
-    streams,
-    row0,
-    cost,
-    kept_rows,
-    kept_keys,
-    n_kept,
-):
-    """One k-means|| round of every run over one block, in one compiled call.
-
-    Per row sub-block one GEMM against all runs' candidates; then for every row and
-    run the squared distance to the nearest candidate, the run's cost, and the row's
-    key. A row is kept while its key is at least the cost so far (the block's cost only
-    grows, so a row dropped here could never be kept). Returns False when a run keeps
-    more rows than its slots hold. ``weights`` of None (all ones) are compiled out.
-    """
-    n_rows, n_features = x.shape
-    capacity = kept_rows.shape[1]
-    partial = np.empty((min(step, n_rows), centers_gemm_t.shape[1]), dtype=x.dtype)
-    for start in range(0, n_rows, step):
-        stop = min(start + step, n_rows)
-        block_partial = partial[: stop - start]
-        np.dot(x[start:stop], centers_gemm_t, block_partial)
-        for i in range(stop - start):
-            w = 1.0 if weights is None else weights[start + i]
-            if not w > 0:
-                continue
-            x_sq = 0.0
-            for f in range(n_features):
-                value = np.float64(x[start + i, f])
-                x_sq += value * value
-            row = np.uint64(row0 + start + i)
-            for r in range(bounds.shape[0] - 1):
-                nearest = kernels._segment_min_compiled(
-                    block_partial[i], centers_sq, bounds[r], bounds[r + 1]
-                )
-                mass = w * max(np.float64(nearest) + x_sq, 0.0)
-                cost[r] += mass
-                if not mass > 0:
-                    continue
-                key = oversampling[r] * mass / _uniform_compiled(streams[r], row)
-                if key >= cost[r]:
-                    if n_kept[r] == capacity:
-                        _drop_below_compiled(r, cost[r], kept_rows, kept_keys, n_kept)
-                        if n_kept[r] == capacity:
-                            return False
-                    kept_rows[r, n_kept[r]] = start + i
-                    kept_keys[r, n_kept[r]] = key
-                    n_kept[r] += 1
-    return True
-
-
 if kernels.numba is not None:
     _jit = kernels.numba.njit(nogil=True, cache=True)
     _uniform_compiled = _jit(_uniform)
     _exponential_keys_compiled = _jit(_exponential_keys_loop)
-    _drop_below_compiled = _jit(_drop_below)
-    # reassoc vectorises the squared norms and the nearest-candidate minima
-    _oversample_compiled = kernels.numba.njit(
-        nogil=True, cache=True, fastmath={"reassoc", "contract"}
-    )(_oversample_loop)
 
 
 def exponential_keys(weights: np.ndarray | None, stream: np.uint64, row_offset: int, n_rows: int):
@@ -226,139 +151,6 @@ def smallest_keys(
             candidates = np.arange(len(x))
         samples.append(KeySample.select(keys[candidates], index[candidates], x[candidates], size))
     return PerRun(samples)
-
-
-@dataclass(frozen=True)
-class Oversample:
-    """One k-means|| round of one run: its cost and the rows it may keep.
-
-    A row is kept when ``key = l * w * d² / u >= cost`` with ``u`` uniform on (0, 1],
-    i.e. with probability ``min(1, l * w * d² / cost)``. ``cost`` only grows as
-    partial results are combined, so rows below the partial cost can be dropped at
-    every level of the tree: the root holds about ``l`` rows whatever the fan-in.
-    """
-
-    cost: float
-    keys: np.ndarray  # (m,)
-    index: np.ndarray  # (m,)
-    rows: np.ndarray  # (m, d) float64
-
-    def kept(self) -> Oversample:
-        keep = self.keys >= self.cost if self.cost > 0 else np.zeros(len(self.keys), bool)
-        order = np.argsort(self.index[keep], kind="stable")
-        return Oversample(
-            self.cost, self.keys[keep][order], self.index[keep][order], self.rows[keep][order]
-        )
-
-    def combine(self, other: Oversample) -> Oversample:
-        return Oversample(
-            self.cost + other.cost,
-            np.concatenate([self.keys, other.keys]),
-            np.concatenate([self.index, other.index]),
-            np.concatenate([self.rows, other.rows]),
-        ).kept()
-
-
-def oversample(
-    x: np.ndarray,
-    weights: np.ndarray | None,
-    row_offset: int,
-    block_index: int,
-    candidates: np.ndarray,
-    bounds: np.ndarray,
-    oversampling: np.ndarray,
-    seeds: np.ndarray,
-    round_index: int,
-) -> PerRun:
-    """One k-means|| round for every run: cost under the candidates and new draws.
-
-    Parameters
-    ----------
-    x : ndarray of shape (rows, d)
-    weights : ndarray of shape (rows,) or None
-    row_offset, block_index : int
-        Global index of the first row; position of the block (unused: the draws
-        belong to the rows).
-    candidates : ndarray of shape (M, d)
-        Stacked current candidates of all runs.
-    bounds : ndarray of shape (R + 1,)
-        Run ``r`` owns ``candidates[bounds[r]:bounds[r + 1]]``.
-    oversampling : ndarray of shape (R,)
-        Expected number of draws per round ``l`` of every run.
-    seeds : ndarray of shape (R,)
-        Seed of every run.
-    round_index : int
-
-    Returns
-    -------
-    PerRun of Oversample
-    """
-    del block_index
-    streams = np.array(
-        [stream_key(int(seed), Purpose.OVERSAMPLE, round_index) for seed in seeds],
-        dtype=np.uint64,
-    )
-    oversampling = np.asarray(oversampling, dtype=np.float64)
-    block_round = _oversample_compiled_block if kernels.USE_NUMBA else _oversample_numpy
-    cost, kept = block_round(x, weights, row_offset, candidates, bounds, oversampling, streams)
-    return PerRun(
-        Oversample(
-            float(cost[r]), keys, row_offset + rows, np.asarray(x[rows], dtype=np.float64)
-        ).kept()
-        for r, (rows, keys) in enumerate(kept)
-    )
-
-
-def _oversample_numpy(x, weights, row_offset, candidates, bounds, oversampling, streams):
-    """NumPy twin of :func:`_oversample_loop`: per run, the block's cost and the
-    block-local rows (with their keys) that may be kept."""
-    w = _weights(weights, len(x))
-    distances = min_squared_distances(x, candidates, bounds)
-    cost, kept = np.zeros(len(streams)), []
-    for r, stream in enumerate(streams):
-        with np.errstate(invalid="ignore"):
-            mass = np.where(w > 0, w * distances[:, r], 0.0)
-        keys = oversampling[r] * mass / row_uniforms(stream, row_offset, len(x))
-        # summed in row order, like the compiled loop
-        cost[r] = np.cumsum(mass)[-1] if len(x) else 0.0
-        rows = np.flatnonzero((mass > 0) & (keys >= cost[r]))
-        kept.append((rows, keys[rows]))
-    return cost, kept
-
-
-def _oversample_compiled_block(x, weights, row_offset, candidates, bounds, oversampling, streams):
-    """:func:`_oversample_loop` on a block, with more slots if the first ones overflow."""
-    n_runs = len(streams)
-    dtype, centers_gemm_t, centers_sq = gemm_operands(x, candidates)
-    x = np.ascontiguousarray(x, dtype=dtype)
-    w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
-    bounds = np.asarray(bounds, dtype=np.int64)
-    step = kernels.sub_block_rows(len(candidates), x.shape[1])
-    # a run keeps about l rows per round in all; the slots overflow only by bad luck
-    for capacity in (min(len(x), int(4 * oversampling.max(initial=0)) + 64), len(x)):
-        cost = np.zeros(n_runs)
-        kept_rows = np.empty((n_runs, capacity), dtype=np.int64)
-        kept_keys = np.empty((n_runs, capacity))
-        n_kept = np.zeros(n_runs, dtype=np.int64)
-        done = _oversample_compiled(
-            x,
-            centers_gemm_t,
-            centers_sq,
-            bounds,
-            w,
-            step,
-            oversampling,
-            streams,
-            row_offset,
-            cost,
-            kept_rows,
-            kept_keys,
-            n_kept,
-        )
-        if done:
-            break
-    kept = [(kept_rows[r, : n_kept[r]], kept_keys[r, : n_kept[r]]) for r in range(n_runs)]
-    return cost, kept
 
 
 @dataclass(frozen=True)

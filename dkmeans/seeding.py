@@ -10,7 +10,8 @@ Passes over the data (each one ``compute``):
   that scores the current trial centres and draws the next ones.
 - ``k-means||``: ``init_rounds + 2``: the first centre, one pass per round (the
   round's cost and its draws share the pass), one pass weighting the candidates.
-  Runs of ``n_init`` share all of them.
+  Runs of ``n_init`` share all of them, and a pass measures each row only against
+  the candidates drawn since the last one when the rows can remember their nearest.
 """
 
 from __future__ import annotations
@@ -20,9 +21,16 @@ from collections.abc import Sequence
 import numpy as np
 
 from .graph import InMemorySource, Source
-from .kernels import pass_statistics
 from .lloyd import lloyd, stack_centers
-from .sampling import oversample, plusplus_trials, smallest_keys
+from .oversampling import (
+    BYTES_PER_ROW_AND_RUN,
+    Candidates,
+    NearestCandidates,
+    oversample,
+    weigh_candidates,
+)
+from .resources import ROW_MEMORY_FRACTION, available_memory
+from .sampling import plusplus_trials, smallest_keys
 
 #: Extra k-means|| rounds allowed when the candidates are fewer than k distinct points.
 MAX_EXTRA_ROUNDS = 20
@@ -93,7 +101,9 @@ def kmeans_parallel(
     ``l = oversampling_factor * n_clusters[r]``;
     the candidates are then weighted by the total weight of the points nearest to
     them and reclustered to ``n_clusters`` on the client with weighted greedy
-    k-means++ followed by weighted Lloyd.
+    k-means++ followed by weighted Lloyd. Where the passes run in this process and
+    the rows' nearest candidates fit in memory (:func:`remembered_nearest`), each pass
+    measures only the candidates drawn since the last one; the result is the same.
 
     Returns
     -------
@@ -102,11 +112,20 @@ def kmeans_parallel(
     seeds = np.asarray(seeds)
     oversampling = oversampling_factor * np.asarray(n_clusters, dtype=np.float64)
     candidates = [sample.rows for sample in source.map_reduce(smallest_keys, 1, seeds)]
+    memory = remembered_nearest(source, len(seeds))
+    measured = np.zeros(len(seeds), dtype=np.int64)  # candidates of every run in memory
+
+    def not_measured(runs: list[int]) -> Candidates:
+        first = measured[runs]
+        new = [candidates[r][start:] for r, start in zip(runs, first, strict=True)]
+        stacked, bounds = stack_centers(new)
+        if memory is not None:
+            measured[runs] = [len(candidates[r]) for r in runs]
+        return Candidates(stacked, bounds, first, np.asarray(runs), memory)
 
     def sample_round(runs: list[int], round_index: int) -> None:
-        stacked, bounds = stack_centers([candidates[r] for r in runs])
         drawn = source.map_reduce(
-            oversample, stacked, bounds, oversampling[runs], seeds[runs], round_index
+            oversample, not_measured(runs), oversampling[runs], seeds[runs], round_index
         )
         for r, draws in zip(runs, drawn, strict=True):
             candidates[r] = np.vstack([candidates[r], draws.kept().rows])
@@ -115,11 +134,16 @@ def kmeans_parallel(
     for round_index in range(init_rounds):
         sample_round(all_runs, round_index)
     for extra in range(MAX_EXTRA_ROUNDS + 1):
-        weights, costs = _candidate_weights(source, candidates)
+        sizes = np.array([len(c) for c in candidates])
+        stats = source.map_reduce(weigh_candidates, not_measured(all_runs), sizes)
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        weights = [stats.counts[lo:hi] for lo, hi in zip(offsets[:-1], offsets[1:], strict=True)]
         # too few distinct candidates while some point is still away from all of
         # them: draw another round for those runs
         short = [
-            r for r in all_runs if np.count_nonzero(weights[r]) < n_clusters[r] and costs[r] > 0
+            r
+            for r in all_runs
+            if np.count_nonzero(weights[r]) < n_clusters[r] and stats.costs[r] > 0
         ]
         if not short or extra == MAX_EXTRA_ROUNDS:
             break
@@ -132,17 +156,14 @@ def kmeans_parallel(
     ]
 
 
-def _candidate_weights(
-    source: Source, candidates: list[np.ndarray]
-) -> tuple[list[np.ndarray], list[float]]:
-    """Weight of every candidate (total weight of the points nearest to it) and the
-    cost of every run's candidates, in one pass."""
-    stacked, bounds = stack_centers(candidates)
-    stats = source.map_reduce(pass_statistics, stacked, bounds, far_capacity=0)
-    runs = list(zip(bounds[:-1], bounds[1:], strict=True))
-    weights = [stats.counts[lo:hi] for lo, hi in runs]
-    costs = [float(stats.cluster_inertia[lo:hi].sum()) for lo, hi in runs]
-    return weights, costs
+def remembered_nearest(source: Source, n_runs: int) -> NearestCandidates | None:
+    """Memory for every row's nearest candidate, when the kernels run in this process
+    and it takes under :data:`~dkmeans.resources.ROW_MEMORY_FRACTION` of the memory
+    available (else every pass measures all candidates)."""
+    needed = source.n_rows * n_runs * BYTES_PER_ROW_AND_RUN
+    if source.in_process and needed < ROW_MEMORY_FRACTION * available_memory():
+        return NearestCandidates(n_runs)
+    return None
 
 
 def _recluster(

@@ -114,8 +114,6 @@ def test_chunked_scans_equal_a_plain_scan(values, lo, dtype):
     hi = len(row)
     expected = lo + int(np.argmin(row[lo:] + centers_sq[lo:]))
     assert kernels._segment_argmin_compiled(row, centers_sq, lo, hi) == expected
-    assert kernels._segment_min_compiled(row, centers_sq, lo, hi) == (row + centers_sq)[expected]
-    assert kernels._segment_min_compiled(row, centers_sq, hi, hi) == np.inf
 
 
 def test_sub_blocks_do_not_change_the_result(monkeypatch, implementation):

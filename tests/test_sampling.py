@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from dkmeans import kernels, sampling
 from dkmeans.graph import DaskSource, InMemorySource
-from dkmeans.sampling import Purpose, oversample, row_uniforms, stream_key
+from dkmeans.oversampling import Candidates, NearestCandidates, oversample, weigh_candidates
+from dkmeans.sampling import Purpose, row_uniforms, stream_key
 from dkmeans.seeding import kmeans_parallel, kmeans_plusplus, random_centers
 
 
@@ -80,7 +81,8 @@ def rounds(draw):
 def test_oversample_matches_brute_force(problem, round_index, implementation):
     x, weights, candidates, bounds, oversampling, offset = problem
     seeds = np.arange(len(oversampling)) + 17
-    drawn = oversample(x, weights, offset, 0, candidates, bounds, oversampling, seeds, round_index)
+    measured = Candidates.all_of(candidates, bounds)
+    drawn = oversample(x, weights, offset, 0, measured, oversampling, seeds, round_index)
     reference = brute_force_round(
         x, weights, candidates, bounds, oversampling, seeds, round_index, offset
     )
@@ -97,7 +99,8 @@ def test_a_run_without_candidates_keeps_every_weighted_row(implementation):
     x = np.random.default_rng(0).normal(size=(5000, 3))
     weights = np.ones(5000)
     weights[::7] = 0
-    (run,) = oversample(x, weights, 0, 0, np.empty((0, 3)), np.array([0, 0]), [2.0], [1], 0)
+    no_candidates = Candidates.all_of(np.empty((0, 3)), np.array([0, 0]))
+    (run,) = oversample(x, weights, 0, 0, no_candidates, [2.0], [1], 0)
     np.testing.assert_array_equal(run.index, np.flatnonzero(weights))
 
 

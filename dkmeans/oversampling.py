@@ -1,0 +1,439 @@
+"""The block kernels of k-means||: oversampling rounds and the weights of the candidates.
+
+Both measure every row against candidates: its squared distance to the nearest one of
+every run (up to the row's ``||x||²``) and that candidate's index. Where the kernels run
+in this process (threads), a :class:`NearestCandidates` keeps these per row between
+passes, so that every pass measures only the candidates drawn since the last one: a
+round of ten runs measures its ~200 new candidates instead of the ~1,000 drawn so far.
+Elsewhere (a distributed cluster, or rows too many to remember) every pass measures all
+candidates. Both give the same bits: the nearest of a set is the nearest of the nearest
+of its parts, and a new candidate replaces the remembered one only when strictly nearer
+(ties keep the lower index, as one scan over all candidates does).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import kernels, sampling
+from .kernels import gemm_operands, sub_block_rows
+from .sampling import PerRun, Purpose, row_uniforms, stream_key
+
+#: Bytes remembered per row and run: the float64 distance and the int32 index.
+BYTES_PER_ROW_AND_RUN = 12
+
+
+class NearestCandidates:
+    """Per row and run: the nearest candidate measured so far and its partial distance.
+
+    One pair of arrays per block, made on the block's first pass: ``partial[i, run]``
+    is ``||c||² - 2 x·c`` of row ``i`` and its nearest candidate ``c`` (``inf`` before
+    any), and ``index[i, run]`` that candidate's index within its run (-1 before any).
+    The kernels write into them in place: only for blocks processed in this process.
+    """
+
+    def __init__(self, n_runs: int) -> None:
+        self.n_runs = n_runs
+        self.blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.token = uuid.uuid4().hex
+
+    def __dask_tokenize__(self) -> str:
+        return self.token  # never hash (or pickle) the arrays to name a task
+
+    def of_block(self, block_index: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """The block's arrays (every block is processed by one task per pass)."""
+        if block_index not in self.blocks:
+            self.blocks[block_index] = (
+                np.full((n_rows, self.n_runs), np.inf),
+                np.full((n_rows, self.n_runs), -1, dtype=np.int32),
+            )
+        return self.blocks[block_index]
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The candidates a pass measures, for some of the runs.
+
+    Attributes
+    ----------
+    stacked : ndarray of shape (M, d)
+        The candidates not measured yet of every run, stacked.
+    bounds : ndarray of shape (R + 1,)
+        Run ``runs[r]`` owns ``stacked[bounds[r]:bounds[r + 1]]``.
+    first_index : ndarray of shape (R,)
+        Index, within its run, of each run's first candidate here.
+    runs : ndarray of shape (R,)
+        The runs measured (columns of ``memory``).
+    memory : NearestCandidates or None
+        What the rows remember of the earlier candidates; None: these are all of them.
+    """
+
+    stacked: np.ndarray
+    bounds: np.ndarray
+    first_index: np.ndarray
+    runs: np.ndarray
+    memory: NearestCandidates | None = None
+
+    @classmethod
+    def all_of(cls, candidates: np.ndarray, bounds: np.ndarray) -> Candidates:
+        """Every candidate of every run (no memory)."""
+        n_runs = len(bounds) - 1
+        return cls(
+            np.asarray(candidates, dtype=np.float64),
+            np.asarray(bounds, dtype=np.int64),
+            np.zeros(n_runs, dtype=np.int64),
+            np.arange(n_runs),
+        )
+
+    def nearest(
+        self, block_index: int, n_rows: int, scratch_rows: int
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The arrays a block's rows measure into: the memory of its ``n_rows``, or
+        scratch of ``scratch_rows`` to fill afresh (the third item says which)."""
+        if self.memory is not None:
+            return (*self.memory.of_block(block_index, n_rows), False)
+        shape = (scratch_rows, len(self.runs))
+        return np.empty(shape), np.empty(shape, dtype=np.int32), True
+
+    @property
+    def columns(self) -> np.ndarray:
+        return np.asarray(self.runs if self.memory is not None else np.arange(len(self.runs)))
+
+
+def _measure_loop(partial, centers_sq, bounds, first_index, columns, nearest, index):
+    """Fold a sub-block's candidates into every row's nearest so far, run by run.
+
+    ``partial`` is ``-2 x·c`` of the sub-block; a candidate replaces the row's nearest
+    only when strictly nearer, so ties keep the lowest index.
+    """
+    for i in range(partial.shape[0]):
+        for r in range(len(bounds) - 1):
+            lo, hi = bounds[r], bounds[r + 1]
+            if hi == lo:
+                continue
+            if hi - lo >= kernels.CHUNKED_SCAN_MIN_CENTERS:
+                best = np.uint64(kernels._segment_argmin_compiled(partial[i], centers_sq, lo, hi))
+            else:  # unsigned indices: numba checks none for being negative
+                best, stop = np.uint64(lo), np.uint64(hi)
+                best_value = partial[i, best] + centers_sq[best]
+                for j in range(best + np.uint64(1), stop):
+                    if partial[i, j] + centers_sq[j] < best_value:
+                        best, best_value = j, partial[i, j] + centers_sq[j]
+            value = np.float64(partial[i, best] + centers_sq[best])
+            column = columns[r]
+            if value < nearest[i, column]:
+                nearest[i, column] = value
+                index[i, column] = first_index[r] + (np.int64(best) - lo)
+
+
+def _measure_block_loop(
+    x,
+    centers_gemm_t,
+    centers_sq,
+    bounds,
+    first_index,
+    columns,
+    nearest,
+    index,
+    fresh,
+    weights,
+    step,
+    row0,
+    cost,
+    counts,
+    count_bounds,
+    oversampling,
+    streams,
+    kept_rows,
+    kept_keys,
+    n_kept,
+):
+    """One pass of k-means|| over a block in one compiled call, without the GIL.
+
+    Per row sub-block: one GEMM against the new candidates of every run, the rows'
+    nearest candidates (:func:`_measure_loop`), then per row and run its mass
+    ``w * d²`` added to the run's cost, and either its weight added to its nearest
+    candidate's count (``counts``: the weighing pass) or its oversampling key computed
+    (``streams``: a round). A row is kept in the ``kept_*`` slots while its key is at
+    least the cost so far (the block's cost only grows, so a row dropped here could
+    never be kept). Returns False when a run keeps more rows than its slots hold.
+    Arguments of None are compiled out. With ``fresh``, ``nearest`` and ``index`` are
+    scratch of one sub-block; otherwise they hold the block's rows.
+    """
+    n_rows, n_features = x.shape
+    partial = np.empty((min(step, n_rows), centers_gemm_t.shape[1]), dtype=x.dtype)
+    for start in range(0, n_rows, step):
+        stop = min(start + step, n_rows)
+        block_partial = partial[: stop - start]
+        np.dot(x[start:stop], centers_gemm_t, block_partial)
+        if fresh:
+            rows_nearest, rows_index = nearest[: stop - start], index[: stop - start]
+            rows_nearest[:] = np.inf
+            rows_index[:] = -1
+        else:
+            rows_nearest, rows_index = nearest[start:stop], index[start:stop]
+        _measure_compiled(
+            block_partial, centers_sq, bounds, first_index, columns, rows_nearest, rows_index
+        )
+        for i in range(stop - start):
+            w = 1.0 if weights is None else weights[start + i]
+            if not w > 0:
+                continue
+            x_sq = 0.0
+            for f in range(n_features):
+                value = np.float64(x[start + i, f])
+                x_sq += value * value
+            for r in range(len(bounds) - 1):
+                column = columns[r]
+                mass = w * max(rows_nearest[i, column] + x_sq, 0.0)
+                cost[r] += mass
+                if counts is not None and rows_index[i, column] >= 0:
+                    counts[count_bounds[r] + rows_index[i, column]] += w
+                if streams is None or not mass > 0:
+                    continue
+                row = np.uint64(row0 + start + i)
+                key = oversampling[r] * mass / sampling._uniform_compiled(streams[r], row)
+                if key >= cost[r]:
+                    if n_kept[r] == kept_rows.shape[1]:
+                        _drop_below_compiled(r, cost[r], kept_rows, kept_keys, n_kept)
+                        if n_kept[r] == kept_rows.shape[1]:
+                            return False
+                    kept_rows[r, n_kept[r]] = start + i
+                    kept_keys[r, n_kept[r]] = key
+                    n_kept[r] += 1
+    return True
+
+
+def _drop_below(run, threshold, kept_rows, kept_keys, n_kept):
+    """Keep only the run's kept rows whose key is at least ``threshold``."""
+    filled = 0
+    for slot in range(n_kept[run]):
+        if kept_keys[run, slot] >= threshold:
+            kept_rows[run, filled] = kept_rows[run, slot]
+            kept_keys[run, filled] = kept_keys[run, slot]
+            filled += 1
+    n_kept[run] = filled
+
+
+if kernels.numba is not None:
+    _jit = kernels.numba.njit(nogil=True, cache=True)
+    _measure_compiled = _jit(_measure_loop)
+    _drop_below_compiled = _jit(_drop_below)
+    # reassoc vectorises the squared norms of the rows
+    _measure_block_compiled = kernels.numba.njit(
+        nogil=True, cache=True, fastmath={"reassoc", "contract"}
+    )(_measure_block_loop)
+
+
+def _measure_numpy(x, candidates: Candidates, nearest, index) -> None:
+    """NumPy twin of :func:`_measure_loop`, over a whole block."""
+    _, centers_gemm_t, centers_sq = gemm_operands(x, candidates.stacked)
+    bounds, columns = candidates.bounds, candidates.columns
+    for rows in kernels._sub_blocks(len(x), sub_block_rows(len(centers_sq), x.shape[1])):
+        xs = np.ascontiguousarray(x[rows], dtype=centers_gemm_t.dtype)
+        partial = (xs @ centers_gemm_t).astype(np.float64) + centers_sq
+        for r, column in enumerate(columns):
+            lo, hi = bounds[r], bounds[r + 1]
+            if hi == lo:
+                continue
+            best = partial[:, lo:hi].argmin(axis=1)
+            value = partial[np.arange(len(xs)), lo + best]
+            nearer = value < nearest[rows, column]
+            nearest[rows, column] = np.where(nearer, value, nearest[rows, column])
+            index[rows, column] = np.where(
+                nearer, candidates.first_index[r] + best, index[rows, column]
+            )
+
+
+def _masses_numpy(x, weights, block_index: int, candidates: Candidates):
+    """The rows' weights, and per row and run the mass ``w * d²`` to the nearest
+    candidate and that candidate's index within its run."""
+    nearest, index, fresh = candidates.nearest(block_index, len(x), len(x))
+    if fresh:
+        nearest[:], index[:] = np.inf, -1
+    _measure_numpy(x, candidates, nearest, index)
+    columns = candidates.columns
+    w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
+    x_sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        squared = np.maximum(nearest[:, columns] + x_sq[:, None], 0)
+        mass = np.where(w[:, None] > 0, w[:, None] * squared, 0.0)
+    return w, mass, index[:, columns]
+
+
+def _row_order_sums(mass: np.ndarray) -> np.ndarray:
+    """Column sums added in row order, like the compiled loop."""
+    return np.cumsum(mass, axis=0)[-1] if len(mass) else np.zeros(mass.shape[1])
+
+
+def _measure_block(x, weights, row_offset, block_index, candidates, cost, counts, slots):
+    """:func:`_measure_block_loop` on a block: the arguments prepared, scratch allocated."""
+    dtype, centers_gemm_t, centers_sq = gemm_operands(x, candidates.stacked)
+    step = sub_block_rows(len(candidates.stacked), x.shape[1])
+    nearest, index, fresh = candidates.nearest(block_index, len(x), min(step, len(x)))
+    return _measure_block_compiled(
+        np.ascontiguousarray(x, dtype=dtype),
+        centers_gemm_t,
+        centers_sq,
+        candidates.bounds,
+        candidates.first_index,
+        candidates.columns,
+        nearest,
+        index,
+        fresh,
+        None if weights is None else np.ascontiguousarray(weights, dtype=np.float64),
+        step,
+        row_offset,
+        cost,
+        *((None, None) if counts is None else counts),
+        *((None,) * 5 if slots is None else slots),
+    )
+
+
+@dataclass(frozen=True)
+class Oversample:
+    """One k-means|| round of one run: its cost and the rows it may keep.
+
+    A row is kept when ``key = l * w * d² / u >= cost`` with ``u`` uniform on (0, 1],
+    i.e. with probability ``min(1, l * w * d² / cost)``. ``cost`` only grows as
+    partial results are combined, so rows below the partial cost can be dropped at
+    every level of the tree: the root holds about ``l`` rows whatever the fan-in.
+    """
+
+    cost: float
+    keys: np.ndarray  # (m,)
+    index: np.ndarray  # (m,)
+    rows: np.ndarray  # (m, d) float64
+
+    def kept(self) -> Oversample:
+        keep = self.keys >= self.cost if self.cost > 0 else np.zeros(len(self.keys), bool)
+        order = np.argsort(self.index[keep], kind="stable")
+        return Oversample(
+            self.cost, self.keys[keep][order], self.index[keep][order], self.rows[keep][order]
+        )
+
+    def combine(self, other: Oversample) -> Oversample:
+        return Oversample(
+            self.cost + other.cost,
+            np.concatenate([self.keys, other.keys]),
+            np.concatenate([self.index, other.index]),
+            np.concatenate([self.rows, other.rows]),
+        ).kept()
+
+
+def oversample(
+    x: np.ndarray,
+    weights: np.ndarray | None,
+    row_offset: int,
+    block_index: int,
+    candidates: Candidates,
+    oversampling: np.ndarray,
+    seeds: np.ndarray,
+    round_index: int,
+) -> PerRun:
+    """One k-means|| round for some runs: their cost under the candidates, new draws.
+
+    Parameters
+    ----------
+    x : ndarray of shape (rows, d)
+    weights : ndarray of shape (rows,) or None
+    row_offset, block_index : int
+        Global index of the first row; position of the block (its memory).
+    candidates : Candidates
+        The candidates of the runs not measured yet.
+    oversampling : ndarray of shape (R,)
+        Expected number of draws per round ``l`` of every run.
+    seeds : ndarray of shape (R,)
+        Seed of every run.
+    round_index : int
+
+    Returns
+    -------
+    PerRun of Oversample
+    """
+    streams = np.array(
+        [stream_key(int(seed), Purpose.OVERSAMPLE, round_index) for seed in seeds],
+        dtype=np.uint64,
+    )
+    oversampling = np.asarray(oversampling, dtype=np.float64)
+    block_round = _oversample_compiled if kernels.USE_NUMBA else _oversample_numpy
+    cost, kept = block_round(x, weights, row_offset, block_index, candidates, oversampling, streams)
+    return PerRun(
+        Oversample(
+            float(cost[r]), keys, row_offset + rows, np.asarray(x[rows], dtype=np.float64)
+        ).kept()
+        for r, (rows, keys) in enumerate(kept)
+    )
+
+
+def _oversample_numpy(x, weights, row_offset, block_index, candidates, oversampling, streams):
+    """NumPy twin of a round of :func:`_measure_block_loop`: per run, the block's cost
+    and the block-local rows (with their keys) that may be kept."""
+    _, mass, _ = _masses_numpy(x, weights, block_index, candidates)
+    cost, kept = _row_order_sums(mass), []
+    for r, stream in enumerate(streams):
+        keys = oversampling[r] * mass[:, r] / row_uniforms(stream, row_offset, len(x))
+        rows = np.flatnonzero((mass[:, r] > 0) & (keys >= cost[r]))
+        kept.append((rows, keys[rows]))
+    return cost, kept
+
+
+def _oversample_compiled(x, weights, row_offset, block_index, candidates, oversampling, streams):
+    """A round of :func:`_measure_block_loop`, with more slots if the first ones overflow
+    (measuring again is harmless: the nearest of the same candidates does not change)."""
+    n_runs = len(streams)
+    # a run keeps about l rows per round in all; the slots overflow only by bad luck
+    for capacity in (min(len(x), int(4 * oversampling.max(initial=0)) + 64), len(x)):
+        cost = np.zeros(n_runs)
+        kept_rows = np.empty((n_runs, capacity), dtype=np.int64)
+        kept_keys = np.empty((n_runs, capacity))
+        n_kept = np.zeros(n_runs, dtype=np.int64)
+        slots = (oversampling, streams, kept_rows, kept_keys, n_kept)
+        if _measure_block(x, weights, row_offset, block_index, candidates, cost, None, slots):
+            break
+    kept = [(kept_rows[r, : n_kept[r]], kept_keys[r, : n_kept[r]]) for r in range(n_runs)]
+    return cost, kept
+
+
+@dataclass(frozen=True)
+class CandidateWeights:
+    """The weight of every candidate (of the rows nearest to it) and every run's cost."""
+
+    counts: np.ndarray  # (M,) the runs' candidates, stacked
+    costs: np.ndarray  # (R,)
+
+    def combine(self, other: CandidateWeights) -> CandidateWeights:
+        return CandidateWeights(self.counts + other.counts, self.costs + other.costs)
+
+
+def weigh_candidates(
+    x: np.ndarray,
+    weights: np.ndarray | None,
+    row_offset: int,
+    block_index: int,
+    candidates: Candidates,
+    sizes: np.ndarray,
+) -> CandidateWeights:
+    """Total weight of the rows nearest to every candidate, per run, and the runs' costs.
+
+    ``sizes[r]`` is the number of all candidates of run ``r`` (measured earlier or now);
+    the counts of run ``r`` are ``counts[offsets[r]:offsets[r + 1]]`` with ``offsets``
+    the cumulative sizes.
+    """
+    del row_offset
+    count_bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    counts = np.zeros(count_bounds[-1])
+    if kernels.USE_NUMBA:
+        cost = np.zeros(len(sizes))
+        _measure_block(x, weights, 0, block_index, candidates, cost, (counts, count_bounds), None)
+        return CandidateWeights(counts, cost)
+    w, mass, index = _masses_numpy(x, weights, block_index, candidates)
+    for r in range(len(sizes)):
+        rows = (w > 0) & (index[:, r] >= 0)
+        counts[count_bounds[r] : count_bounds[r + 1]] = np.bincount(
+            index[rows, r], weights=w[rows], minlength=sizes[r]
+        )
+    return CandidateWeights(counts, _row_order_sums(mass))
