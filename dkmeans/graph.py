@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial, reduce
@@ -72,6 +73,29 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     if threads not in _POOLS:
         _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="dkmeans")
     return _POOLS[threads]
+
+
+class RowMemory:
+    """Arrays about the rows of every block, kept in this process between passes.
+
+    ``make(n_rows)`` returns a block's arrays on its first pass; kernels then read and
+    write them in place. Only for sources whose kernels run in this process
+    (``Source.in_process``): every block is processed by one task per pass.
+    """
+
+    def __init__(self, make: Callable[[int], tuple[np.ndarray, ...]]) -> None:
+        self.make = make
+        self.blocks: dict[int, tuple[np.ndarray, ...]] = {}
+        self.token = uuid.uuid4().hex
+
+    def __dask_tokenize__(self) -> str:
+        return self.token  # never hash (or pickle) the arrays to name a task
+
+    def of_block(self, block_index: int, n_rows: int) -> tuple[np.ndarray, ...]:
+        """The block's arrays."""
+        if block_index not in self.blocks:
+            self.blocks[block_index] = self.make(n_rows)
+        return self.blocks[block_index]
 
 
 def combine_all(parts: Sequence[Any]) -> Any:

@@ -2,7 +2,7 @@
 
 Both measure every row against candidates: its squared distance to the nearest one of
 every run (up to the row's ``||x||²``) and that candidate's index. Where the kernels run
-in this process (threads), a :class:`NearestCandidates` keeps these per row between
+in this process (threads), a :func:`nearest_candidates` memory keeps these per row between
 passes, so that every pass measures only the candidates drawn since the last one: a
 round of ten runs measures its ~200 new candidates instead of the ~1,000 drawn so far.
 Elsewhere (a distributed cluster, or rows too many to remember) every pass measures all
@@ -13,12 +13,12 @@ of its parts, and a new candidate replaces the remembered one only when strictly
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import kernels, sampling
+from .graph import RowMemory
 from .kernels import gemm_operands, sub_block_rows
 from .sampling import PerRun, Purpose, row_uniforms, stream_key
 
@@ -26,31 +26,19 @@ from .sampling import PerRun, Purpose, row_uniforms, stream_key
 BYTES_PER_ROW_AND_RUN = 12
 
 
-class NearestCandidates:
-    """Per row and run: the nearest candidate measured so far and its partial distance.
+def nearest_candidates(n_runs: int) -> RowMemory:
+    """Memory of every row's nearest candidate measured so far, per run.
 
-    One pair of arrays per block, made on the block's first pass: ``partial[i, run]``
-    is ``||c||² - 2 x·c`` of row ``i`` and its nearest candidate ``c`` (``inf`` before
-    any), and ``index[i, run]`` that candidate's index within its run (-1 before any).
-    The kernels write into them in place: only for blocks processed in this process.
+    Per block: ``partial[i, run]``, the ``||c||² - 2 x·c`` of row ``i`` and its nearest
+    candidate ``c`` (``inf`` before any), and ``index[i, run]``, that candidate's index
+    within its run (-1 before any).
     """
-
-    def __init__(self, n_runs: int) -> None:
-        self.n_runs = n_runs
-        self.blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self.token = uuid.uuid4().hex
-
-    def __dask_tokenize__(self) -> str:
-        return self.token  # never hash (or pickle) the arrays to name a task
-
-    def of_block(self, block_index: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """The block's arrays (every block is processed by one task per pass)."""
-        if block_index not in self.blocks:
-            self.blocks[block_index] = (
-                np.full((n_rows, self.n_runs), np.inf),
-                np.full((n_rows, self.n_runs), -1, dtype=np.int32),
-            )
-        return self.blocks[block_index]
+    return RowMemory(
+        lambda n_rows: (
+            np.full((n_rows, n_runs), np.inf),
+            np.full((n_rows, n_runs), -1, dtype=np.int32),
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -67,7 +55,7 @@ class Candidates:
         Index, within its run, of each run's first candidate here.
     runs : ndarray of shape (R,)
         The runs measured (columns of ``memory``).
-    memory : NearestCandidates or None
+    memory : RowMemory of :func:`nearest_candidates`, or None
         What the rows remember of the earlier candidates; None: these are all of them.
     """
 
@@ -75,7 +63,7 @@ class Candidates:
     bounds: np.ndarray
     first_index: np.ndarray
     runs: np.ndarray
-    memory: NearestCandidates | None = None
+    memory: RowMemory | None = None
 
     @classmethod
     def all_of(cls, candidates: np.ndarray, bounds: np.ndarray) -> Candidates:

@@ -11,8 +11,8 @@ import psutil
 
 #: "auto" persists X when it takes under this fraction of the memory available.
 PERSIST_FRACTION = 0.5
-#: k-means|| remembers every row's nearest candidate (12 bytes per row and run) when
-#: that takes under this fraction of the memory available.
+#: Kernels keep state per row between passes (k-means||'s nearest candidates, Lloyd's
+#: distance bounds) when it takes under this fraction of the memory available.
 ROW_MEMORY_FRACTION = 0.25
 
 
@@ -60,3 +60,10 @@ def blas_threads() -> int:
     if _client() is not None:
         return cores  # tasks run on workers; their own settings apply there
     return max(1, cores // local_threads())
+
+
+def may_remember(in_process: bool, n_bytes: int) -> bool:
+    """Whether kernels may keep ``n_bytes`` of state about the rows between passes: they
+    must run in this process, and it must take under :data:`ROW_MEMORY_FRACTION` of the
+    memory available."""
+    return in_process and n_bytes < ROW_MEMORY_FRACTION * available_memory()

@@ -20,16 +20,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .graph import InMemorySource, Source
+from .graph import InMemorySource, RowMemory, Source
 from .lloyd import lloyd, stack_centers
 from .oversampling import (
     BYTES_PER_ROW_AND_RUN,
     Candidates,
-    NearestCandidates,
+    nearest_candidates,
     oversample,
     weigh_candidates,
 )
-from .resources import ROW_MEMORY_FRACTION, available_memory
+from .resources import may_remember
 from .sampling import plusplus_trials, smallest_keys
 
 #: Extra k-means|| rounds allowed when the candidates are fewer than k distinct points.
@@ -156,13 +156,12 @@ def kmeans_parallel(
     ]
 
 
-def remembered_nearest(source: Source, n_runs: int) -> NearestCandidates | None:
+def remembered_nearest(source: Source, n_runs: int) -> RowMemory | None:
     """Memory for every row's nearest candidate, when the kernels run in this process
-    and it takes under :data:`~dkmeans.resources.ROW_MEMORY_FRACTION` of the memory
-    available (else every pass measures all candidates)."""
-    needed = source.n_rows * n_runs * BYTES_PER_ROW_AND_RUN
-    if source.in_process and needed < ROW_MEMORY_FRACTION * available_memory():
-        return NearestCandidates(n_runs)
+    and it fits (:func:`~dkmeans.resources.may_remember`); else None: every pass then
+    measures all candidates."""
+    if may_remember(source.in_process, source.n_rows * n_runs * BYTES_PER_ROW_AND_RUN):
+        return nearest_candidates(n_runs)
     return None
 
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dkmeans import seeding
+from dkmeans import resources, seeding
 from dkmeans.graph import DaskSource, InMemorySource
-from dkmeans.oversampling import Candidates, NearestCandidates, oversample, weigh_candidates
+from dkmeans.oversampling import Candidates, nearest_candidates, oversample, weigh_candidates
 
 
 @st.composite
@@ -55,7 +55,7 @@ def all_up_to(runs, part):
 @given(problem=measured_in_parts(), offset=st.integers(0, 10**9))
 def test_remembered_nearest_equals_measuring_all(problem, offset, implementation):
     x, weights, runs = problem
-    memory = NearestCandidates(len(runs))
+    memory = nearest_candidates(len(runs))
     oversampling, seeds = np.full(len(runs), 3.0), np.arange(len(runs)) + 5
     for part in range(3):
         remembered = oversample(
@@ -102,7 +102,7 @@ def test_remembering_does_not_change_the_seeding(blobs, monkeypatch):
     ]
     for source in sources:
         remembered = seeding.kmeans_parallel(source(), [5, 8, 3], [1, 2, 3], init_rounds=4)
-        monkeypatch.setattr(seeding, "ROW_MEMORY_FRACTION", 0.0)
+        monkeypatch.setattr(resources, "ROW_MEMORY_FRACTION", 0.0)
         measured = seeding.kmeans_parallel(source(), [5, 8, 3], [1, 2, 3], init_rounds=4)
         monkeypatch.undo()
         for a, b in zip(remembered, measured, strict=True):
@@ -117,7 +117,7 @@ def test_rows_remember_only_where_the_kernels_run_in_this_process(blobs, monkeyp
     with dask.config.set(scheduler="processes"):  # a copy of the memory in every process
         assert seeding.remembered_nearest(DaskSource(x), 10) is None
     # 3,000 rows x 10 runs x 12 bytes = 360 kB: within a quarter of 2 MB, not of 1 MB
-    monkeypatch.setattr(seeding, "available_memory", lambda: 2_000_000)
+    monkeypatch.setattr(resources, "available_memory", lambda: 2_000_000)
     assert seeding.remembered_nearest(InMemorySource.of_array(blobs[0]), 10) is not None
-    monkeypatch.setattr(seeding, "available_memory", lambda: 1_000_000)
+    monkeypatch.setattr(resources, "available_memory", lambda: 1_000_000)
     assert seeding.remembered_nearest(InMemorySource.of_array(blobs[0]), 10) is None

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from dkmeans import kernels, sampling
 from dkmeans.graph import DaskSource, InMemorySource
-from dkmeans.oversampling import Candidates, NearestCandidates, oversample, weigh_candidates
+from dkmeans.oversampling import Candidates, oversample
 from dkmeans.sampling import Purpose, row_uniforms, stream_key
 from dkmeans.seeding import kmeans_parallel, kmeans_plusplus, random_centers
 
