@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .graph import RowMemory
+
 #: Elements (rows x (centres + features)) of one row sub-block. Chosen by measurement
 #: (250,000 x 32 float32 rows, k=16, one thread, 2-core EPYC with 1 MiB L2 per core):
 #: 2**18 (5461 rows) took 6.9 ms per block against 7.3 ms with 2**16 and 8.3 with 2**14;
@@ -269,6 +271,70 @@ def _nearest_loop(partial, centers_sq, bounds, nearest):
             nearest[i, r] = best
 
 
+def _screen_loop(start, stop, bounds, labels, distances, screen, nearest, gathered):
+    """The rows of a sub-block whose nearest centre may have changed since the last pass.
+
+    Hamerly's bounds (SIAM SDM 2010), per row and run: since the last pass the distance
+    to the row's own centre grew by at most that centre's drift, and to every other
+    centre shrank by at most the run's largest drift. A run keeps the row's centre
+    (written to ``nearest``) when the two bounds are further apart than the rounding of
+    the GEMM could hide, so the full scan would choose the same centre; the positions of
+    the other rows go into ``gathered``. Returns how many. ``labels`` and ``distances``
+    hold the last pass's centres and exact squared distances of the rows; ``lower`` (in
+    ``screen``) the lower bounds, updated here.
+    """
+    lower, drift, max_drift, centers_norm, max_sq, eps = screen
+    n_gathered = 0
+    for i in range(start, stop):
+        gather = False
+        for r in range(len(bounds) - 1):
+            lower[i, r] -= max_drift[r]
+            if labels[i, r] < 0:  # never measured
+                gather = True
+                continue
+            own = bounds[r] + labels[i, r]
+            upper = np.sqrt(distances[i, r]) + drift[own]
+            norm = centers_norm[own] + upper  # bounds ||x||
+            slack = eps * (norm * norm + max_sq[r])
+            if lower[i, r] > 0 and upper * upper + 2 * slack < lower[i, r] * lower[i, r]:
+                nearest[i - start, r] = own
+            else:
+                gather = True
+        if gather:
+            gathered[n_gathered] = i
+            n_gathered += 1
+    return n_gathered
+
+
+def _nearest_two_loop(x, partial, compact, centers_sq, bounds, gathered, start, nearest, screen):
+    """Nearest centre of the gathered rows (ties: the lowest index, as
+    :func:`_nearest_loop`), and a lower bound on the distance to every other centre.
+    Row ``g`` of ``partial`` belongs to gathered row ``g`` (``compact``), else to row
+    ``gathered[g] - start`` of the sub-block."""
+    lower, _, _, _, max_sq, eps = screen
+    n_features = x.shape[1]
+    for g in range(len(gathered)):
+        i = gathered[g]
+        row = g if compact else i - start
+        x_sq = 0.0
+        for f in range(n_features):
+            value = np.float64(x[i, f])
+            x_sq += value * value
+        for r in range(len(bounds) - 1):
+            best, stop = np.uint64(bounds[r]), np.uint64(bounds[r + 1])
+            best_value = partial[row, best] + centers_sq[best]
+            second = np.inf
+            for j in range(best + np.uint64(1), stop):
+                value = partial[row, j] + centers_sq[j]
+                if value < best_value:
+                    best, best_value, second = j, value, best_value
+                elif value < second:
+                    second = value
+            nearest[i - start, r] = best
+            slack = eps * (x_sq + max_sq[r])
+            lower[i, r] = np.sqrt(max(np.float64(second) + x_sq - slack, 0.0))
+
+
 def _accumulate_loop(xs, nearest, centers64, bounds, weights, row0, labels, distances, totals, far):
     """Distances to the nearest centres and per-centre sums of a sub-block, compiled by
     numba: one read of every row.
@@ -370,21 +436,44 @@ def _assign_block_loop(
     far,
     moments,
     moment_sums,
+    screen,
 ):
     """The whole block in one compiled call: GEMM per sub-block, then the fused scan.
 
     Runs without the GIL from start to end (numba's ``np.dot`` calls BLAS), so the
-    threads of a Dask worker never wait on each other between sub-blocks.
+    threads of a Dask worker never wait on each other between sub-blocks. With
+    ``screen`` (see :func:`_screen_loop`), only the rows whose centre may have changed
+    go through the GEMM and the scan; ``labels`` and ``distances`` then hold the rows'
+    results of the last pass, and receive this pass's.
     """
-    n_rows = x.shape[0]
+    n_rows, n_features = x.shape
     partial = np.empty((min(step, n_rows), centers_gemm_t.shape[1]), dtype=x.dtype)
     nearest = np.empty((min(step, n_rows), len(bounds) - 1), dtype=np.uint64)
+    screened = 0 if screen is None else min(step, n_rows)
+    xg = np.empty((screened, n_features), dtype=x.dtype)
+    gathered = np.empty(screened, dtype=np.int64)
     for start in range(0, n_rows, step):
         stop = min(start + step, n_rows)
         xs = x[start:stop]
         block_partial, block_nearest = partial[: stop - start], nearest[: stop - start]
-        np.dot(xs, centers_gemm_t, block_partial)
-        _nearest_compiled(block_partial, centers_sq, bounds, block_nearest)
+        if screen is None:
+            np.dot(xs, centers_gemm_t, block_partial)
+            _nearest_compiled(block_partial, centers_sq, bounds, block_nearest)
+        else:
+            n = _screen_compiled(
+                start, stop, bounds, labels, distances, screen, block_nearest, gathered
+            )
+            # most rows: the GEMM of the whole sub-block; few: of a copy of those rows
+            compact = 4 * n < stop - start
+            if compact:
+                for g in range(n):
+                    xg[g] = x[gathered[g]]
+                np.dot(xg[:n], centers_gemm_t, partial[:n])
+            elif n > 0:
+                np.dot(xs, centers_gemm_t, block_partial)
+            _nearest_two_compiled(
+                x, partial, compact, centers_sq, bounds, gathered[:n], start, block_nearest, screen
+            )
         _accumulate_compiled(
             xs,
             block_nearest,
@@ -407,6 +496,8 @@ if numba is not None:
     _chunk_min_compiled = _jit(_chunk_min)
     _segment_argmin_compiled = _jit(_segment_argmin_loop)
     _nearest_compiled = _jit(_nearest_loop)
+    _screen_compiled = _jit(_screen_loop)
+    _nearest_two_compiled = _jit(_nearest_two_loop)
     _accumulate_compiled = _jit(_accumulate_loop)
     _keep_far_compiled = _jit(_keep_far_loop)
     _merge_moments_compiled = _jit(_merge_moments_loop)
@@ -422,6 +513,7 @@ def _assign(
     accumulate: bool,
     moments: bool = False,
     far_capacity: int = 0,
+    bounds_of_rows: tuple[DistanceBounds, int] | None = None,
 ) -> tuple[_Accumulator, Moments | None]:
     """Nearest centre of every row per run, with per-centre sums, in one read of ``x``.
 
@@ -429,6 +521,8 @@ def _assign(
     cache; the distance to the chosen centre is recomputed directly in float64. With
     ``far_capacity``, the compiled kernel keeps only the far points of every run
     instead of per-row labels and distances (no allocation of the block's size).
+    ``bounds_of_rows`` (the bounds and the block's index) lets the compiled kernel
+    skip the rows whose centre cannot have changed.
     """
     n_centers, n_features = centers.shape
     n_runs = len(bounds) - 1
@@ -444,6 +538,12 @@ def _assign(
     )
     count, mean, m2 = np.zeros(1), np.zeros(n_features), np.zeros(n_features)
     step = sub_block_rows(n_centers, n_features)
+    screen = None
+    if USE_NUMBA and bounds_of_rows is not None:
+        distance_bounds, block_index = bounds_of_rows
+        out.labels, out.distances, lower = distance_bounds.memory.of_block(block_index, len(x))
+        screen = distance_bounds.screen(lower, centers, bounds, dtype)
+        per_row = True
     if USE_NUMBA:
         _assign_block_compiled(
             np.ascontiguousarray(x, dtype=dtype),
@@ -459,6 +559,7 @@ def _assign(
             out.far if track_far else None,
             moments,
             (count, mean, m2),
+            screen,
         )
     else:
         w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -646,6 +747,46 @@ class Moments:
 
 
 @dataclass(frozen=True)
+class DistanceBounds:
+    """What a Lloyd pass may skip: the rows' distances of the last pass and how far
+    every centre has moved since (see :func:`_screen_loop`).
+
+    Attributes
+    ----------
+    memory : RowMemory
+        Per block (:func:`distance_bounds_memory`): the rows' centres, squared
+        distances to them, and lower bounds on the distance to every other centre.
+    drift : ndarray of shape (K,)
+        Distance every stacked centre moved since the last pass.
+    """
+
+    memory: RowMemory
+    drift: np.ndarray
+
+    def screen(self, lower: np.ndarray, centers: np.ndarray, bounds: np.ndarray, dtype):
+        """The arguments of the compiled screening."""
+        norms_sq = np.einsum("ij,ij->i", centers, centers)
+        runs = list(zip(bounds[:-1], bounds[1:], strict=True))
+        max_drift = np.array([self.drift[lo:hi].max(initial=0.0) for lo, hi in runs])
+        max_sq = np.array([norms_sq[lo:hi].max(initial=0.0) for lo, hi in runs])
+        # rounding of a GEMM value against ||x - c||² - ||x||², with room to spare
+        eps = 2 * (centers.shape[1] + 4) * np.finfo(dtype).eps
+        return lower, self.drift, max_drift, np.sqrt(norms_sq), max_sq, float(eps)
+
+
+def distance_bounds_memory(n_runs: int) -> RowMemory:
+    """Per block: the rows' centres (-1 before the first pass), squared distances to
+    them, and lower bounds on the distance to every other centre, for ``n_runs`` runs."""
+    return RowMemory(
+        lambda n_rows: (
+            np.full((n_rows, n_runs), -1, dtype=np.int64),
+            np.zeros((n_rows, n_runs)),
+            np.full((n_rows, n_runs), -np.inf),
+        )
+    )
+
+
+@dataclass(frozen=True)
 class PassStats:
     """Statistics of one pass over the data under fixed stacked centres.
 
@@ -689,6 +830,7 @@ def pass_statistics(
     *,
     with_moments: bool = False,
     far_capacity: int | None = None,
+    distance_bounds: DistanceBounds | None = None,
 ) -> PassStats:
     """Assign every row of a block to its nearest centre (per run) and summarise.
 
@@ -712,12 +854,15 @@ def pass_statistics(
     far_capacity : int, optional
         Far points kept per run; default: the run's number of centres (the most
         that can ever be empty).
+    distance_bounds : DistanceBounds, optional
+        Bounds on the rows' distances kept from the last pass (blocks in this process
+        only): rows whose nearest centre cannot have changed skip the GEMM and the
+        scan. The statistics are the same bits.
 
     Returns
     -------
     PassStats
     """
-    del block_index
     capacities = [
         bounds[r + 1] - bounds[r] if far_capacity is None else far_capacity
         for r in range(len(bounds) - 1)
@@ -730,6 +875,7 @@ def pass_statistics(
         accumulate=True,
         moments=with_moments,
         far_capacity=int(max(capacities, default=0)),
+        bounds_of_rows=None if distance_bounds is None else (distance_bounds, block_index),
     )
     far = tuple(
         out.far_points(x, weights, row_offset, run, int(capacity))

@@ -18,7 +18,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from .graph import Source
-from .kernels import FarPoints, PassStats, pass_statistics
+from .kernels import (
+    DistanceBounds,
+    FarPoints,
+    PassStats,
+    distance_bounds_memory,
+    pass_statistics,
+)
+from .resources import may_remember
+
+#: Bytes of distance bounds kept per row and run (centre, distance, lower bound).
+BOUNDS_BYTES_PER_ROW_AND_RUN = 24
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,30 @@ class LloydState:
         return [self.final[r] for r in range(len(self.centers))]
 
 
+class RowBounds:
+    """Distance bounds of the rows kept from pass to pass, for one set of runs.
+
+    Kept only where the kernels run in this process and the bounds fit
+    (:func:`~dkmeans.resources.may_remember`); a pass over another set of runs (one
+    has converged) starts new bounds.
+    """
+
+    def __init__(self, source: Source, n_runs: int) -> None:
+        n_bytes = source.n_rows * n_runs * BOUNDS_BYTES_PER_ROW_AND_RUN
+        self.allowed = may_remember(source.in_process, n_bytes)
+        self.runs: list[int] | None = None
+
+    def for_pass(self, runs: list[int], stacked: np.ndarray) -> DistanceBounds | None:
+        """The bounds for a pass of ``runs`` with these stacked centres."""
+        if not self.allowed:
+            return None
+        if runs != self.runs:
+            self.runs, self.memory, self.previous = runs, distance_bounds_memory(len(runs)), stacked
+        drift = np.sqrt(((stacked - self.previous) ** 2).sum(axis=1))
+        self.previous = stacked
+        return DistanceBounds(self.memory, drift)
+
+
 def lloyd(
     source: Source,
     initial_centers: Sequence[np.ndarray],
@@ -149,12 +183,13 @@ def lloyd(
     list of LloydResult, one per run, in the order of ``initial_centers``.
     """
     state = LloydState.start(initial_centers) if resume is None else resume
+    row_bounds = RowBounds(source, len(state.centers))
     while state.iteration < max_iter and state.active:
-        _iterate(source, state, tol, on_iteration)
+        _iterate(source, state, tol, on_iteration, row_bounds)
         if on_pass is not None:
             on_pass(state)
     if state.results is None:
-        _finalize(source, state)
+        _finalize(source, state, row_bounds)
         if on_pass is not None:
             on_pass(state)
     return state.results
@@ -165,12 +200,19 @@ def _iterate(
     state: LloydState,
     tol: float,
     on_iteration: Callable[[IterationReport], None] | None,
+    row_bounds: RowBounds,
 ) -> None:
     """One Lloyd iteration of every active run: one pass over the data."""
     active = state.active
     started = time.perf_counter()
     stacked, bounds = stack_centers([state.centers[r] for r in active])
-    stats = source.map_reduce(pass_statistics, stacked, bounds, with_moments=state.tol_abs is None)
+    stats = source.map_reduce(
+        pass_statistics,
+        stacked,
+        bounds,
+        with_moments=state.tol_abs is None,
+        distance_bounds=row_bounds.for_pass(active, stacked),
+    )
     if state.tol_abs is None:
         state.tol_abs = tolerance(stats, tol)
     seconds = time.perf_counter() - started
@@ -194,12 +236,18 @@ def _iterate(
         state.centers[r] = new
 
 
-def _finalize(source: Source, state: LloydState) -> None:
+def _finalize(source: Source, state: LloydState, row_bounds: RowBounds) -> None:
     """One more pass (shared) for the runs whose inertia is not yet known for their
     final centres."""
     pending = [r for r in range(len(state.centers)) if r not in state.final]
     stacked, bounds = stack_centers([state.centers[r] for r in pending])
-    stats = source.map_reduce(pass_statistics, stacked, bounds, far_capacity=0)
+    stats = source.map_reduce(
+        pass_statistics,
+        stacked,
+        bounds,
+        far_capacity=0,
+        distance_bounds=row_bounds.for_pass(pending, stacked),
+    )
     for j, r in enumerate(pending):
         lo, hi = bounds[j], bounds[j + 1]
         inertia = float(stats.cluster_inertia[lo:hi].sum())

@@ -1,0 +1,70 @@
+"""Lloyd passes that skip the rows whose centre cannot have changed (distance bounds
+kept between passes) give the statistics of full passes."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dkmeans import resources
+from dkmeans.graph import InMemorySource
+from dkmeans.kernels import pass_statistics
+from dkmeans.lloyd import RowBounds, lloyd
+
+
+@st.composite
+def lloyd_problems(draw):
+    """Integer-valued rows in a few clumps (every GEMM is exact, ties are common), cut
+    into blocks, and the initial centres of one or two runs."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n_rows, n_features = draw(st.integers(2, 3000)), draw(st.integers(1, 5))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    clumps = rng.integers(-20, 21, size=(draw(st.integers(1, 6)), n_features))
+    x = clumps[rng.integers(len(clumps), size=n_rows)] + rng.integers(
+        -3, 4, size=(n_rows, n_features)
+    )
+    x = x.astype(dtype)
+    cuts = sorted(set(draw(st.lists(st.integers(1, n_rows - 1), max_size=3))))
+    chunks = np.diff([0, *cuts, n_rows])
+    runs = [
+        x[rng.choice(n_rows, draw(st.integers(1, min(12, n_rows))), replace=False)].astype(float)
+        for _ in range(draw(st.integers(1, 2)))
+    ]
+    return x, tuple(int(c) for c in chunks), runs
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(problem=lloyd_problems(), max_iter=st.integers(1, 8))
+def test_bounded_passes_equal_full_passes(problem, max_iter, monkeypatch):
+    x, chunks, runs = problem
+
+    def fit():
+        source = InMemorySource.of_array(x, chunks=chunks, threads=2)
+        return lloyd(source, runs, max_iter=max_iter, tol=0)
+
+    bounded = fit()
+    monkeypatch.setattr(resources, "ROW_MEMORY_FRACTION", 0.0)
+    full = fit()
+    monkeypatch.undo()
+    for a, b in zip(bounded, full, strict=True):
+        np.testing.assert_array_equal(a.centers, b.centers)
+        np.testing.assert_array_equal(a.counts, b.counts)
+        assert a.inertia == b.inertia and a.n_iter == b.n_iter
+
+
+def test_bounds_skip_most_rows_once_the_centres_settle(blobs):
+    x, centers = blobs
+    row_bounds = RowBounds(InMemorySource.of_array(x), 1)
+    assert row_bounds.allowed
+    drifted = centers + 0.01
+    stacked = centers.astype(float)
+    for step in (stacked, drifted):
+        distance_bounds = row_bounds.for_pass([0], step)
+        pass_statistics(x, None, 0, 0, step, np.array([0, 5]), distance_bounds=distance_bounds)
+    labels, distances, lower = row_bounds.memory.blocks[0]
+    # well-separated blobs: after a small drift every row's bounds stay apart
+    upper = np.sqrt(distances[:, 0])
+    assert (upper + 0.1 < lower[:, 0]).mean() > 0.95
