@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .graph import Source
+from .graph import InMemorySource, Source
 from .kernels import (
     DistanceBounds,
     FarPoints,
@@ -128,14 +128,15 @@ class LloydState:
 class RowBounds:
     """Distance bounds of the rows kept from pass to pass, for one set of runs.
 
-    Kept only where the kernels run in this process and the bounds fit
-    (:func:`~dkmeans.resources.may_remember`); a pass over another set of runs (one
+    Kept only for data in this process's memory (where the arithmetic is the cost; a
+    pass that streams X is read-bound, and keeps its memory bounded) when the bounds
+    fit (:func:`~dkmeans.resources.may_remember`); a pass over another set of runs (one
     has converged) starts new bounds.
     """
 
     def __init__(self, source: Source, n_runs: int) -> None:
         n_bytes = source.n_rows * n_runs * BOUNDS_BYTES_PER_ROW_AND_RUN
-        self.allowed = may_remember(source.in_process, n_bytes)
+        self.allowed = isinstance(source, InMemorySource) and may_remember(True, n_bytes)
         self.runs: list[int] | None = None
 
     def for_pass(self, runs: list[int], stacked: np.ndarray) -> DistanceBounds | None:
