@@ -45,6 +45,7 @@ from threadpoolctl import threadpool_limits
 
 import dkmeans
 import dkmeans.kernels
+import dkmeans.resources
 
 RESULTS = Path(__file__).parent / "results"
 #: Rows per Dask block for the "dask" container (the issue's 250k-row blocks).
@@ -102,18 +103,21 @@ class Timing:
     inertia: float | None  # brute force, from the final centres (None: a reference pass)
 
 
-class NumpyKernel:
-    """dkmeans fitted with its NumPy kernel, numba switched off for the fit."""
+class Switched:
+    """dkmeans fitted with one module setting changed for the fit: ``dkmeans-numpy`` runs
+    the NumPy kernel (numba off), ``dkmeans-full-passes`` keeps no state per row (no
+    distance bounds: every Lloyd pass measures every row, as scikit-learn's does)."""
 
-    def __init__(self, estimator: dkmeans.KMeans) -> None:
-        self.estimator = estimator
+    def __init__(self, estimator: dkmeans.KMeans, module: Any, name: str, value: Any) -> None:
+        self.estimator, self.module, self.name, self.value = estimator, module, name, value
 
-    def fit(self, X: Any) -> NumpyKernel:
-        compiled, dkmeans.kernels.USE_NUMBA = dkmeans.kernels.USE_NUMBA, False
+    def fit(self, X: Any) -> Switched:
+        saved = getattr(self.module, self.name)
+        setattr(self.module, self.name, self.value)
         try:
             self.estimator.fit(X)
         finally:
-            dkmeans.kernels.USE_NUMBA = compiled
+            setattr(self.module, self.name, saved)
         return self
 
     def __getattr__(self, name: str) -> Any:
@@ -148,8 +152,17 @@ def available_peers() -> tuple[list[Peer], list[str]]:
         ),
     ]
     notes = []
+    full_passes = Peer(
+        "dkmeans-full-passes",
+        lambda c, m: Switched(peers[0].build(c, m), dkmeans.resources, "ROW_MEMORY_FRACTION", 0),
+    )
+    peers.insert(1, full_passes)
     if dkmeans.kernels.USE_NUMBA:
-        peers.insert(1, Peer("dkmeans-numpy", lambda c, m: NumpyKernel(peers[0].build(c, m))))
+        numpy_kernel = Peer(
+            "dkmeans-numpy",
+            lambda c, m: Switched(peers[0].build(c, m), dkmeans.kernels, "USE_NUMBA", False),
+        )
+        peers.insert(1, numpy_kernel)
     else:
         notes.append("dkmeans runs its NumPy kernel: numba is not installed")
     try:
