@@ -6,9 +6,11 @@ in this process (threads), a :func:`nearest_candidates` memory keeps these per r
 passes, so that every pass measures only the candidates drawn since the last one: a
 round of ten runs measures its ~200 new candidates instead of the ~1,000 drawn so far.
 Elsewhere (a distributed cluster, or rows too many to remember) every pass measures all
-candidates. Both give the same bits: the nearest of a set is the nearest of the nearest
+candidates. Both give the same result: the nearest of a set is the nearest of the nearest
 of its parts, and a new candidate replaces the remembered one only when strictly nearer
-(ties keep the lower index, as one scan over all candidates does).
+(ties keep the lower index, as one scan over all candidates does). Only a distance within
+the GEMM's rounding of a tie or of a sampling threshold may come out the other way: BLAS
+rounds a product differently for matrices of other shapes.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class Candidates:
 
     @property
     def columns(self) -> np.ndarray:
+        """The column of every run in the arrays of :meth:`nearest`."""
         return np.asarray(self.runs if self.memory is not None else np.arange(len(self.runs)))
 
 
