@@ -857,7 +857,8 @@ def pass_statistics(
     distance_bounds : DistanceBounds, optional
         Bounds on the rows' distances kept from the last pass (blocks in this process
         only): rows whose nearest centre cannot have changed skip the GEMM and the
-        scan. The statistics are the same bits.
+        scan. The statistics are those of a full pass, but for a row within the GEMM's
+        rounding of a tie: the GEMM of a few gathered rows may round differently.
 
     Returns
     -------

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .graph import InMemorySource, Source
+from .graph import InMemorySource, RowMemory, Source
 from .kernels import (
     DistanceBounds,
     FarPoints,
@@ -138,10 +138,16 @@ class RowBounds:
         n_bytes = source.n_rows * n_runs * BOUNDS_BYTES_PER_ROW_AND_RUN
         self.allowed = isinstance(source, InMemorySource) and may_remember(True, n_bytes)
         self.runs: list[int] | None = None
+        self.memory: RowMemory | None = None
+        self.previous: np.ndarray | None = None  # the stacked centres of the last pass
 
-    def for_pass(self, runs: list[int], stacked: np.ndarray) -> DistanceBounds | None:
-        """The bounds for a pass of ``runs`` with these stacked centres."""
-        if not self.allowed:
+    def for_pass(
+        self, runs: list[int], stacked: np.ndarray, *, last: bool = False
+    ) -> DistanceBounds | None:
+        """The bounds for a pass of ``runs`` with these stacked centres. New bounds cost
+        more than a plain pass and pay off from the next one, so the ``last`` pass only
+        uses bounds it already has."""
+        if not self.allowed or (last and runs != self.runs):
             return None
         if runs != self.runs:
             self.runs, self.memory, self.previous = runs, distance_bounds_memory(len(runs)), stacked
@@ -247,7 +253,7 @@ def _finalize(source: Source, state: LloydState, row_bounds: RowBounds) -> None:
         stacked,
         bounds,
         far_capacity=0,
-        distance_bounds=row_bounds.for_pass(pending, stacked),
+        distance_bounds=row_bounds.for_pass(pending, stacked, last=True),
     )
     for j, r in enumerate(pending):
         lo, hi = bounds[j], bounds[j + 1]
