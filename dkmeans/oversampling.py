@@ -94,31 +94,37 @@ class Candidates:
         return np.asarray(self.runs if self.memory is not None else np.arange(len(self.runs)))
 
 
-def _measure_loop(partial, centers_sq, bounds, first_index, columns, nearest, index):
+def _measure_loop(partial_t, centers_sq, bounds, first_index, columns, nearest, index, best):
     """Fold a sub-block's candidates into every row's nearest so far, run by run.
 
-    ``partial`` is ``-2 x·c`` of the sub-block; a candidate replaces the row's nearest
-    only when strictly nearer, so ties keep the lowest index.
+    ``partial_t[j, i]`` is ``-2 x_i·c_j``: candidates by rows, so that the scan runs along
+    the rows, vectorised and without branches (a scan along every row's candidates,
+    branching on each better one, took 40 against 13 ms for a 250,000 x 32 block and ten
+    runs of 20 candidates). A candidate replaces a row's nearest only when strictly
+    nearer, so ties keep the lowest index. ``best`` is scratch of the rows' size: the
+    float64 value and the int64 index of the run's best new candidate.
     """
-    for i in range(partial.shape[0]):
-        for r in range(len(bounds) - 1):
-            lo, hi = bounds[r], bounds[r + 1]
-            if hi == lo:
-                continue
-            if hi - lo >= kernels.CHUNKED_SCAN_MIN_CENTERS:
-                best = np.uint64(kernels._segment_argmin_compiled(partial[i], centers_sq, lo, hi))
-            else:  # written out here: as a call per row and run, this pass ran 2x slower
-                # unsigned indices: numba checks none for being negative
-                best, stop = np.uint64(lo), np.uint64(hi)
-                best_value = partial[i, best] + centers_sq[best]
-                for j in range(best + np.uint64(1), stop):
-                    if partial[i, j] + centers_sq[j] < best_value:
-                        best, best_value = j, partial[i, j] + centers_sq[j]
-            value = np.float64(partial[i, best] + centers_sq[best])
-            column = columns[r]
-            if value < nearest[i, column]:
-                nearest[i, column] = value
-                index[i, column] = first_index[r] + (np.int64(best) - lo)
+    best_value, best_index = best
+    n_rows = partial_t.shape[1]
+    for r in range(len(bounds) - 1):
+        lo, hi = bounds[r], bounds[r + 1]
+        if hi == lo:
+            continue
+        for i in range(n_rows):
+            best_value[i] = np.float64(partial_t[lo, i]) + centers_sq[lo]
+            best_index[i] = 0
+        for j in range(lo + 1, hi):
+            center_sq, position = centers_sq[j], j - lo
+            for i in range(n_rows):
+                value = np.float64(partial_t[j, i]) + center_sq
+                nearer = value < best_value[i]
+                best_value[i] = value if nearer else best_value[i]
+                best_index[i] = position if nearer else best_index[i]
+        column = columns[r]
+        for i in range(n_rows):
+            if best_value[i] < nearest[i, column]:
+                nearest[i, column] = best_value[i]
+                index[i, column] = first_index[r] + best_index[i]
 
 
 def _measure_block_loop(
@@ -156,11 +162,13 @@ def _measure_block_loop(
     scratch of one sub-block; otherwise they hold the block's rows.
     """
     n_rows, n_features = x.shape
-    partial = np.empty((min(step, n_rows), centers_gemm_t.shape[1]), dtype=x.dtype)
+    n_centers = centers_gemm_t.shape[1]
+    partial = np.empty(min(step, n_rows) * n_centers, dtype=x.dtype)
+    best = (np.empty(min(step, n_rows)), np.empty(min(step, n_rows), dtype=np.int64))
     for start in range(0, n_rows, step):
         stop = min(start + step, n_rows)
-        block_partial = partial[: stop - start]
-        np.dot(x[start:stop], centers_gemm_t, block_partial)
+        partial_t = partial[: n_centers * (stop - start)].reshape((n_centers, stop - start))
+        np.dot(centers_gemm_t.T, x[start:stop].T, partial_t)
         if fresh:
             rows_nearest, rows_index = nearest[: stop - start], index[: stop - start]
             rows_nearest[:] = np.inf
@@ -168,7 +176,7 @@ def _measure_block_loop(
         else:
             rows_nearest, rows_index = nearest[start:stop], index[start:stop]
         _measure_compiled(
-            block_partial, centers_sq, bounds, first_index, columns, rows_nearest, rows_index
+            partial_t, centers_sq, bounds, first_index, columns, rows_nearest, rows_index, best
         )
         for i in range(stop - start):
             w = 1.0 if weights is None else weights[start + i]
@@ -226,7 +234,8 @@ def _measure_numpy(x, candidates: Candidates, nearest, index) -> None:
     bounds, columns = candidates.bounds, candidates.columns
     for rows in kernels._sub_blocks(len(x), sub_block_rows(len(centers_sq), x.shape[1])):
         xs = np.ascontiguousarray(x[rows], dtype=centers_gemm_t.dtype)
-        partial = (xs @ centers_gemm_t).astype(np.float64) + centers_sq
+        # the GEMM in the compiled kernel's orientation: candidates by rows
+        partial = (centers_gemm_t.T @ xs.T).T.astype(np.float64) + centers_sq
         for r, column in enumerate(columns):
             lo, hi = bounds[r], bounds[r + 1]
             if hi == lo:
