@@ -200,75 +200,90 @@ def _assign_numpy(
             sums[lo:hi] += cluster_sums(xs, best, weights, hi - lo)
 
 
-#: Runs with at least this many centres are scanned eight centres at a time (see
-#: :func:`_segment_argmin_loop`); below it a plain scan is faster (random float32 rows:
-#: 101 centres 59 -> 34 ns per row, 1014 centres 702 -> 287 ns; 32 centres 14 -> 26 ns).
-CHUNKED_SCAN_MIN_CENTERS = 64
+#: Stacked centres from which a GEMM is computed centres by rows, and scanned along the
+#: rows (:func:`_argmin_rows_loop`); below it, rows by centres and scanned row by row
+#: (:func:`_argmin_per_row_loop`). With one BLAS thread and 250,000 x 32 float32 rows,
+#: the GEMM by centres took 6 against 2.3 ms for 10 centres, but 32 against 31 ms for
+#: 200; scanning 200 centres (ten runs of 20) took 6.5 ms along the rows, 24 row by row.
+COLUMN_SCAN_MIN_CENTERS = 48
 
 
-def _chunk_min(row, centers_sq, j):
-    """``min(row[j + t] + centers_sq[j + t] for t in range(8))`` as a tree: eight
-    independent sums and a depth-3 minimum instead of a chain of eight dependent ones.
-    ``j`` is unsigned, so that numba checks no index for being negative."""
-    t1, t2, t3 = j + np.uint64(1), j + np.uint64(2), j + np.uint64(3)
-    t4, t5, t6, t7 = j + np.uint64(4), j + np.uint64(5), j + np.uint64(6), j + np.uint64(7)
-    v0, v1 = row[j] + centers_sq[j], row[t1] + centers_sq[t1]
-    v2, v3 = row[t2] + centers_sq[t2], row[t3] + centers_sq[t3]
-    v4, v5 = row[t4] + centers_sq[t4], row[t5] + centers_sq[t5]
-    v6, v7 = row[t6] + centers_sq[t6], row[t7] + centers_sq[t7]
-    return min(min(min(v0, v1), min(v2, v3)), min(min(v4, v5), min(v6, v7)))
+def _sub_block_gemm(partial, centers_gemm, xs, by_centers):
+    """``-2 c·x`` of a sub-block into the flat buffer ``partial``: centres by rows with
+    ``by_centers``, else rows by centres (see :data:`COLUMN_SCAN_MIN_CENTERS`)."""
+    n_rows, n_centers = xs.shape[0], centers_gemm.shape[0]
+    if by_centers:
+        out = partial[: n_centers * n_rows].reshape((n_centers, n_rows))
+        np.dot(centers_gemm, xs.T, out)
+    else:
+        out = partial[: n_rows * n_centers].reshape((n_rows, n_centers))
+        np.dot(xs, centers_gemm.T, out)
+    return out
 
 
-def _segment_argmin_loop(row, centers_sq, lo, hi):
-    """The first ``j`` in ``[lo, hi)`` with the smallest ``row[j] + centers_sq[j]``.
+def _argmin_per_row_loop(partial, centers_sq, lo, hi, best_value, best_index):
+    """:func:`_argmin_rows_loop` (without the second value) of ``partial[i, j]``, rows by
+    centres: a scan along every row's centres, which costs less for few centres than
+    the slower GEMM by centres saves."""
+    for i in range(partial.shape[0]):
+        # unsigned indices: numba drops its negative-index check (1.7 vs 2.6 ms)
+        best, stop = np.uint64(lo), np.uint64(hi)
+        value_of_best = partial[i, best] + centers_sq[best]
+        for j in range(best + np.uint64(1), stop):
+            value = partial[i, j] + centers_sq[j]
+            if value < value_of_best:
+                best, value_of_best = j, value
+        best_value[i] = value_of_best
+        best_index[i] = np.int64(best) - lo
 
-    Eight centres at a time and without branches: the first chunk whose minimum is
-    strictly below the best so far is remembered, and only that chunk is searched at
-    the end (ties keep the first index, as a plain scan with ``<`` does). Branching
-    into every chunk that improves mispredicts on fresh rows.
+
+def _argmin_rows_loop(partial_t, centers_sq, lo, hi, best_value, best_index, second):
+    """Per row ``i`` (a column of ``partial_t``, which holds ``-2 c_j·x_i`` by centres
+    and rows): the first ``j`` in ``[lo, hi)`` with the smallest
+    ``partial_t[j, i] + centers_sq[j]``, as ``best_index[i] = j - lo`` and that value in
+    ``best_value[i]``; with ``second`` (None: compiled out), the second smallest value
+    (``inf`` for one centre).
+
+    The loops run along the rows, vectorised and without branches: a scan along every
+    row's centres, branching on each better one, mispredicts on fresh rows (ten runs of
+    20 candidates over a 250,000 x 32 block: 40 against 13 ms). Ties keep the lowest
+    index: a centre replaces the best only when strictly nearer.
     """
-    start, stop, eight = np.uint64(lo), np.uint64(hi), np.uint64(8)
-    best_chunk, best_value = start, row[start] + centers_sq[start]
-    j = start + np.uint64(1)
-    while j + eight <= stop:
-        value = _chunk_min_compiled(row, centers_sq, j)
-        better = value < best_value
-        best_chunk = j if better else best_chunk
-        best_value = value if better else best_value
-        j += eight
-    for t in range(j, stop):  # the last few, one by one
-        value = row[t] + centers_sq[t]
-        better = value < best_value
-        best_chunk = t if better else best_chunk
-        best_value = value if better else best_value
-    for t in range(best_chunk, min(best_chunk + eight, stop)):
-        if row[t] + centers_sq[t] == best_value:
-            return t
-    return best_chunk
+    n_rows = partial_t.shape[1]
+    for i in range(n_rows):
+        best_value[i] = partial_t[lo, i] + centers_sq[lo]
+        best_index[i] = 0
+        if second is not None:
+            second[i] = np.inf
+    for j in range(lo + 1, hi):
+        center_sq, position = centers_sq[j], j - lo
+        for i in range(n_rows):
+            value = partial_t[j, i] + center_sq
+            if second is not None:
+                second[i] = min(second[i], max(value, best_value[i]))
+            nearer = value < best_value[i]
+            best_value[i] = value if nearer else best_value[i]
+            best_index[i] = position if nearer else best_index[i]
 
 
-def _nearest_loop(partial, centers_sq, bounds, nearest):
-    """Nearest centre of every row of a sub-block, per run, from ``-2 x·c`` (no norms).
+def _nearest_loop(partial, by_centers, centers_sq, bounds, nearest, scan):
+    """Nearest centre of every row of a sub-block, per run, from the GEMM of
+    :func:`_sub_block_gemm` (no norms of the rows).
 
     ``nearest[i, r]`` receives the index into the stacked centres (ties: the lowest).
     A loop of its own, apart from the accumulation: fused with it, the pass ran 20%
     slower (250,000 x 32 float32 rows, k=16, one thread: 8.4 against 6.9-7.2 ms per block).
     """
-    for i in range(partial.shape[0]):
-        for r in range(len(bounds) - 1):
-            if bounds[r + 1] - bounds[r] >= CHUNKED_SCAN_MIN_CENTERS:
-                nearest[i, r] = _segment_argmin_compiled(
-                    partial[i], centers_sq, bounds[r], bounds[r + 1]
-                )
-                continue
-            # unsigned indices: numba drops its negative-index check (1.7 vs 2.6 ms)
-            best, stop = np.uint64(bounds[r]), np.uint64(bounds[r + 1])
-            best_value = partial[i, best] + centers_sq[best]
-            for j in range(best + np.uint64(1), stop):
-                value = partial[i, j] + centers_sq[j]
-                if value < best_value:
-                    best, best_value = j, value
-            nearest[i, r] = best
+    best_value, best_index = scan[0], scan[1]
+    n_rows = partial.shape[1] if by_centers else partial.shape[0]
+    for r in range(len(bounds) - 1):
+        lo, hi = bounds[r], bounds[r + 1]
+        if by_centers:
+            _argmin_rows_compiled(partial, centers_sq, lo, hi, best_value, best_index, None)
+        else:
+            _argmin_per_row_compiled(partial, centers_sq, lo, hi, best_value, best_index)
+        for i in range(n_rows):
+            nearest[i, r] = lo + best_index[i]
 
 
 def _screen_loop(start, stop, bounds, labels, distances, screen, nearest, gathered):
@@ -306,33 +321,29 @@ def _screen_loop(start, stop, bounds, labels, distances, screen, nearest, gather
     return n_gathered
 
 
-def _nearest_two_loop(x, partial, compact, centers_sq, bounds, gathered, start, nearest, screen):
+def _nearest_two_loop(x, partial_t, centers_sq, bounds, gathered, start, nearest, screen, scan):
     """Nearest centre of the gathered rows (ties: the lowest index, as
     :func:`_nearest_loop`), and a lower bound on the distance to every other centre.
-    Row ``g`` of ``partial`` belongs to gathered row ``g`` (``compact``), else to row
-    ``gathered[g] - start`` of the sub-block."""
+    Column ``g`` of ``partial_t`` belongs to row ``gathered[g]`` of the block, which is
+    row ``gathered[g] - start`` of the sub-block."""
     lower, _, _, _, max_sq, eps = screen
+    best_value, best_index, second, x_sq = scan
     n_features = x.shape[1]
     for g in range(len(gathered)):
-        i = gathered[g]
-        row = g if compact else i - start
-        x_sq = 0.0
+        row_sq = 0.0
         for f in range(n_features):
-            value = np.float64(x[i, f])
-            x_sq += value * value
-        for r in range(len(bounds) - 1):
-            best, stop = np.uint64(bounds[r]), np.uint64(bounds[r + 1])
-            best_value = partial[row, best] + centers_sq[best]
-            second = np.inf
-            for j in range(best + np.uint64(1), stop):
-                value = partial[row, j] + centers_sq[j]
-                # without a branch: 2.5-3 against 10 ms per 250,000 rows, k=16
-                second = min(second, max(value, best_value))
-                if value < best_value:
-                    best, best_value = j, value
-            nearest[i - start, r] = best
-            slack = eps * (x_sq + max_sq[r])
-            lower[i, r] = np.sqrt(max(np.float64(second) + x_sq - slack, 0.0))
+            value = np.float64(x[gathered[g], f])
+            row_sq += value * value
+        x_sq[g] = row_sq
+    for r in range(len(bounds) - 1):
+        _argmin_rows_compiled(
+            partial_t, centers_sq, bounds[r], bounds[r + 1], best_value, best_index, second
+        )
+        for g in range(len(gathered)):
+            i = gathered[g]
+            nearest[i - start, r] = bounds[r] + best_index[g]
+            slack = eps * (x_sq[g] + max_sq[r])
+            lower[i, r] = np.sqrt(max(np.float64(second[g]) + x_sq[g] - slack, 0.0))
 
 
 def _accumulate_loop(xs, nearest, centers64, bounds, weights, row0, labels, distances, totals, far):
@@ -424,7 +435,7 @@ def _merge_moments_numpy(
 
 def _assign_block_loop(
     x,
-    centers_gemm_t,
+    centers_gemm,
     centers_sq,
     centers64,
     bounds,
@@ -437,6 +448,7 @@ def _assign_block_loop(
     moments,
     moment_sums,
     screen,
+    by_centers,
 ):
     """The whole block in one compiled call: GEMM per sub-block, then the fused scan.
 
@@ -444,35 +456,43 @@ def _assign_block_loop(
     threads of a Dask worker never wait on each other between sub-blocks. With
     ``screen`` (see :func:`_screen_loop`), only the rows whose centre may have changed
     go through the GEMM and the scan; ``labels`` and ``distances`` then hold the rows'
-    results of the last pass, and receive this pass's.
+    results of the last pass, and receive this pass's. Without, ``by_centers`` chooses
+    the GEMM's layout (:data:`COLUMN_SCAN_MIN_CENTERS`).
     """
     n_rows, n_features = x.shape
-    partial = np.empty((min(step, n_rows), centers_gemm_t.shape[1]), dtype=x.dtype)
-    nearest = np.empty((min(step, n_rows), len(bounds) - 1), dtype=np.uint64)
-    screened = 0 if screen is None else min(step, n_rows)
+    n_centers, rows = centers_gemm.shape[0], min(step, n_rows)
+    partial = np.empty(rows * n_centers, dtype=x.dtype)
+    nearest = np.empty((rows, len(bounds) - 1), dtype=np.uint64)
+    scan = (
+        np.empty(rows, dtype=x.dtype),
+        np.empty(rows, dtype=np.int64),
+        np.empty(rows, dtype=x.dtype),
+        np.empty(rows),
+    )
+    screened = 0 if screen is None else rows
     xg = np.empty((screened, n_features), dtype=x.dtype)
     gathered = np.empty(screened, dtype=np.int64)
     for start in range(0, n_rows, step):
         stop = min(start + step, n_rows)
-        xs = x[start:stop]
-        block_partial, block_nearest = partial[: stop - start], nearest[: stop - start]
+        xs, block_nearest = x[start:stop], nearest[: stop - start]
         if screen is None:
-            np.dot(xs, centers_gemm_t, block_partial)
-            _nearest_compiled(block_partial, centers_sq, bounds, block_nearest)
+            block_partial = _sub_block_gemm_compiled(partial, centers_gemm, xs, by_centers)
+            _nearest_compiled(block_partial, by_centers, centers_sq, bounds, block_nearest, scan)
         else:
             n = _screen_compiled(
                 start, stop, bounds, labels, distances, screen, block_nearest, gathered
             )
-            # most rows: the GEMM of the whole sub-block; few: of a copy of those rows
-            compact = 4 * n < stop - start
-            if compact:
+            # few rows: the GEMM of a copy of them; most: all rows, as without bounds
+            if 4 * n < stop - start:
                 for g in range(n):
                     xg[g] = x[gathered[g]]
-                np.dot(xg[:n], centers_gemm_t, partial[:n])
-            elif n > 0:
-                np.dot(xs, centers_gemm_t, block_partial)
+                partial_t = _sub_block_gemm_compiled(partial, centers_gemm, xg[:n], True)
+            else:
+                n = stop - start
+                gathered[:n] = np.arange(start, stop)
+                partial_t = _sub_block_gemm_compiled(partial, centers_gemm, xs, True)
             _nearest_two_compiled(
-                x, partial, compact, centers_sq, bounds, gathered[:n], start, block_nearest, screen
+                x, partial_t, centers_sq, bounds, gathered[:n], start, block_nearest, screen, scan
             )
         _accumulate_compiled(
             xs,
@@ -493,8 +513,9 @@ def _assign_block_loop(
 if numba is not None:
     # reassoc lets LLVM vectorise the squared-distance sums (rounding differs by ~1 ulp)
     _jit = numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-    _chunk_min_compiled = _jit(_chunk_min)
-    _segment_argmin_compiled = _jit(_segment_argmin_loop)
+    _argmin_rows_compiled = _jit(_argmin_rows_loop)
+    _sub_block_gemm_compiled = _jit(_sub_block_gemm)
+    _argmin_per_row_compiled = _jit(_argmin_per_row_loop)
     _nearest_compiled = _jit(_nearest_loop)
     _screen_compiled = _jit(_screen_loop)
     _nearest_two_compiled = _jit(_nearest_two_loop)
@@ -526,7 +547,7 @@ def _assign(
     """
     n_centers, n_features = centers.shape
     n_runs = len(bounds) - 1
-    dtype, centers_gemm_t, centers_sq = gemm_operands(x, centers)
+    dtype, centers_gemm, centers_sq = gemm_operands(x, centers)
     centers_sq = centers_sq.astype(dtype)  # the scan adds it to the GEMM in its dtype
     centers64 = np.ascontiguousarray(centers, dtype=np.float64)
     bounds = np.asarray(bounds, dtype=np.int64)
@@ -547,7 +568,7 @@ def _assign(
     if USE_NUMBA:
         _assign_block_compiled(
             np.ascontiguousarray(x, dtype=dtype),
-            centers_gemm_t,
+            centers_gemm,
             centers_sq,
             centers64,
             bounds,
@@ -560,17 +581,18 @@ def _assign(
             moments,
             (count, mean, m2),
             screen,
+            n_centers >= COLUMN_SCAN_MIN_CENTERS,
         )
     else:
         w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
-        centers_gemm_t = np.asfortranarray(centers_gemm_t)
-        buffer = np.empty((min(step, len(x)), n_centers), dtype=dtype)
+        buffer = np.empty(min(step, len(x)) * n_centers, dtype=dtype)
         for rows in _sub_blocks(len(x), step):
             xs = np.ascontiguousarray(x[rows], dtype=dtype)
-            partial = np.matmul(xs, centers_gemm_t, out=buffer[: len(xs)])
+            partial_t = buffer[: n_centers * len(xs)].reshape(n_centers, len(xs))
+            np.matmul(centers_gemm, xs.T, out=partial_t)
             _assign_numpy(
                 xs,
-                partial,
+                partial_t.T,
                 centers_sq,
                 centers64,
                 bounds,
@@ -612,15 +634,16 @@ def nearest_centers(
 
 
 def gemm_operands(x: np.ndarray, centers: np.ndarray) -> tuple[np.dtype, np.ndarray, np.ndarray]:
-    """The GEMM dtype, ``-2 * centers`` transposed in that dtype, and the float64 squared
-    norms of the centres as rounded to it: ``x·(-2c) + ||c||²`` is ``||x - c||² - ||x||²``.
+    """The GEMM dtype, ``-2 * centers`` in that dtype (C-contiguous), and the float64
+    squared norms of the centres as rounded to it: ``(-2c)·x + ||c||²`` is
+    ``||x - c||² - ||x||²``. The GEMM is laid out by :func:`_sub_block_gemm`.
     """
     dtype = _gemm_dtype(x, centers)
-    # -2 is a power of two: x·(-2c) rounds exactly like -2(x·c)
+    # -2 is a power of two: (-2c)·x rounds exactly like -2(c·x)
     scaled = -2 * np.asarray(centers, dtype=np.float64)
-    centers_gemm_t = np.ascontiguousarray(scaled.T, dtype=dtype)
-    rounded = centers_gemm_t.astype(np.float64)
-    return dtype, centers_gemm_t, np.einsum("ij,ij->j", rounded, rounded) / 4
+    centers_gemm = np.ascontiguousarray(scaled, dtype=dtype)
+    rounded = centers_gemm.astype(np.float64)
+    return dtype, centers_gemm, np.einsum("ij,ij->i", rounded, rounded) / 4
 
 
 def min_squared_distances(
@@ -647,10 +670,10 @@ def min_squared_distances(
     out = np.full((len(x), n_runs), np.inf)
     if len(centers) == 0:
         return out
-    dtype, centers_gemm_t, centers_sq = gemm_operands(x, centers)
+    dtype, centers_gemm, centers_sq = gemm_operands(x, centers)
     for rows in _sub_blocks(len(x), sub_block_rows(len(centers), x.shape[1])):
         xs = np.ascontiguousarray(x[rows], dtype=dtype)
-        partial = (xs @ centers_gemm_t).astype(np.float64)
+        partial = (centers_gemm @ xs.T).T.astype(np.float64)
         partial += centers_sq
         x_sq = np.einsum("ij,ij->i", xs, xs, dtype=np.float64)
         for r in range(n_runs):

@@ -94,32 +94,25 @@ class Candidates:
         return np.asarray(self.runs if self.memory is not None else np.arange(len(self.runs)))
 
 
-def _measure_loop(partial_t, centers_sq, bounds, first_index, columns, nearest, index, best):
+def _measure_loop(
+    partial, by_centers, centers_sq, bounds, first_index, columns, nearest, index, scan
+):
     """Fold a sub-block's candidates into every row's nearest so far, run by run.
 
-    ``partial_t[j, i]`` is ``-2 x_i·c_j``: candidates by rows, so that the scan runs along
-    the rows, vectorised and without branches (a scan along every row's candidates,
-    branching on each better one, took 40 against 13 ms for a 250,000 x 32 block and ten
-    runs of 20 candidates). A candidate replaces a row's nearest only when strictly
-    nearer, so ties keep the lowest index. ``best`` is scratch of the rows' size: the
-    float64 value and the int64 index of the run's best new candidate.
+    ``partial`` is the GEMM of :func:`~dkmeans.kernels._sub_block_gemm`; a candidate
+    replaces a row's nearest only when strictly nearer, so ties keep the lowest index.
+    ``scan`` is float64 and int64 scratch of the rows' size.
     """
-    best_value, best_index = best
-    n_rows = partial_t.shape[1]
+    best_value, best_index = scan
+    n_rows = partial.shape[1] if by_centers else partial.shape[0]
     for r in range(len(bounds) - 1):
         lo, hi = bounds[r], bounds[r + 1]
         if hi == lo:
             continue
-        for i in range(n_rows):
-            best_value[i] = np.float64(partial_t[lo, i]) + centers_sq[lo]
-            best_index[i] = 0
-        for j in range(lo + 1, hi):
-            center_sq, position = centers_sq[j], j - lo
-            for i in range(n_rows):
-                value = np.float64(partial_t[j, i]) + center_sq
-                nearer = value < best_value[i]
-                best_value[i] = value if nearer else best_value[i]
-                best_index[i] = position if nearer else best_index[i]
+        if by_centers:
+            kernels._argmin_rows_compiled(partial, centers_sq, lo, hi, best_value, best_index, None)
+        else:
+            kernels._argmin_per_row_compiled(partial, centers_sq, lo, hi, best_value, best_index)
         column = columns[r]
         for i in range(n_rows):
             if best_value[i] < nearest[i, column]:
@@ -129,7 +122,7 @@ def _measure_loop(partial_t, centers_sq, bounds, first_index, columns, nearest, 
 
 def _measure_block_loop(
     x,
-    centers_gemm_t,
+    centers_gemm,
     centers_sq,
     bounds,
     first_index,
@@ -148,6 +141,7 @@ def _measure_block_loop(
     kept_rows,
     kept_keys,
     n_kept,
+    by_centers,
 ):
     """One pass of k-means|| over a block in one compiled call, without the GIL.
 
@@ -162,13 +156,14 @@ def _measure_block_loop(
     scratch of one sub-block; otherwise they hold the block's rows.
     """
     n_rows, n_features = x.shape
-    n_centers = centers_gemm_t.shape[1]
+    n_centers = centers_gemm.shape[0]
     partial = np.empty(min(step, n_rows) * n_centers, dtype=x.dtype)
-    best = (np.empty(min(step, n_rows)), np.empty(min(step, n_rows), dtype=np.int64))
+    scan = (np.empty(min(step, n_rows)), np.empty(min(step, n_rows), dtype=np.int64))
     for start in range(0, n_rows, step):
         stop = min(start + step, n_rows)
-        partial_t = partial[: n_centers * (stop - start)].reshape((n_centers, stop - start))
-        np.dot(centers_gemm_t.T, x[start:stop].T, partial_t)
+        block_partial = kernels._sub_block_gemm_compiled(
+            partial, centers_gemm, x[start:stop], by_centers
+        )
         if fresh:
             rows_nearest, rows_index = nearest[: stop - start], index[: stop - start]
             rows_nearest[:] = np.inf
@@ -176,7 +171,15 @@ def _measure_block_loop(
         else:
             rows_nearest, rows_index = nearest[start:stop], index[start:stop]
         _measure_compiled(
-            partial_t, centers_sq, bounds, first_index, columns, rows_nearest, rows_index, best
+            block_partial,
+            by_centers,
+            centers_sq,
+            bounds,
+            first_index,
+            columns,
+            rows_nearest,
+            rows_index,
+            scan,
         )
         for i in range(stop - start):
             w = 1.0 if weights is None else weights[start + i]
@@ -230,12 +233,11 @@ if kernels.numba is not None:
 
 def _measure_numpy(x, candidates: Candidates, nearest, index) -> None:
     """NumPy twin of :func:`_measure_loop`, over a whole block."""
-    _, centers_gemm_t, centers_sq = gemm_operands(x, candidates.stacked)
+    _, centers_gemm, centers_sq = gemm_operands(x, candidates.stacked)
     bounds, columns = candidates.bounds, candidates.columns
     for rows in kernels._sub_blocks(len(x), sub_block_rows(len(centers_sq), x.shape[1])):
-        xs = np.ascontiguousarray(x[rows], dtype=centers_gemm_t.dtype)
-        # the GEMM in the compiled kernel's orientation: candidates by rows
-        partial = (centers_gemm_t.T @ xs.T).T.astype(np.float64) + centers_sq
+        xs = np.ascontiguousarray(x[rows], dtype=centers_gemm.dtype)
+        partial = (centers_gemm @ xs.T).T.astype(np.float64) + centers_sq
         for r, column in enumerate(columns):
             lo, hi = bounds[r], bounds[r + 1]
             if hi == lo:
@@ -272,12 +274,12 @@ def _row_order_sums(mass: np.ndarray) -> np.ndarray:
 
 def _measure_block(x, weights, row_offset, block_index, candidates, cost, counts, slots):
     """:func:`_measure_block_loop` on a block: the arguments prepared, scratch allocated."""
-    dtype, centers_gemm_t, centers_sq = gemm_operands(x, candidates.stacked)
+    dtype, centers_gemm, centers_sq = gemm_operands(x, candidates.stacked)
     step = sub_block_rows(len(candidates.stacked), x.shape[1])
     nearest, index, fresh = candidates.nearest(block_index, len(x), min(step, len(x)))
     return _measure_block_compiled(
         np.ascontiguousarray(x, dtype=dtype),
-        centers_gemm_t,
+        centers_gemm,
         centers_sq,
         candidates.bounds,
         candidates.first_index,
@@ -291,6 +293,7 @@ def _measure_block(x, weights, row_offset, block_index, candidates, cost, counts
         cost,
         *((None, None) if counts is None else counts),
         *((None,) * 5 if slots is None else slots),
+        len(centers_sq) >= kernels.COLUMN_SCAN_MIN_CENTERS,
     )
 
 

@@ -103,17 +103,55 @@ def test_pass_statistics_matches_brute_force(problem, implementation):
 @pytest.mark.skipif(kernels.numba is None, reason="the compiled scans need numba")
 @settings(max_examples=200, deadline=None)
 @given(
-    values=st.lists(st.integers(-4, 4), min_size=1, max_size=200),
-    lo=st.integers(0, 20),
+    n_centers=st.integers(1, 40),
+    n_rows=st.integers(1, 30),
+    lo=st.integers(0, 5),
     dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**16),
 )
-def test_chunked_scans_equal_a_plain_scan(values, lo, dtype):
+def test_row_scan_finds_the_first_minimum_and_the_second_value(n_centers, n_rows, lo, dtype, seed):
     # few distinct values: ties everywhere; the first index of the minimum must win
-    row = np.concatenate([np.full(lo, -9.0), values]).astype(dtype)
-    centers_sq = np.random.default_rng(len(values)).integers(0, 2, len(row)).astype(dtype)
-    hi = len(row)
-    expected = lo + int(np.argmin(row[lo:] + centers_sq[lo:]))
-    assert kernels._segment_argmin_compiled(row, centers_sq, lo, hi) == expected
+    rng = np.random.default_rng(seed)
+    partial_t = rng.integers(-4, 5, (lo + n_centers, n_rows)).astype(dtype)
+    centers_sq = rng.integers(0, 2, lo + n_centers).astype(dtype)
+    best_value, second = np.empty(n_rows, dtype), np.empty(n_rows, dtype)
+    best_index = np.empty(n_rows, dtype=np.int64)
+    hi = lo + n_centers
+    kernels._argmin_rows_compiled(partial_t, centers_sq, lo, hi, best_value, best_index, second)
+    values = partial_t[lo:hi] + centers_sq[lo:hi, None]
+    np.testing.assert_array_equal(best_index, values.argmin(axis=0))
+    np.testing.assert_array_equal(best_value, values.min(axis=0))
+    ordered = np.sort(values, axis=0)
+    expected_second = ordered[1] if n_centers > 1 else np.full(n_rows, np.inf)
+    np.testing.assert_array_equal(second, expected_second)
+
+
+@pytest.mark.skipif(kernels.numba is None, reason="the GEMM layouts are the compiled kernel's")
+@settings(max_examples=40, deadline=None)
+@given(
+    n_rows=st.integers(1, 3000),
+    n_features=st.integers(1, 6),
+    run_sizes=st.lists(st.integers(1, 30), min_size=1, max_size=4),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_both_gemm_layouts_give_the_same_pass(n_rows, n_features, run_sizes, dtype, seed):
+    # integer values: every GEMM is exact, whatever its layout, and ties are common
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-3, 4, (n_rows, n_features)).astype(dtype)
+    centers = rng.integers(-3, 4, (sum(run_sizes), n_features)).astype(np.float64)
+    bounds = np.concatenate([[0], np.cumsum(run_sizes)])
+    results = []
+    for threshold in (0, 10**9):  # centres by rows, then rows by centres
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(kernels, "COLUMN_SCAN_MIN_CENTERS", threshold)
+            stats = pass_statistics(x, None, 0, 0, centers, bounds)
+            results.append((stats, nearest_centers(x, centers, bounds)))
+    (by_centers, labels_a), (by_rows, labels_b) = results
+    np.testing.assert_array_equal(labels_a[0], labels_b[0])
+    np.testing.assert_array_equal(by_centers.sums, by_rows.sums)
+    np.testing.assert_array_equal(by_centers.counts, by_rows.counts)
+    np.testing.assert_array_equal(by_centers.cluster_inertia, by_rows.cluster_inertia)
 
 
 def test_sub_blocks_do_not_change_the_result(monkeypatch, implementation):
