@@ -483,9 +483,10 @@ def _assign_block_loop(
     Runs without the GIL from start to end (numba's ``np.dot`` calls BLAS), so the
     threads of a Dask worker never wait on each other between sub-blocks. With
     ``screen`` (see :func:`_screen_loop`), only the rows whose centre may have changed
-    go through the GEMM and the scan; ``labels`` and ``distances`` then hold the rows'
-    results of the last pass, and receive this pass's. Without, ``by_centers`` chooses
-    the GEMM's layout (:data:`COLUMN_SCAN_MIN_CENTERS`).
+    go through the GEMM and the scan (all rows of a sub-block where a quarter may
+    have); ``labels`` and ``distances`` then hold the rows' results of the last pass,
+    and receive this pass's. Without, ``by_centers`` chooses the GEMM's layout
+    (:data:`COLUMN_SCAN_MIN_CENTERS`).
     """
     n_rows, n_features = x.shape
     n_centers, rows = centers_gemm.shape[0], min(step, n_rows)
