@@ -153,7 +153,8 @@ def _measure_block_loop(
     least the cost so far (the block's cost only grows, so a row dropped here could
     never be kept). Returns False when a run keeps more rows than its slots hold.
     Arguments of None are compiled out. With ``fresh``, ``nearest`` and ``index`` are
-    scratch of one sub-block; otherwise they hold the block's rows.
+    scratch of one sub-block; otherwise they hold the block's rows. ``by_centers``
+    chooses the GEMM's layout (:data:`~dkmeans.kernels.COLUMN_SCAN_MIN_CENTERS`).
     """
     n_rows, n_features = x.shape
     n_centers = centers_gemm.shape[0]
