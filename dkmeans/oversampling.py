@@ -154,7 +154,7 @@ def _measure_block_loop(
     never be kept). Returns False when a run keeps more rows than its slots hold.
     Arguments of None are compiled out. With ``fresh``, ``nearest`` and ``index`` are
     scratch of one sub-block; otherwise they hold the block's rows. ``by_centers``
-    chooses the GEMM's layout (:data:`~dkmeans.kernels.COLUMN_SCAN_MIN_CENTERS`).
+    chooses the GEMM's layout (:func:`~dkmeans.kernels.gemm_by_centers`).
     """
     n_rows, n_features = x.shape
     n_centers = centers_gemm.shape[0]
@@ -294,7 +294,7 @@ def _measure_block(x, weights, row_offset, block_index, candidates, cost, counts
         cost,
         *((None, None) if counts is None else counts),
         *((None,) * 5 if slots is None else slots),
-        len(centers_sq) >= kernels.COLUMN_SCAN_MIN_CENTERS,
+        kernels.gemm_by_centers(len(centers_sq), x.shape[1], dtype),
     )
 
 

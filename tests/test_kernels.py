@@ -18,6 +18,7 @@ from dkmeans.kernels import (
     nearest_centers,
     pass_statistics,
 )
+from dkmeans.oversampling import Candidates, oversample, weigh_candidates
 
 
 def brute_force(x, centers, bounds, weights):
@@ -135,23 +136,35 @@ def test_row_scan_finds_the_first_minimum_and_the_second_value(n_centers, n_rows
     dtype=st.sampled_from([np.float32, np.float64]),
     seed=st.integers(0, 2**16),
 )
-def test_both_gemm_layouts_give_the_same_pass(n_rows, n_features, run_sizes, dtype, seed):
+def test_both_gemm_layouts_give_the_same_passes(n_rows, n_features, run_sizes, dtype, seed):
     # integer values: every GEMM is exact, whatever its layout, and ties are common
     rng = np.random.default_rng(seed)
     x = rng.integers(-3, 4, (n_rows, n_features)).astype(dtype)
     centers = rng.integers(-3, 4, (sum(run_sizes), n_features)).astype(np.float64)
     bounds = np.concatenate([[0], np.cumsum(run_sizes)])
+    oversampling, seeds = np.full(len(run_sizes), 2.0), np.arange(len(run_sizes))
     results = []
-    for threshold in (0, 10**9):  # centres by rows, then rows by centres
+    for by_centers in (True, False):
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(kernels, "COLUMN_SCAN_MIN_CENTERS", threshold)
-            stats = pass_statistics(x, None, 0, 0, centers, bounds)
-            results.append((stats, nearest_centers(x, centers, bounds)))
-    (by_centers, labels_a), (by_rows, labels_b) = results
-    np.testing.assert_array_equal(labels_a[0], labels_b[0])
-    np.testing.assert_array_equal(by_centers.sums, by_rows.sums)
-    np.testing.assert_array_equal(by_centers.counts, by_rows.counts)
-    np.testing.assert_array_equal(by_centers.cluster_inertia, by_rows.cluster_inertia)
+            patch.setattr(kernels, "gemm_by_centers", lambda *_, choice=by_centers: choice)
+            candidates = Candidates.all_of(centers, bounds)
+            results.append(
+                (
+                    pass_statistics(x, None, 0, 0, centers, bounds),
+                    nearest_centers(x, centers, bounds)[0],
+                    oversample(x, None, 0, 0, candidates, oversampling, seeds, 0),
+                    weigh_candidates(x, None, 0, 0, candidates, np.array(run_sizes)),
+                )
+            )
+    (stats_a, labels_a, drawn_a, weights_a), (stats_b, labels_b, drawn_b, weights_b) = results
+    np.testing.assert_array_equal(labels_a, labels_b)
+    np.testing.assert_array_equal(stats_a.sums, stats_b.sums)
+    np.testing.assert_array_equal(stats_a.counts, stats_b.counts)
+    np.testing.assert_array_equal(stats_a.cluster_inertia, stats_b.cluster_inertia)
+    for a, b in zip(drawn_a, drawn_b, strict=True):
+        assert a.cost == b.cost
+        np.testing.assert_array_equal(a.index, b.index)
+    np.testing.assert_array_equal(weights_a.counts, weights_b.counts)
 
 
 def test_sub_blocks_do_not_change_the_result(monkeypatch, implementation):
