@@ -210,7 +210,7 @@ def gemm_by_centers(n_centers: int, n_features: int, dtype: np.dtype) -> bool:
     centres and d=32, one thread). Measured over whole passes (250,000 rows, one
     thread), rows by centres won only there, by up to 1.85x (d=32, k=3), against up
     to 2.3x for centres by rows at d=2, 1.4x at k=32 and d=8, 1.2x for float64 at
-    d=64, and 1.3x for ten runs of ten centres at d=32.
+    d=64, and 1.3x for ten runs of ten centres at d=32 (``python -m benchmarks.layouts``).
     """
     narrow_gemm = np.dtype(dtype) == np.float32 and 16 <= n_features <= 64
     return not (narrow_gemm and n_centers < min(32, n_features))
