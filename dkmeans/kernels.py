@@ -208,7 +208,7 @@ def gemm_by_centers(n_centers: int, n_features: int, dtype: np.dtype) -> bool:
     By centres, the scan is vectorised and never mispredicts, but OpenBLAS's sgemm runs
     slower for few centres against rows of 16 to 64 float32 features (2.5x for 10
     centres and d=32, one thread). Measured over whole passes (250,000 rows, one
-    thread), rows by centres won only there, by up to 1.85x (d=32, k=3), against up
+    thread), rows by centres won only there, by up to 1.8x (d=32), against up
     to 2.3x for centres by rows at d=2, 1.4x at k=32 and d=8, 1.2x for float64 at
     d=64, and 1.3x for ten runs of ten centres at d=32 (``python -m benchmarks.layouts``).
     """
@@ -264,7 +264,8 @@ def _argmin_rows_loop(partial_t, centers_sq, lo, hi, best_value, best_index, sec
     row's centres, branching on each better one, mispredicts on fresh rows (ten runs of
     20 candidates over a 250,000 x 32 block: 40 against 13 ms). Each sweep over the rows
     folds in four centres, in order, so that a row's best is loaded and stored once per
-    four (1.5-1.7x faster than one at a time). Ties keep the lowest index: a centre
+    four (the scan alone ran 1.5-1.7x faster than one centre per sweep, a k-means||
+    round of ten runs 5% faster). Ties keep the lowest index: a centre
     replaces the best only when strictly nearer.
     """
     n_rows = partial_t.shape[1]
