@@ -501,13 +501,14 @@ def _assign_block_loop(
     n_centers, rows = centers_gemm.shape[0], min(step, n_rows)
     partial = np.empty(rows * n_centers, dtype=x.dtype)
     nearest = np.empty((rows, len(bounds) - 1), dtype=np.uint64)
+    screened = 0 if screen is None else rows
+    # best value and index of every row; with bounds, also its second best and ||x||²
     scan = (
         np.empty(rows, dtype=x.dtype),
         np.empty(rows, dtype=np.int64),
-        np.empty(rows, dtype=x.dtype),
-        np.empty(rows),
+        np.empty(screened, dtype=x.dtype),
+        np.empty(screened),
     )
-    screened = 0 if screen is None else rows
     xg = np.empty((screened, n_features), dtype=x.dtype)
     gathered = np.empty(screened, dtype=np.int64)
     for start in range(0, n_rows, step):
@@ -905,8 +906,7 @@ def pass_statistics(
     row_offset : int
         Global index of the block's first row (identifies far points uniquely).
     block_index : int
-        Position of the block (unused here; kept so that all kernels share one
-        signature).
+        Position of the block: its rows' entries in ``distance_bounds``.
     centers : ndarray of shape (K, d)
         Stacked centres of all runs.
     bounds : ndarray of shape (R + 1,)
