@@ -70,9 +70,13 @@ def relocate_empty_clusters(sums: np.ndarray, counts: np.ndarray, far: FarPoints
 
     As in scikit-learn, the point leaves its own cluster (its weighted coordinates
     and weight are subtracted there) and becomes the only member of the empty one.
-    The farthest point goes to the empty cluster with the lowest index.
+    The farthest point goes to the empty cluster with the lowest index. When every
+    point sits on its centre (more clusters than distinct points) nothing moves:
+    relocating would only swap duplicates between clusters.
     """
     empty = np.flatnonzero(counts == 0)
+    if len(empty) == 0 or len(far.distances) == 0 or far.distances[0] == 0:
+        return
     for cluster, row, weight, own in zip(empty, far.rows, far.weights, far.labels, strict=False):
         sums[own] -= row * weight
         counts[own] -= weight
@@ -83,12 +87,19 @@ def relocate_empty_clusters(sums: np.ndarray, counts: np.ndarray, far: FarPoints
 def updated_centers(
     centers: np.ndarray, sums: np.ndarray, counts: np.ndarray, far: FarPoints
 ) -> np.ndarray:
-    """New centres from one pass's sums and counts, after empty-cluster relocation."""
+    """New centres from one pass's sums and counts, after empty-cluster relocation.
+
+    A cluster still empty after relocation is placed on the centre of the heaviest
+    cluster (the first one of the largest weight), as scikit-learn places it; without
+    any weight at all the centres stay where they are.
+    """
     sums, counts = sums.copy(), counts.copy()
     relocate_empty_clusters(sums, counts, far)
     nonempty = counts > 0
     new = centers.copy()
     new[nonempty] = sums[nonempty] / counts[nonempty, None]
+    if nonempty.any():
+        new[~nonempty] = new[np.argmax(counts)]
     return new
 
 

@@ -83,6 +83,55 @@ def test_empty_cluster_relocated_like_sklearn(blobs):
     assert len(np.unique(ours.labels_)) == 5
 
 
+def assert_same_fit(ours, ref):
+    assert ours.n_iter_ == ref.n_iter_
+    np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(np.asarray(ours.labels_), ref.labels_)
+    assert ours.inertia_ == pytest.approx(ref.inertia_, rel=1e-12, abs=1e-12)
+
+
+DUPLICATES = np.array([[0, 0], [1, 1], [1, 1], [1, 0], [0, 1]], dtype=float)
+SEVERAL_DUPLICATES = np.array([[0, 0]] * 3 + [[1, 1]] * 3 + [[5, 5]], dtype=float)
+
+
+@pytest.mark.filterwarnings("ignore:Number of distinct clusters")
+@pytest.mark.parametrize("chunks", [None, 1, 2, 3])
+@pytest.mark.parametrize(
+    "X, init",
+    [
+        (DUPLICATES, DUPLICATES),  # centre 2 duplicates centre 1: empty, nothing to move
+        (SEVERAL_DUPLICATES, SEVERAL_DUPLICATES[[0, 1, 3, 4, 6]]),  # two such clusters
+    ],
+)
+def test_empty_clusters_of_duplicates_like_sklearn(X, init, chunks):
+    # every point sits on its centre: no point moves, and the empty clusters go to the
+    # centre of the heaviest cluster, as scikit-learn places them
+    data = X if chunks is None else da.from_array(X, chunks=(chunks, -1))
+    assert_same_fit(KMeans(len(init), init=init).fit(data), sklearn_fit(X, init))
+
+
+@pytest.mark.parametrize("chunks", [None, 7, 50])
+@pytest.mark.parametrize("seed", range(4))
+def test_several_empty_clusters_relocated_like_sklearn(seed, chunks):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(120, 2))
+    n_empty = 2 + seed
+    init = np.vstack([X[:3], rng.normal(size=(n_empty, 2)) + 100])  # far from every point
+    data = X if chunks is None else da.from_array(X, chunks=(chunks, -1))
+    assert_same_fit(KMeans(len(init), init=init).fit(data), sklearn_fit(X, init))
+
+
+@pytest.mark.filterwarnings("ignore:Number of distinct clusters")
+def test_empty_cluster_goes_to_the_mean_of_the_heaviest_cluster():
+    # scikit-learn 1.9 copies the heaviest cluster's weighted sum (its centre times its
+    # weight, in its mean-centred frame) when that cluster comes after the empty one;
+    # dkmeans places the empty cluster on the heaviest cluster's centre, as scikit-learn's
+    # comment says it means to
+    X = np.array([[1, 1], [1, 1], [1, 1], [0, 0]], dtype=float)
+    km = KMeans(3, init=np.array([[0, 0], [5, 5], [1, 1]], dtype=float), max_iter=1).fit(X)
+    np.testing.assert_array_equal(km.cluster_centers_, [[0, 0], [1, 1], [1, 1]])
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("init", ["k-means||", "k-means++", "random"])
 def test_inertia_is_brute_force_sum(blobs, init, weighted):
