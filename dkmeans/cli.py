@@ -159,18 +159,22 @@ def run_fit(args: argparse.Namespace) -> int:
     """Fit k-means to a Zarr store; print a summary or JSON; write the result store."""
     from .estimator import KMeans
     from .io import open_zarr_array
-    from .store import check_output, write_result
+    from .store import claim_output, write_result
 
     data = open_zarr_array(args.store)
-    if args.out is not None:
-        check_output(args.out, overwrite=args.overwrite)
     km = KMeans(n_clusters=args.n_clusters, **kmeans_params(args, checkpoint=args.checkpoint))
-    with compute_context(args):
-        started = time.perf_counter()
-        km.fit(data)
-        seconds = time.perf_counter() - started
-        if args.out is not None:
-            write_result(args.out, km, data, overwrite=args.overwrite)
+    with ExitStack() as stack:
+        output = None
+        if args.out is not None:  # claimed before the fit: refusals come before any work
+            output = stack.enter_context(
+                claim_output(args.out, overwrite=args.overwrite, inputs=[args.store])
+            )
+        with compute_context(args):
+            started = time.perf_counter()
+            km.fit(data)
+            seconds = time.perf_counter() - started
+            if output is not None:
+                write_result(output, km, data)
     n_samples, n_features = data.shape
     summary = {
         "n_clusters": km.n_clusters,
@@ -198,15 +202,18 @@ def run_predict(args: argparse.Namespace) -> int:
     """Label a Zarr store with the centres of a ``dkmeans fit --out`` result."""
     from .estimator import KMeans
     from .io import open_zarr_array
-    from .store import check_output, read_centers, write_labels
+    from .store import claim_output, read_centers, write_labels
 
     centers = read_centers(args.model)
     data = open_zarr_array(args.store)
-    check_output(args.out, overwrite=args.overwrite)
     km = KMeans(n_clusters=len(centers))
     km.cluster_centers_, km.n_features_in_ = centers, centers.shape[1]
-    with compute_context(args):
-        write_labels(args.out, km.predict(data), data, overwrite=args.overwrite)
+    inputs = [args.store, args.model]
+    with (
+        claim_output(args.out, overwrite=args.overwrite, inputs=inputs) as output,
+        compute_context(args),
+    ):
+        write_labels(output, km.predict(data), data)
     print(f"wrote {args.out}: labels of {data.shape[0]:,} samples")
     return 0
 
@@ -327,11 +334,29 @@ def add_kmeans_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def json_object(text: str) -> dict[str, Any]:
+    """Parse a JSON object such as ``{"key": "...", "endpoint_url": "http://..."}``."""
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"not a JSON object: {text!r}")
+    return value
+
+
 def add_output_options(
     parser: argparse.ArgumentParser, *, overwrite: bool = False, json: bool = True
 ) -> None:
-    """Options on where to compute and what to print."""
+    """Options on where to compute, how to reach the storage and what to print."""
     parser.add_argument("--cluster", metavar="CONFIG.yaml", help="run on this Dask cluster")
+    parser.add_argument(
+        "--storage-options",
+        metavar="JSON",
+        type=json_object,
+        default=None,
+        help="fsspec options for every URL of the command (credentials, endpoint_url, ...)",
+    )
     if json:
         parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -339,23 +364,38 @@ def add_output_options(
         parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
+#: Exceptions that are the user's or the environment's, not dkmeans's: one line, exit 2.
+USER_ERRORS = (UserError, ValueError, TypeError, OSError, ImportError)
+#: Arguments that may be fsspec URLs, for ``--storage-options``.
+URL_ARGUMENTS = ("store", "model", "out", "checkpoint")
+
+
+def error_message(error: BaseException) -> str | None:
+    """The one line reporting a user error, or None for a bug (shown as a traceback)."""
+    from .fs import describe_storage_error
+
+    message = describe_storage_error(error)
+    if message is None and isinstance(error, USER_ERRORS):
+        message = str(error) or type(error).__name__
+    return None if message is None else " ".join(message.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dkmeans`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     reuse_freed_memory()
     try:
+        if getattr(args, "storage_options", None):
+            from .fs import set_storage_options
+
+            urls = [str(getattr(args, name, None)) for name in URL_ARGUMENTS]
+            set_storage_options(args.storage_options, urls)
         return args.handler(args)
-    except (
-        UserError,
-        ValueError,
-        TypeError,
-        FileNotFoundError,
-        FileExistsError,
-        ImportError,
-    ) as error:
-        if args.debug:
+    except Exception as error:
+        message = error_message(error)
+        if message is None or args.debug:
             raise
-        print(f"dkmeans {args.command}: error: {error}", file=sys.stderr)
+        print(f"dkmeans {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

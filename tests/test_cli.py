@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
 import subprocess
 import sys
 
@@ -11,7 +14,8 @@ import pytest
 import zarr
 
 from dkmeans import KMeans
-from dkmeans.cli import count, reuse_freed_memory
+from dkmeans.cli import count, main, reuse_freed_memory
+from dkmeans.store import claim_output
 
 from .test_io import tree_digest
 
@@ -86,23 +90,90 @@ def test_fit_json_output_store_and_predict(tmp_path, blobs_store):
 
 def test_human_summary_and_refusal_to_overwrite(tmp_path, blobs_store):
     out = tmp_path / "model.zarr"
-    out.mkdir()
-    (out / "precious").write_text("x")
     args = ("fit", blobs_store, "--n-clusters", 2, "--seed", 0, "--out", out, "--quiet")
+    assert main(list(map(str, args))) == 0
     refused = dkmeans(*args)
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [
         f"dkmeans fit: error: {out} exists; choose another path or pass --overwrite"
     ]
-    assert (out / "precious").exists()
     checkpoint = tmp_path / "state.npz"
     run = dkmeans(*args, "--overwrite", "--checkpoint", checkpoint)
     assert run.returncode == 0, run.stderr
     assert checkpoint.is_file()
     assert "inertia" in run.stdout and "k=2" in run.stdout and f"wrote {out}" in run.stdout
     assert run.stderr == ""  # --quiet
-    assert not (out / "precious").exists()
     assert read_group_keys(out) == ["cluster_centers", "labels"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.zarr", "state.npz"]
+
+
+@pytest.fixture
+def workspace(tmp_path, blobs_store, monkeypatch):
+    """A folder holding a copy of the blobs store, a fit result and a folder of files;
+    the current directory during the test."""
+    shutil.copytree(blobs_store, tmp_path / "in.zarr")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    assert (
+        main(["fit", "in.zarr", "--n-clusters", "3", "--seed", "0", "--out", "m.zarr", "--quiet"]) == 0
+    )
+    return tmp_path
+
+
+def listing(folder) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("fit", "in.zarr", "--out", "in.zarr"), "the output in.zarr is the input in.zarr"),
+        (("fit", "in.zarr", "--out", "in.zarr/r.zarr"), "lies inside the input in.zarr"),
+        (("fit", "in.zarr", "--out", "."), "the output . contains the input in.zarr"),
+        (("fit", "in.zarr", "--out", "mine"), "mine exists and is not a dkmeans result"),
+        (("fit", "in.zarr", "--out", "mine/notes.txt"), "is not a dkmeans result"),
+        (("predict", "m.zarr", "in.zarr", "--out", "in.zarr"), "is the input in.zarr"),
+        (("predict", "m.zarr", "in.zarr", "--out", "m.zarr"), "is the input m.zarr"),
+        (("predict", "m.zarr", "in.zarr", "--out", ".."), "contains the input"),
+    ],
+)
+def test_overwrite_never_touches_what_dkmeans_did_not_write(workspace, capsys, args, message):
+    """Refused before any work (no fit: no progress lines), in one line, nothing changed."""
+    before, files = tree_digest(workspace), listing(workspace)
+    options = ["--n-clusters", "3"] if args[0] == "fit" else []
+    assert main([*args, *options, "--overwrite"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"dkmeans {args[0]}: error: ")
+    assert message in lines[0]
+    assert tree_digest(workspace) == before and listing(workspace) == files
+
+
+def test_overwrite_replaces_a_dkmeans_result(workspace, capsys):
+    before = tree_digest(workspace / "in.zarr")
+    assert main(["predict", "m.zarr", "in.zarr", "--out", "l.zarr", "--quiet"]) == 0
+    assert main(["predict", "m.zarr", "in.zarr", "--out", "l.zarr", "--quiet"]) == 2
+    assert "l.zarr exists; choose another path or pass --overwrite" in capsys.readouterr().err
+    assert main(["predict", "m.zarr", "in.zarr", "--out", "l.zarr", "--overwrite", "--quiet"]) == 0
+    assert zarr.open_array("l.zarr", mode="r").attrs["dkmeans_result"] == "labels"
+    assert tree_digest(workspace / "in.zarr") == before
+    assert sorted(p.name for p in workspace.iterdir()) == ["in.zarr", "l.zarr", "m.zarr", "mine"]
+
+
+def test_a_second_writer_of_the_same_output_fails_and_says_so(tmp_path, blobs_store):
+    out = tmp_path / "r.zarr"
+    with claim_output(out):  # this process is writing r.zarr
+        run = dkmeans("fit", blobs_store, "--n-clusters", 2, "--out", out, "--overwrite")
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        f"dkmeans fit: error: {out} is being written by another dkmeans (process "
+        f"{os.getpid()} on {socket.gethostname()} since {run.stderr.split(' since ')[1][:19]}): "
+        f"wait for it to finish, or delete {tmp_path / '.r.zarr.dkmeans-claim'} if that "
+        "process is gone"
+    ]
+    assert list(tmp_path.iterdir()) == []  # nothing written, the claim released
 
 
 def read_group_keys(path) -> list[str]:
