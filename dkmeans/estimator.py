@@ -6,6 +6,8 @@ import numbers
 import os
 import sys
 import warnings
+from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from typing import Any, Literal
 
@@ -13,13 +15,28 @@ import dask
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
-from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    ClusterMixin,
+    TransformerMixin,
+)
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
 from .checkpoint import Checkpoint
+from .exceptions import InvalidParameterError
+from .frame import (
+    MAX_MAGNITUDE,
+    SAMPLE_ROWS,
+    centers_in_frame,
+    centers_in_user_frame,
+    check_values,
+    choose_shift,
+    shifted,
+)
 from .graph import DaskSource, InMemorySource, Source
 from .io import check_data, check_sample_weight, is_lazy_input, to_dask_array
 from .kernels import center_distances, nearest_centers, pass_statistics
@@ -28,6 +45,10 @@ from .resources import blas_threads, client_active, local_threads, should_persis
 from .seeding import initial_centers
 
 Init = Literal["k-means||", "k-means++", "random"]
+#: ``init(X, n_clusters, random_state=...)`` returning (n_clusters, n_features) centres.
+InitCallable = Callable[..., Any]
+#: Runs per k when ``n_init="auto"``: scikit-learn's numbers.
+AUTO_RUNS_RANDOM = 10
 
 
 def _interval(low: float, high: float | None, closed_low: bool = True) -> str:
@@ -35,7 +56,13 @@ def _interval(low: float, high: float | None, closed_low: bool = True) -> str:
     return f"in the range {left}{low}, {'inf' if high is None else high}]"
 
 
-def _check_number(name: str, value: Any, kind: type, low: float, closed_low: bool = True) -> None:
+def _check_number(
+    name: str, value: Any, kind: type, low: float, closed_low: bool = True, *, or_str: str = ""
+) -> None:
+    """Raise :class:`InvalidParameterError` unless ``value`` is a number of ``kind`` from
+    ``low`` up (or the one string ``or_str``)."""
+    if or_str and isinstance(value, str) and value == or_str:
+        return
     integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     ok_type = (
         integral if kind is int else isinstance(value, numbers.Real) and not isinstance(value, bool)
@@ -43,13 +70,14 @@ def _check_number(name: str, value: Any, kind: type, low: float, closed_low: boo
     ok_range = ok_type and (value >= low if closed_low else value > low)
     if not ok_range:
         what = "an int" if kind is int else "a float"
-        raise ValueError(
-            f"The '{name}' parameter of KMeans must be {what} {_interval(low, None, closed_low)}. "
-            f"Got {value!r} instead."
+        alternative = f"a str among {{{or_str!r}}} or " if or_str else ""
+        raise InvalidParameterError(
+            f"The '{name}' parameter of KMeans must be {alternative}{what} "
+            f"{_interval(low, None, closed_low)}. Got {value!r} instead."
         )
 
 
-class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
+class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, BaseEstimator):
     """K-means clustering of arrays of any size, on Dask.
 
     Each Lloyd iteration is one pass over the row blocks of X: every block yields
@@ -60,15 +88,27 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     ----------
     n_clusters : int, default=8
         Number of clusters.
-    init : {"k-means||", "k-means++", "random"} or array, default="k-means||"
-        Initial centres, or an array of shape (n_clusters, n_features).
-        ``"k-means||"`` is the scalable k-means++ of Bahmani et al.
-        (``init_rounds + 2`` passes over X); ``"k-means++"`` is scikit-learn's greedy
-        k-means++ (``n_clusters + 1`` passes: fine in memory, slow when streaming);
-        ``"random"`` picks ``n_clusters`` rows at random (one pass).
-    n_init : int, default=1
+    init : {"k-means||", "k-means++", "random"}, callable or array, default="k-means||"
+        How the initial centres are chosen. ``"k-means||"`` is the scalable
+        k-means++ of Bahmani et al. (``init_rounds + 2`` passes over X);
+        ``"k-means++"`` is scikit-learn's greedy k-means++ (``n_clusters + 1`` passes:
+        fine in memory, slow when streaming); ``"random"`` picks ``n_clusters`` rows at
+        random (one pass). An array of shape (n_clusters, n_features) gives the
+        centres themselves. A callable is called as in scikit-learn,
+        ``init(X, n_clusters, random_state=rs)``, once per run, and returns an
+        array-like of shape (n_clusters, n_features): ``X`` is the validated NumPy
+        array (float32 or float64) for in-memory input and the validated, lazy Dask
+        array (floating, one chunk across features) for any other input, never
+        loaded for the callable (it computes what it needs, e.g.
+        ``X[:n_clusters].compute()``); ``rs`` is a ``numpy.random.RandomState``
+        seeded for the run from ``random_state``. Unlike scikit-learn, which calls it
+        on X minus its mean, ``X`` is the user's data as given and the centres are
+        read in the same frame. A callable cannot be used with ``checkpoint``.
+    n_init : "auto" or int, default=1
         Independent runs; the one with the lowest inertia is kept. All runs share
-        their passes over X.
+        their passes over X. ``"auto"`` means what it means in scikit-learn: one run
+        for ``"k-means++"``, ``"k-means||"`` (a k-means++ too) and explicit centres,
+        ten for ``"random"`` and a callable.
     max_iter : int, default=300
         Maximum Lloyd iterations of a run.
     tol : float, default=1e-4
@@ -107,6 +147,19 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     n_features_in_ : int
         Number of features seen during fit.
 
+    Raises
+    ------
+    InvalidParameterError
+        From ``fit``, before any work, for a parameter of the wrong type or out of
+        range; it is both a ``ValueError`` and a ``TypeError``, as scikit-learn's.
+
+    Notes
+    -----
+    ``get_feature_names_out`` gives ``["kmeans0", "kmeans1", ...]`` (the columns of
+    ``transform``), so that ``set_output(transform="pandas")`` works, alone and in a
+    ``Pipeline``; a pandas or polars output is in memory, so Dask input is computed
+    there. Sparse input is refused with a ``TypeError``.
+
     See Also
     --------
     sklearn.cluster.KMeans : in-memory k-means with the same semantics.
@@ -125,8 +178,8 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self,
         n_clusters: int = 8,
         *,
-        init: Init | np.ndarray = "k-means||",
-        n_init: int = 1,
+        init: Init | np.ndarray | InitCallable = "k-means||",
+        n_init: int | Literal["auto"] = 1,
         max_iter: int = 300,
         tol: float = 1e-4,
         oversampling_factor: float = 2.0,
@@ -152,22 +205,22 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _validate_params(self) -> None:
         _check_number("n_clusters", self.n_clusters, int, 1)
-        _check_number("n_init", self.n_init, int, 1)
+        _check_number("n_init", self.n_init, int, 1, or_str="auto")
         _check_number("max_iter", self.max_iter, int, 1)
         _check_number("tol", self.tol, float, 0)
         _check_number("oversampling_factor", self.oversampling_factor, float, 0, closed_low=False)
         _check_number("init_rounds", self.init_rounds, int, 1)
-        if isinstance(self.init, str):
-            if self.init not in ("k-means||", "k-means++", "random"):
-                raise ValueError(
-                    "The 'init' parameter of KMeans must be a str among "
-                    "{'k-means||', 'k-means++', 'random'} or an array-like of shape "
-                    f"(n_clusters, n_features). Got {self.init!r} instead."
-                )
-        elif not hasattr(self.init, "__array__") and not isinstance(self.init, (list, tuple)):
-            raise ValueError(
-                "The 'init' parameter of KMeans must be 'k-means||', 'k-means++', 'random' "
-                f"or an array of shape (n_clusters, n_features). Got {self.init!r} instead."
+        names = ("k-means||", "k-means++", "random")
+        if not (
+            (isinstance(self.init, str) and self.init in names)
+            or callable(self.init)
+            or (hasattr(self.init, "__array__") and not isinstance(self.init, str))
+            or isinstance(self.init, (list, tuple))
+        ):
+            raise InvalidParameterError(
+                "The 'init' parameter of KMeans must be a str among "
+                "{'k-means||', 'k-means++', 'random'}, a callable or an array-like of shape "
+                f"(n_clusters, n_features). Got {self.init!r} instead."
             )
         if not (
             self.random_state is None
@@ -175,23 +228,28 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 self.random_state, (numbers.Integral, np.random.RandomState, np.random.Generator)
             )
         ) or isinstance(self.random_state, bool):
-            raise ValueError(
+            raise InvalidParameterError(
                 "The 'random_state' parameter of KMeans must be an int, a numpy Generator or "
                 f"RandomState, or None. Got {self.random_state!r} instead."
             )
         if not (self.persist == "auto" or isinstance(self.persist, (bool, np.bool_))):
-            raise ValueError(
+            raise InvalidParameterError(
                 "The 'persist' parameter of KMeans must be 'auto', True or False. "
                 f"Got {self.persist!r} instead."
             )
         if not isinstance(self.verbose, (bool, numbers.Integral)):
-            raise ValueError(
+            raise InvalidParameterError(
                 f"The 'verbose' parameter of KMeans must be a bool. Got {self.verbose!r} instead."
             )
         if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
-            raise ValueError(
+            raise InvalidParameterError(
                 "The 'checkpoint' parameter of KMeans must be a path or None. "
                 f"Got {self.checkpoint!r} instead."
+            )
+        if self.checkpoint is not None and callable(self.init):
+            raise InvalidParameterError(
+                "A checkpoint needs 'init' to be a str or an array: a callable init cannot "
+                "be recognised when the fit resumes."
             )
 
     def _check_X(self, X: Any, *, reset: bool) -> tuple[da.Array, np.ndarray | None]:
@@ -212,17 +270,37 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         return check_data(to_dask_array(array), merge_rows=False), array
 
     def _check_init(self, n_features: int) -> np.ndarray | None:
-        if isinstance(self.init, str):
+        """The explicit initial centres as float64, or None for a method or a callable."""
+        if isinstance(self.init, str) or callable(self.init):
             return None
-        init = np.asarray(self.init, dtype=np.float64)
-        if init.shape != (self.n_clusters, n_features):
-            raise ValueError(
-                f"The shape of the initial centers {init.shape} does not match the number of "
-                f"clusters and features: expected ({self.n_clusters}, {n_features})."
+        return _checked_centers(self.init, self.n_clusters, n_features)
+
+    def _n_runs(self) -> int:
+        """Runs per k: ``n_init``, "auto" resolved as scikit-learn resolves it; explicit
+        centres make one run (with scikit-learn's warning if more were asked for)."""
+        by_name = isinstance(self.init, str)
+        if self.n_init == "auto":
+            random_start = (by_name and self.init == "random") or callable(self.init)
+            return AUTO_RUNS_RANDOM if random_start else 1
+        if not by_name and not callable(self.init) and self.n_init != 1:
+            warnings.warn(
+                "Explicit initial center position passed: performing only one init in "
+                f"KMeans instead of n_init={self.n_init}.",
+                RuntimeWarning,
+                stacklevel=4,
             )
-        if not np.isfinite(init).all():
-            raise ValueError("The initial centers contain NaN or infinity.")
-        return init
+            return 1
+        return self.n_init
+
+    def _called_init(self, X: np.ndarray | da.Array, k: int, seed: int) -> np.ndarray:
+        """The centres a callable ``init`` returns for one run, checked, as float64."""
+        centers = self.init(X, k, random_state=np.random.RandomState(seed))
+        return _checked_centers(centers, k, X.shape[1])
+
+    @property
+    def _n_features_out(self) -> int:
+        """Columns of ``transform``'s output, for ``get_feature_names_out``."""
+        return self.cluster_centers_.shape[0]
 
     def _seeds(self, n_runs: int) -> np.ndarray:
         if isinstance(self.random_state, np.random.Generator):
@@ -265,36 +343,22 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         n_samples, n_features = data.shape
         for k in k_values:
             if n_samples < k:
-                raise ValueError(f"n_samples={n_samples} should be >= n_clusters={k}.")
+                raise InvalidParameterError(f"n_samples={n_samples} should be >= n_clusters={k}.")
         init = self._check_init(n_features)
-        n_init = self.n_init
-        if init is not None and n_init != 1:
-            warnings.warn(
-                "Explicit initial center position passed: performing only one init in "
-                f"KMeans instead of n_init={n_init}.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            n_init = 1
+        n_init = self._n_runs()
         weights = check_sample_weight(sample_weight, data)
+        if in_memory:
+            check_values(array)
         checkpoint = self._open_checkpoint(data, array, weights, k_values)
         saved = None if checkpoint is None else checkpoint.load()
-        source: Source
-        if in_memory:
-            source = _in_memory_source(data, array, weights)
-        elif should_persist(self.persist, data):
-            data, weights = dask.persist(data, weights)
-            source = (
-                DaskSource(data, weights, check_finite=True)
-                if client_active()
-                else _persisted_source(data, weights)
-            )
-        else:
-            source = DaskSource(data, weights, check_finite=True)
+        source = make_source(data, array, weights, persist=self.persist)
+        source.shift = shift = choose_shift(_usable(source.head(SAMPLE_ROWS)), data.dtype)
+        self._shift = shift
         with threadpool_limits(limits=blas_threads(), user_api="blas"):
             if saved is None:
                 seeds = self._seeds(n_init)
-                initial = self._initial_centers(source, init, k_values, seeds)
+                given = data if array is None else array
+                initial = self._initial_centers(source, init, k_values, seeds, given)
                 resume = None
             else:
                 seeds, initial, resume = saved
@@ -314,14 +378,33 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             # strictly lower inertia wins; ties keep the earlier run
             if k not in best or result.inertia < best[k].inertia:
                 best[k] = result
-        return data, in_memory, best
+        in_user_frame = {
+            k: replace(result, centers=centers_in_user_frame(result.centers, shift))
+            for k, result in best.items()
+        }
+        return data, in_memory, in_user_frame
 
     def _initial_centers(
-        self, source: Source, init: np.ndarray | None, k_values: list[int], seeds: np.ndarray
+        self,
+        source: Source,
+        init: np.ndarray | None,
+        k_values: list[int],
+        seeds: np.ndarray,
+        X: np.ndarray | da.Array,
     ) -> list[np.ndarray]:
-        """Initial centres of every run: run ``i * n_init + j`` is k_values[i], seeds[j]."""
+        """Initial centres of every run: run ``i * n_init + j`` is k_values[i], seeds[j].
+
+        ``X`` is what a callable ``init`` is given: the validated NumPy array of in-memory
+        input, else the validated Dask array.
+        """
         if init is not None:
-            return [init]
+            return [centers_in_frame(init, source.shift)]
+        if callable(self.init):
+            return [
+                centers_in_frame(self._called_init(X, k, seed), source.shift)
+                for k in k_values
+                for seed in seeds
+            ]
         return initial_centers(
             source,
             self.init,
@@ -348,7 +431,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             if name not in ("verbose", "checkpoint", "persist")
         }
         if not isinstance(params["random_state"], (int, type(None))):
-            raise ValueError("checkpoint needs random_state to be an int (or None)")
+            raise InvalidParameterError("checkpoint needs random_state to be an int (or None)")
         first, last = dask.compute(data[:1], data[-1:])
         fingerprint = {
             "params": params,
@@ -387,10 +470,28 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
     # prediction -------------------------------------------------------------------
 
-    def _labels(self, data: da.Array) -> da.Array:
-        return data.map_blocks(
-            _block_labels,
-            self.cluster_centers_,
+    def _shift_for(self, dtype: np.dtype) -> np.ndarray | None:
+        """The frame that distances to the fitted centres are computed in: the fit's, or
+        one chosen from the centres themselves when they were set by hand."""
+        shift = (
+            self._shift if hasattr(self, "_shift") else choose_shift(self.cluster_centers_, dtype)
+        )
+        return None if shift is None else shift.astype(dtype)
+
+    def _map_rows(
+        self, kernel: Callable[..., np.ndarray], data: da.Array, *, check: bool, **map_kwargs: Any
+    ) -> da.Array:
+        """``kernel(rows, centres)`` over the blocks of ``data``, in the fit's frame; with
+        ``check``, every block's values are checked as it is read."""
+        shift = self._shift_for(data.dtype)
+        centers = centers_in_frame(self.cluster_centers_, shift)
+        return data.map_blocks(_in_frame, kernel, centers, shift, check, **map_kwargs)
+
+    def _labels(self, data: da.Array, *, check: bool = False) -> da.Array:
+        return self._map_rows(
+            _nearest_labels,
+            data,
+            check=check,
             drop_axis=1,
             dtype=np.int32,
             meta=np.empty(0, np.int32),
@@ -400,16 +501,17 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         """Index of the nearest centre of every sample (NumPy in, NumPy out; else lazy Dask)."""
         check_is_fitted(self)
         data, array = self._check_X(X, reset=False)
-        labels = self._labels(data)
+        labels = self._labels(data, check=True)
         return labels if array is None else labels.compute(scheduler="threads")
 
     def transform(self, X: Any) -> np.ndarray | da.Array:
         """Euclidean distance of every sample to every centre, shape (n_samples, n_clusters)."""
         check_is_fitted(self)
         data, array = self._check_X(X, reset=False)
-        distances = data.map_blocks(
+        distances = self._map_rows(
             center_distances,
-            self.cluster_centers_,
+            data,
+            check=True,
             chunks=(data.chunks[0], (self.n_clusters,)),
             dtype=data.dtype,
         )
@@ -432,45 +534,99 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         data, array = self._check_X(X, reset=False)
         weights = check_sample_weight(sample_weight, data)
-        centers = self.cluster_centers_.astype(np.float64)
-        source = (
-            DaskSource(data, weights) if array is None else _in_memory_source(data, array, weights)
-        )
+        shift = self._shift_for(data.dtype)
+        centers = centers_in_frame(self.cluster_centers_, shift)
+        if array is not None:
+            check_values(array)
+        source = make_source(data, array, weights, shift=shift)
         stats = source.map_reduce(
             pass_statistics, centers, np.array([0, len(centers)]), far_capacity=0
         )
         return -float(stats.cluster_inertia.sum())
 
 
-def _in_memory_source(
-    data: da.Array, array: np.ndarray, weights: da.Array | None
-) -> InMemorySource:
-    """NumPy data on a pool of threads on the client, without a task graph: the blocks of
-    ``data`` combined in the same tree as a DaskSource, so the same result to the last bit."""
-    return InMemorySource.of_array(
-        array,
-        None if weights is None else weights.compute(scheduler="threads"),
-        chunks=data.chunks[0],
-        threads=local_threads(),
-    )
+def _checked_centers(centers: Any, k: int, n_features: int) -> np.ndarray:
+    """Initial centres given by the user (or a callable) as float64 (k, d), or raise
+    :class:`InvalidParameterError` naming what is wrong."""
+    centers = np.asarray(centers, dtype=np.float64)
+    if centers.shape != (k, n_features):
+        raise InvalidParameterError(
+            f"The shape of the initial centers {centers.shape} does not match the number of "
+            f"clusters and features: expected ({k}, {n_features})."
+        )
+    if not np.isfinite(centers).all():
+        raise InvalidParameterError("The initial centers contain NaN or infinity.")
+    return centers
 
 
-def _persisted_source(data: da.Array, weights: da.Array | None) -> InMemorySource:
-    """A Dask array persisted in this process's memory: its blocks on the pool of
-    threads of NumPy input, without a task graph per pass (the same blocks and the
-    same combining tree as a DaskSource, so the same result)."""
+def make_source(
+    data: da.Array,
+    array: np.ndarray | None,
+    weights: da.Array | None,
+    *,
+    shift: np.ndarray | None = None,
+    persist: Literal["auto"] | bool = False,
+) -> Source:
+    """The source a pass runs over, in the frame of ``shift``.
 
-    def blocks(array: da.Array) -> tuple[np.ndarray, ...]:
-        return dask.compute(*array.to_delayed().ravel(), scheduler="threads")
+    NumPy data (``array``) runs on a pool of threads on the client without a task graph;
+    lazy data is persisted (``persist``, see :func:`~dkmeans.resources.should_persist`)
+    in cluster memory, or in this process's memory when no distributed client is
+    active (then also on the pool, without a task graph), or streamed from its source.
+    Every kind cuts the data into the blocks of ``data`` and combines their results in
+    the same tree, so all give the same result to the last bit. Lazy data is checked
+    (NaN, infinity, overflowing magnitudes) as its first pass reads it.
+    """
+    if array is not None:
+        return InMemorySource.of_array(
+            array,
+            None if weights is None else weights.compute(scheduler="threads"),
+            chunks=data.chunks[0],
+            threads=local_threads(),
+            shift=shift,
+        )
+    if should_persist(persist, data):
+        data, weights = dask.persist(data, weights)
+        if not client_active():
+            return InMemorySource(
+                _blocks(data),
+                None if weights is None else _blocks(weights),
+                threads=local_threads(),
+                check_finite=True,
+                shift=shift,
+            )
+    return DaskSource(data, weights, check_finite=True, shift=shift)
 
-    return InMemorySource(
-        blocks(data),
-        None if weights is None else blocks(weights),
-        threads=local_threads(),
-        check_finite=True,
-    )
+
+def _blocks(array: da.Array) -> tuple[np.ndarray, ...]:
+    """The blocks of a Dask array persisted in this process's memory."""
+    return dask.compute(*array.to_delayed().ravel(), scheduler="threads")
 
 
-def _block_labels(block: np.ndarray, centers: np.ndarray) -> np.ndarray:
+def _usable(rows: np.ndarray) -> np.ndarray:
+    """The rows that hold no NaN, infinity or overflowing value (those are reported by
+    the checks of the first pass)."""
+    with np.errstate(invalid="ignore"):
+        usable = (np.abs(rows.astype(np.float64)) <= MAX_MAGNITUDE).all(axis=1)
+    return rows[usable]
+
+
+def _in_frame(
+    block: np.ndarray,
+    kernel: Callable[..., np.ndarray],
+    centers: np.ndarray,
+    shift: np.ndarray | None,
+    check: bool,
+    block_info: dict | None = None,
+) -> np.ndarray:
+    """``kernel`` on one block in the frame of ``shift``, after checking the block's
+    values when ``check`` (lazy data is checked as it is read)."""
+    if check:
+        where = block_info[0]
+        check_values(block, where["array-location"][0][0], where["chunk-location"][0])
+    return kernel(shifted(block, shift), centers)
+
+
+def _nearest_labels(block: np.ndarray, centers: np.ndarray) -> np.ndarray:
     labels, _ = nearest_centers(block, centers)
     return labels[:, 0].astype(np.int32)

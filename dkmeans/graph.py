@@ -32,6 +32,8 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 from dask.utils import funcname
 
+from .frame import check_values, shifted
+
 #: Fan-in of the tree reduction.
 SPLIT_EVERY = 8
 
@@ -46,9 +48,14 @@ class Source(Protocol):
     #: Whether the kernels run in this process, so that they may keep state per block
     #: between passes (threads; not the workers of a cluster, nor processes).
     in_process: bool
+    #: Kernels see every block minus this (:mod:`dkmeans.frame`); None: as stored.
+    shift: np.ndarray | None
 
     def map_reduce(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``kernel`` on every block and return the combined result."""
+
+    def head(self, n_rows: int) -> np.ndarray:
+        """The first ``n_rows`` rows, as stored (not shifted)."""
 
 
 #: Thread pools of :class:`InMemorySource`, by size, kept for the life of the process:
@@ -131,8 +138,10 @@ class InMemorySource:
     split_every : int
         Fan-in of the combining tree.
     check_finite : bool
-        Check every block for NaN and infinity during the first pass, as
-        :class:`DaskSource` does (for data not validated yet).
+        Check every block's values during the first pass, as :class:`DaskSource` does
+        (for data not validated yet).
+    shift : ndarray of shape (d,), optional
+        Kernels see every block minus ``shift`` (:mod:`dkmeans.frame`).
     """
 
     def __init__(
@@ -143,6 +152,7 @@ class InMemorySource:
         threads: int = 1,
         split_every: int = SPLIT_EVERY,
         check_finite: bool = False,
+        shift: np.ndarray | None = None,
     ) -> None:
         self.blocks = list(blocks)
         self.weight_blocks = None if weight_blocks is None else list(weight_blocks)
@@ -152,6 +162,7 @@ class InMemorySource:
         self.row_offsets = row_offsets([len(block) for block in self.blocks])
         self.threads, self.split_every = threads, split_every
         self.check_finite = check_finite
+        self.shift = shift
         self.passes = 0
         self.in_process = True
 
@@ -163,6 +174,7 @@ class InMemorySource:
         *,
         chunks: Sequence[int] | None = None,
         threads: int = 1,
+        shift: np.ndarray | None = None,
     ) -> InMemorySource:
         """A NumPy array cut into blocks of ``chunks`` rows (default: one block), as views."""
         offsets = row_offsets(tuple(chunks) if chunks is not None else (len(x),))
@@ -171,11 +183,20 @@ class InMemorySource:
             [x[r] for r in rows],
             None if weights is None else [weights[r] for r in rows],
             threads=threads,
+            shift=shift,
         )
 
+    def head(self, n_rows: int) -> np.ndarray:
+        parts, remaining = [], n_rows
+        for block in self.blocks:
+            if remaining <= 0:
+                break
+            parts.append(block[:remaining])
+            remaining -= len(parts[-1])
+        return np.concatenate(parts)
+
     def map_reduce(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if self.check_finite and self.passes == 0:
-            kernel = FiniteChecked(kernel)
+        kernel = prepared_kernel(kernel, self.shift, self.check_finite and self.passes == 0)
 
         def block_result(i: int) -> Any:
             weights = None if self.weight_blocks is None else self.weight_blocks[i]
@@ -193,25 +214,52 @@ class InMemorySource:
 
 
 class FiniteChecked:
-    """A kernel that first checks its block for NaN and infinity.
+    """A kernel that first checks its block's values (:func:`~dkmeans.frame.check_values`).
 
     Lazy data can only be checked as it is read; the first pass of a fit wraps its
-    kernel in this so that bad values are reported with their block, before they
-    turn into NaN centres.
+    kernel in this so that NaN, infinity and magnitudes whose squares overflow are
+    reported with their block, before they turn into NaN centres.
     """
 
     def __init__(self, kernel: Callable[..., Any]) -> None:
         self.kernel = kernel
 
     def __call__(self, block, weights, row_offset: int, block_index: int, *args, **kwargs):
-        if not np.isfinite(block).all():
-            bad = int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0]) + row_offset
-            raise ValueError(
-                f"X contains NaN or infinity in block {block_index} (rows {row_offset} to "
-                f"{row_offset + len(block) - 1}; first at row {bad}): remove or impute "
-                "these values before clustering"
-            )
+        check_values(block, row_offset, block_index)
         return self.kernel(block, weights, row_offset, block_index, *args, **kwargs)
+
+
+class Shifted:
+    """A kernel that sees its block in the frame of ``shift`` (:mod:`dkmeans.frame`):
+    ``block - shift``, one block at a time, so no copy of X is ever made."""
+
+    def __init__(self, kernel: Callable[..., Any], shift: np.ndarray) -> None:
+        self.kernel, self.shift = kernel, shift
+
+    def __call__(self, block, weights, row_offset: int, block_index: int, *args, **kwargs):
+        return self.kernel(
+            shifted(block, self.shift), weights, row_offset, block_index, *args, **kwargs
+        )
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        return ("Shifted", tokenize(self.kernel), tokenize(self.shift))
+
+
+def prepared_kernel(
+    kernel: Callable[..., Any], shift: np.ndarray | None, check: bool
+) -> Callable[..., Any]:
+    """``kernel`` as a source runs it: in the frame of ``shift``, after checking the
+    block's values when ``check``."""
+    if shift is not None:
+        kernel = Shifted(kernel, shift)
+    return FiniteChecked(kernel) if check else kernel
+
+
+def kernel_name(kernel: Callable[..., Any]) -> str:
+    """The name of the kernel inside its wrappers (what the dashboard shows)."""
+    while hasattr(kernel, "kernel"):
+        kernel = kernel.kernel
+    return funcname(kernel)
 
 
 class DaskSource:
@@ -228,7 +276,9 @@ class DaskSource:
     on_pass : callable, optional
         Called with the pass number after every pass (progress reporting).
     check_finite : bool
-        Check every block for NaN and infinity during the first pass.
+        Check every block's values during the first pass.
+    shift : ndarray of shape (d,), optional
+        Kernels see every block minus ``shift`` (:mod:`dkmeans.frame`).
     """
 
     def __init__(
@@ -239,6 +289,7 @@ class DaskSource:
         split_every: int = SPLIT_EVERY,
         on_pass: Callable[[int], None] | None = None,
         check_finite: bool = False,
+        shift: np.ndarray | None = None,
     ) -> None:
         if x.numblocks[1] != 1:
             raise ValueError("DaskSource needs one chunk across features; rechunk first")
@@ -250,6 +301,7 @@ class DaskSource:
         self.on_pass = on_pass
         self.passes = 0
         self.check_finite = check_finite
+        self.shift = shift
         self.row_offsets = row_offsets(x.chunks[0])
 
     @property
@@ -272,7 +324,7 @@ class DaskSource:
             kwargs,
             self.split_every,
         )
-        label = funcname(getattr(kernel, "kernel", kernel))  # what the dashboard shows
+        label = kernel_name(kernel)  # what the dashboard shows
         name, combined, shared_name = (
             f"{label}{part}-{token}" for part in ("", "-combine", "-arg")
         )
@@ -305,9 +357,11 @@ class DaskSource:
         graph = HighLevelGraph.from_collections(name, layer, dependencies=dependencies)
         return Delayed(level[0], graph, layer=name)
 
+    def head(self, n_rows: int) -> np.ndarray:
+        return self.x[:n_rows].compute()
+
     def map_reduce(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if self.check_finite and self.passes == 0:
-            kernel = FiniteChecked(kernel)
+        kernel = prepared_kernel(kernel, self.shift, self.check_finite and self.passes == 0)
         (result,) = dask.compute(self.graph(kernel, *args, **kwargs))
         self.passes += 1
         if self.on_pass is not None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .graph import InMemorySource, RowMemory, Source
+from .io import ZERO_WEIGHTS
 from .kernels import (
     DistanceBounds,
     FarPoints,
@@ -56,6 +57,22 @@ def stack_centers(centers: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray
     """Stack the centres of several runs; return them and the run bounds."""
     bounds = np.concatenate([[0], np.cumsum([len(c) for c in centers])]).astype(np.int64)
     return np.concatenate([np.asarray(c, dtype=np.float64) for c in centers]), bounds
+
+
+def check_finite_statistics(stats: PassStats, pass_number: int) -> None:
+    """Raise if a pass's sums or inertia are not finite.
+
+    The first pass over lazy data checks every value it reads; a later pass that meets
+    NaN or infinity read data that changed during the fit (a store rewritten meanwhile,
+    a flaky source). Checking the few summed statistics costs nothing per row.
+    """
+    if np.isfinite(stats.sums).all() and np.isfinite(stats.cluster_inertia).all():
+        return
+    raise ValueError(
+        f"pass {pass_number} over X gave non-finite sums: X now holds NaN or infinity that "
+        "an earlier pass did not see (was the data changed during the fit?). Fix the data "
+        "and fit again"
+    )
 
 
 def tolerance(stats: PassStats, tol: float) -> float:
@@ -231,7 +248,11 @@ def _iterate(
         with_moments=state.tol_abs is None,
         distance_bounds=row_bounds.for_pass(active, stacked),
     )
+    check_finite_statistics(stats, source.passes)
     if state.tol_abs is None:
+        if not stats.counts.any():
+            # the first pass read lazy weights that are zero everywhere
+            raise ValueError(ZERO_WEIGHTS)
         state.tol_abs = tolerance(stats, tol)
     seconds = time.perf_counter() - started
     state.iteration += 1
@@ -266,6 +287,7 @@ def _finalize(source: Source, state: LloydState, row_bounds: RowBounds) -> None:
         far_capacity=0,
         distance_bounds=row_bounds.for_pass(pending, stacked, last=True),
     )
+    check_finite_statistics(stats, source.passes)
     for j, r in enumerate(pending):
         lo, hi = bounds[j], bounds[j + 1]
         inertia = float(stats.cluster_inertia[lo:hi].sum())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import dask.array as da
 import numpy as np
@@ -11,10 +12,12 @@ import pytest
 import zarr
 from sklearn.base import clone
 from sklearn.cluster import KMeans as SklearnKMeans
+from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 
+import dkmeans
 import dkmeans.io
 from dkmeans import KMeans
 
@@ -235,8 +238,9 @@ def test_one_compute_per_iteration(overlapping):
     with count_computes() as counter:
         km = KMeans(3, init=overlapping[:3], tol=0, max_iter=7, persist=False).fit(X)
     assert km.n_iter_ == 7
-    # seven iterations, then one pass for the inertia of the final centres
-    assert counter.computes == 8
+    # one read of the first rows (they choose the frame: dkmeans.frame), seven
+    # iterations, then one pass for the inertia of the final centres
+    assert counter.computes == 1 + 7 + 1
     assert isinstance(km.labels_, da.Array)
 
 
@@ -353,3 +357,119 @@ def test_fit_in_a_forked_child_after_fits_in_the_parent():
         pytest.fail("the fit in the forked child hung")
     assert child.exitcode == 0
     assert queue.get(timeout=5) == expected
+
+
+def test_feature_names_out_and_pandas_output(blobs):
+    pd = pytest.importorskip("pandas")
+    X = blobs[0]
+    ours = KMeans(5, random_state=0).fit(X)
+    ref = SklearnKMeans(5, random_state=0, n_init=1).fit(X)
+    np.testing.assert_array_equal(ours.get_feature_names_out(), ref.get_feature_names_out())
+    assert list(ours.get_feature_names_out()) == [f"kmeans{i}" for i in range(5)]
+    distances = clone(ours).set_output(transform="pandas").fit(X).transform(X)
+    assert isinstance(distances, pd.DataFrame)
+    assert list(distances.columns) == [f"kmeans{i}" for i in range(5)]
+    np.testing.assert_allclose(distances.to_numpy(), ours.transform(X))
+    with pytest.raises(NotFittedError):
+        KMeans(5).get_feature_names_out()
+
+
+def test_pandas_output_in_a_pipeline(blobs):
+    pd = pytest.importorskip("pandas")
+    X = blobs[0]
+
+    def pipeline(kmeans):
+        return make_pipeline(StandardScaler(), kmeans).set_output(transform="pandas")
+
+    ours = pipeline(KMeans(5, init=StandardScaler().fit_transform(X)[:5]))
+    ref = pipeline(SklearnKMeans(5, init=StandardScaler().fit_transform(X)[:5], n_init=1))
+    out, expected = ours.fit_transform(X), ref.fit_transform(X)
+    assert isinstance(out, pd.DataFrame)
+    assert list(out.columns) == list(expected.columns) == [f"kmeans{i}" for i in range(5)]
+    np.testing.assert_allclose(out.to_numpy(), expected.to_numpy(), rtol=1e-9, atol=1e-9)
+    assert list(ours.get_feature_names_out()) == list(out.columns)
+
+
+class CountingInit:
+    """A callable init as scikit-learn calls it; records what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[type, int, np.random.RandomState]] = []
+
+    def __call__(self, X, n_clusters, random_state):
+        self.calls.append((type(X), n_clusters, random_state))
+        rows = random_state.choice(X.shape[0], n_clusters, replace=False)
+        return np.asarray(X[np.sort(rows)]).copy()
+
+
+@pytest.mark.parametrize("init, runs", [("k-means++", 1), ("k-means||", 1), ("random", 10)])
+def test_n_init_auto_means_what_it_means_in_sklearn(overlapping, init, runs):
+    X = overlapping
+    if init != "k-means||":  # scikit-learn has no k-means||: a k-means++, one run
+        assert SklearnKMeans(3, init=init, n_init="auto").fit(X)._n_init == runs
+    auto = KMeans(3, init=init, n_init="auto", random_state=2).fit(X)
+    explicit = KMeans(3, init=init, n_init=runs, random_state=2).fit(X)
+    np.testing.assert_array_equal(auto.cluster_centers_, explicit.cluster_centers_)
+    assert auto.inertia_ == explicit.inertia_
+
+
+def test_n_init_auto_with_explicit_centres_or_a_callable(overlapping):
+    X = overlapping
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one run, and no warning about it
+        km = KMeans(3, init=X[:3], n_init="auto").fit(X)
+    np.testing.assert_allclose(km.cluster_centers_, sklearn_fit(X, X[:3]).cluster_centers_)
+    ours, ref = CountingInit(), CountingInit()
+    KMeans(3, init=ours, n_init="auto", random_state=0).fit(X)
+    SklearnKMeans(3, init=ref, n_init="auto", random_state=0).fit(X)
+    assert len(ours.calls) == len(ref.calls) == 10
+
+
+def first_rows(X, n_clusters, random_state):
+    return np.asarray(X[:n_clusters]).copy()
+
+
+@pytest.mark.parametrize("kind", ["numpy", "dask", "zarr"])
+def test_callable_init_as_in_sklearn(overlapping, kind, tmp_path):
+    X = overlapping
+    ours = KMeans(3, init=first_rows).fit(as_container(X, kind, tmp_path))
+    ref = SklearnKMeans(3, init=first_rows, n_init=1, algorithm="lloyd").fit(X)
+    assert ours.n_iter_ == ref.n_iter_
+    np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=1e-9)
+    np.testing.assert_array_equal(np.asarray(ours.labels_), ref.labels_)
+    assert ours.inertia_ == pytest.approx(ref.inertia_, rel=1e-9)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_callable_init_receives_x_a_run_seed_and_every_k(overlapping, lazy):
+    X = da.from_array(overlapping, chunks=(500, -1)) if lazy else overlapping
+    init = CountingInit()
+    km = KMeans(3, init=init, n_init=3, random_state=7).fit(X)
+    # lazy input: the validated Dask array, not loaded for the callable
+    assert [c[0] for c in init.calls] == [da.Array if lazy else np.ndarray] * 3
+    assert [c[1] for c in init.calls] == [3, 3, 3]
+    assert all(isinstance(c[2], np.random.RandomState) for c in init.calls)
+    # one seed per run, all from random_state: the same fit twice
+    draws = [c[2].randint(2**31) for c in init.calls]
+    assert len(set(draws)) == 3
+    again = KMeans(3, init=CountingInit(), n_init=3, random_state=7).fit(overlapping)
+    np.testing.assert_array_equal(again.cluster_centers_, km.cluster_centers_)
+    curve_init = CountingInit()
+    curve = dkmeans.elbow(X, k_values=[2, 4], init=curve_init, random_state=7)
+    assert sorted(c[1] for c in curve_init.calls) == [2, 4]
+    assert curve[4] < curve[2]
+
+
+def test_transform_of_float32_after_a_float64_fit_stays_float32(blobs):
+    # a documented difference: scikit-learn returns float64 here (its pairwise distances
+    # upcast mixed dtypes); dkmeans keeps the input's float32, half the memory of an
+    # (n, k) result, within float32 rounding of scikit-learn's values
+    X = blobs[0]
+    ours = KMeans(5, init=X[:5]).fit(X)
+    ref = sklearn_fit(X, X[:5])
+    X32 = X.astype(np.float32)
+    distances = ours.transform(X32)
+    assert distances.dtype == np.float32 and ref.transform(X32).dtype == np.float64
+    np.testing.assert_allclose(distances, ref.transform(X32), rtol=1e-5, atol=1e-5)
+    fitted32 = KMeans(5, init=X32[:5]).fit(X32)
+    assert fitted32.transform(X).dtype == np.float64 == sklearn_fit(X32, X32[:5]).transform(X).dtype

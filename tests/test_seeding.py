@@ -54,8 +54,9 @@ def test_streaming_fit_reads_init_passes_plus_one_per_iteration(store_path):
     store = counting_store(path)
     km = KMeans(10, random_state=0, persist=False, init_rounds=3)
     km.fit(zarr.open_array(store=store, mode="r"))
-    # init: 3 rounds + 2; Lloyd: one pass per iteration and one for the final inertia
-    assert max(store.reads.values()) <= 3 + 2 + km.n_iter_ + 1
+    # the first rows choose the frame (dkmeans.frame); init: 3 rounds + 2; Lloyd: one
+    # pass per iteration and one for the final inertia
+    assert max(store.reads.values()) <= 1 + 3 + 2 + km.n_iter_ + 1
 
 
 def test_kmeans_plusplus_takes_k_plus_one_passes(blobs):

@@ -1,0 +1,113 @@
+"""The frame in which the kernels see the data: rows minus a shift that brings them near
+the origin, and the values a frame can hold.
+
+Nearest centres come from the GEMM expansion ``||x||² - 2 x·c + ||c||²``. When the data
+sits far from the origin relative to its spread (projected coordinates in metres,
+timestamps, readings on a baseline), the three terms are huge and nearly cancel: at an
+offset of 10⁵ times the spread, float32 keeps no correct digit of the differences that
+decide the nearest centre. scikit-learn subtracts the mean of X before fitting; dkmeans
+subtracts a *shift* chosen from the first rows of X (no extra pass over the data, no
+copy of X), and only when the data needs it, so that data near the origin is clustered
+exactly as before. Everything is reported in the user's frame.
+
+Pure NumPy; no Dask.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Rows from the start of X that choose the shift (one read of the first block).
+SAMPLE_ROWS = 1024
+#: The data is shifted when the median of the sample lies farther from the origin than
+#: this many times the sample's root-mean-square distance to that median. Below it the
+#: expansion loses less than ``16 * eps`` relative to the squared distances.
+FAR_FROM_ORIGIN = 4.0
+#: Largest magnitude accepted in X: squared distances, summed over features and rows
+#: (inertia), stay finite in float64 (``1e308``) for up to 10⁸ features·rows squared.
+MAX_MAGNITUDE = 1e150
+
+
+def choose_shift(sample: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
+    """The shift that brings rows like ``sample`` near the origin, or None if they are.
+
+    Parameters
+    ----------
+    sample : ndarray of shape (m, d)
+        Rows of the data (the first :data:`SAMPLE_ROWS`).
+    dtype : dtype
+        The data's float dtype: the shift is rounded to it, so that ``x - shift`` is
+        exact for rows within a factor of two of it.
+
+    Returns
+    -------
+    ndarray of shape (d,) in ``dtype``, or None when the sample's coordinate-wise median
+    lies within :data:`FAR_FROM_ORIGIN` times its spread of the origin.
+    """
+    sample = np.asarray(sample, dtype=np.float64)
+    if len(sample) == 0:
+        return None
+    median = np.median(sample, axis=0)
+    spread_sq = float(np.mean(np.sum((sample - median) ** 2, axis=1)))
+    if float(np.sum(median**2)) <= FAR_FROM_ORIGIN**2 * spread_sq:
+        return None
+    return median.astype(dtype)
+
+
+def shifted(block: np.ndarray, shift: np.ndarray | None) -> np.ndarray:
+    """``block`` in the frame of ``shift`` (the block itself without one)."""
+    return block if shift is None else block - shift
+
+
+def centers_in_frame(centers: np.ndarray, shift: np.ndarray | None) -> np.ndarray:
+    """Centres given in the user's frame, moved to the frame of ``shift`` (float64)."""
+    centers = np.asarray(centers, dtype=np.float64)
+    return centers if shift is None else centers - shift.astype(np.float64)
+
+
+def centers_in_user_frame(centers: np.ndarray, shift: np.ndarray | None) -> np.ndarray:
+    """Centres found in the frame of ``shift``, moved back to the user's frame (float64)."""
+    centers = np.asarray(centers, dtype=np.float64)
+    return centers if shift is None else centers + shift.astype(np.float64)
+
+
+def check_values(block: np.ndarray, row_offset: int = 0, block_index: int | None = None) -> None:
+    """Raise if a block of X holds NaN, infinity, or magnitudes above :data:`MAX_MAGNITUDE`.
+
+    Parameters
+    ----------
+    block : ndarray of shape (rows, d)
+    row_offset : int
+        Global index of the block's first row (named in the message).
+    block_index : int, optional
+        Position of the block (named in the message for lazy data).
+
+    Raises
+    ------
+    ValueError
+        Naming the block (if given), the first bad row, and what to do.
+    """
+    if block.size == 0 or block.dtype.kind != "f":
+        return
+    # NaN propagates through min and max: no temporary of the block's size
+    low, high = float(block.min()), float(block.max())
+    if np.isfinite(low) and np.isfinite(high) and max(-low, high) <= MAX_MAGNITUDE:
+        return
+    where = (
+        ""
+        if block_index is None
+        else f" in block {block_index} (rows {row_offset} to {row_offset + len(block) - 1})"
+    )
+    bad_rows = ~np.isfinite(block).all(axis=1)
+    if bad_rows.any():
+        first = int(np.flatnonzero(bad_rows)[0]) + row_offset
+        raise ValueError(
+            f"X contains NaN or infinity{where}; first at row {first}: remove or impute "
+            "these values before clustering"
+        )
+    first = int(np.flatnonzero((np.abs(block) > MAX_MAGNITUDE).any(axis=1))[0]) + row_offset
+    raise ValueError(
+        f"X holds values up to {max(-low, high):.3g} in magnitude{where}; first at row "
+        f"{first}: squared distances would overflow float64 above {MAX_MAGNITUDE:.0e}. "
+        "Rescale X (e.g. divide it by its largest magnitude) before clustering"
+    )
