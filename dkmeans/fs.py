@@ -12,7 +12,6 @@ variables, or :func:`set_storage_options`.
 from __future__ import annotations
 
 import os
-import posixpath
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -108,11 +107,6 @@ def location(path: str | os.PathLike) -> str:
 def within(inner: str, outer: str) -> bool:
     """Whether canonical location ``inner`` is ``outer`` or lies inside it."""
     return inner == outer or inner.startswith(outer.rstrip("/") + "/")
-
-
-def parent(path: str) -> str:
-    """The folder (or prefix) holding ``path`` in its file system."""
-    return posixpath.dirname(path.rstrip("/")) if "/" in path else ""
 
 
 def set_storage_options(options: dict[str, Any], urls: list[str]) -> None:

@@ -52,7 +52,7 @@ import numpy as np
 import zarr
 
 from .fs import LocalFileSystem, filesystem, location, storage_errors, unparse, within
-from .io import open_zarr_array, to_dask_array
+from .io import ZARR_METADATA, open_zarr_array, to_dask_array
 
 CENTERS = "cluster_centers"
 LABELS = "labels"
@@ -62,8 +62,6 @@ RESULT_ATTRIBUTE = "dkmeans_result"
 INCOMPLETE = ".dkmeans-incomplete"
 #: Suffix of the file beside an output that says a process is writing it.
 CLAIM_SUFFIX = ".dkmeans-claim"
-#: Zarr metadata files (formats 3 and 2) whose presence makes a folder a Zarr node.
-ZARR_METADATA = ("zarr.json", ".zgroup", ".zarray")
 
 OutputKind = Literal["fit", "labels", "incomplete", "other"]
 

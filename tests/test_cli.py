@@ -116,7 +116,8 @@ def workspace(tmp_path, blobs_store, monkeypatch):
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     monkeypatch.chdir(tmp_path)
     assert (
-        main(["fit", "in.zarr", "--n-clusters", "3", "--seed", "0", "--out", "m.zarr", "--quiet"]) == 0
+        main(["fit", "in.zarr", "--n-clusters", "3", "--seed", "0", "--out", "m.zarr", "--quiet"])
+        == 0
     )
     return tmp_path
 
@@ -237,3 +238,21 @@ def test_elbow_json_and_plot(tmp_path, blobs_store):
     single = KMeans(3, random_state=0).fit(str(blobs_store))
     assert inertia[3] == pytest.approx(single.inertia_, rel=1e-9)
     assert plot.stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("file", "text"),
+    [
+        ("zarr.json", "{broken"),
+        ("zarr.json", "[1]"),
+        ("zarr.json", '{"zarr_format": 3, "node_type": "array"}'),
+    ],
+)
+def test_damaged_metadata_of_the_input_is_named(tmp_path, blobs_store, capsys, file, text):
+    store = tmp_path / "in.zarr"
+    shutil.copytree(blobs_store, store)
+    (store / file).write_text(text)
+    assert main(["fit", str(store), "--n-clusters", "2", "--quiet"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"dkmeans fit: error: damaged Zarr metadata in {store / file} (")
