@@ -3,12 +3,14 @@
 from .cluster import connect
 from .elbow import elbow
 from .estimator import KMeans
+from .exceptions import InvalidParameterError
 from .metrics import silhouette_score
 from .plot import plot_clusters, plot_elbow
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "InvalidParameterError",
     "KMeans",
     "__version__",
     "connect",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
 from .estimator import KMeans
+from .exceptions import InvalidParameterError
 
 
 def elbow(
@@ -28,10 +30,18 @@ def elbow(
         Any other :class:`KMeans` parameter (``init``, ``n_init``, ``max_iter``,
         ``tol``, ``random_state``, ...). With the same ``random_state``, the inertia
         of every k equals that of ``KMeans(n_clusters=k, **kmeans_params).fit(X)``.
+        ``init`` is a method name or a callable (called with every k); explicit
+        centres fix a single k.
 
     Returns
     -------
     dict {k: inertia}, in increasing k.
+
+    Raises
+    ------
+    InvalidParameterError
+        For bad ``k_values`` or KMeans parameters (both a ``ValueError`` and a
+        ``TypeError``), before any work.
 
     Examples
     --------
@@ -42,12 +52,21 @@ def elbow(
     >>> curve[1] > curve[2] > curve[3]
     True
     """
-    ks = sorted({int(k) for k in k_values})
-    if not ks or ks[0] < 1:
-        raise ValueError(f"k_values must be positive integers, got {list(k_values)!r}")
+    given = list(k_values)
+    if not given or not all(isinstance(k, numbers.Integral) and k >= 1 for k in given):
+        raise InvalidParameterError(f"k_values must be positive integers, got {given!r}")
+    ks = sorted({int(k) for k in given})
     if "n_clusters" in kmeans_params:
-        raise TypeError("elbow() takes the numbers of clusters as k_values, not n_clusters")
-    if not isinstance(kmeans_params.get("init", "k-means||"), str):
-        raise ValueError("elbow() needs an init method name; explicit centres fix a single k")
+        raise InvalidParameterError(
+            "elbow() takes the numbers of clusters as k_values, not n_clusters"
+        )
+    unknown = sorted(set(kmeans_params) - set(KMeans().get_params()))
+    if unknown:
+        raise InvalidParameterError(f"elbow() got parameters KMeans does not have: {unknown}")
+    init = kmeans_params.get("init", "k-means||")
+    if not (isinstance(init, str) or callable(init)):
+        raise InvalidParameterError(
+            "elbow() needs an init method name or a callable; explicit centres fix a single k"
+        )
     _, _, results = KMeans(n_clusters=ks[0], **kmeans_params)._fit_many(X, ks, sample_weight)
     return {k: results[k].inertia for k in ks}

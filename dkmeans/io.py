@@ -9,9 +9,7 @@ re-chunked only when blocks are too small to be efficient.
 
 from __future__ import annotations
 
-import json
 import os
-import posixpath
 from typing import Any
 
 import dask.array as da
@@ -19,7 +17,6 @@ import numpy as np
 import zarr
 from dask.base import tokenize
 
-from .fs import filesystem, storage_errors, unparse
 from .readers import DirectChunkReader, NamedChunkReader
 
 #: Block size aimed at when rows must be (re)chunked: large enough that per-task
@@ -35,9 +32,6 @@ def is_lazy_input(X: Any) -> bool:
         "xarray"
     )
 
-
-#: Zarr metadata files (formats 3 and 2) whose presence makes a folder a Zarr node.
-ZARR_METADATA = ("zarr.json", ".zgroup", ".zarray")
 
 #: fsspec protocols that need an optional package, and the extra that installs it.
 CLOUD_PROTOCOLS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
@@ -63,20 +57,14 @@ def open_zarr_array(
         group's arrays).
     ImportError
         If the URL needs a package that is not installed (the message says which).
-    dkmeans.fs.StorageAccessError
-        If an object store refuses the credentials or cannot be reached.
     """
     path = os.fspath(path)
     try:
-        with storage_errors(path):
-            node = zarr.open(store=path, mode="r", storage_options=storage_options)
+        node = zarr.open(store=path, mode="r", storage_options=storage_options)
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as error:
         raise ValueError(_not_found_message(path)) from error
     except ImportError as error:
         raise ImportError(_missing_package_message(path, error)) from error
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        # zarr's reaction to metadata that is not JSON or lacks keys names no file
-        raise ValueError(_damaged_metadata_message(path, error)) from error
     if isinstance(node, zarr.Group):
         names = sorted(name for name, _ in node.arrays())
         if not names:
@@ -98,29 +86,6 @@ def _not_found_message(path: str) -> str:
             "the path of a Zarr array, or write one with dkmeans make-blobs or zarr"
         )
     return f"no Zarr array found at {path!r}: check the path"
-
-
-def _damaged_metadata_message(path: str, error: Exception) -> str:
-    """Name the metadata files of ``path`` that do not parse (or all of them)."""
-    fs, inner = filesystem(path)
-    present = [
-        posixpath.join(inner, name)
-        for name in (*ZARR_METADATA, ".zattrs")
-        if fs.exists(posixpath.join(inner, name))
-    ]
-
-    def parses(file: str) -> bool:
-        try:
-            return isinstance(json.loads(fs.cat_file(file)), dict)
-        except ValueError:
-            return False
-
-    broken = [file for file in present if not parses(file)] or present
-    files = ", ".join(unparse(path, file) for file in broken) or path
-    return (
-        f"damaged Zarr metadata in {files} ({type(error).__name__}: {error}); "
-        "the store was written partly or altered: write it again"
-    )
 
 
 def _missing_package_message(path: str, error: ImportError) -> str:
@@ -207,7 +172,8 @@ def check_data(X: da.Array, *, min_samples: int = 1, merge_rows: bool = True) ->
     ValueError
         For arrays that are not 2-D, are empty, or hold complex values.
     TypeError
-        For non-numeric data (strings, objects).
+        For non-numeric data (strings, objects), or blocks that are not NumPy arrays
+        (sparse matrices).
     """
     if X.ndim != 2:
         raise ValueError(
@@ -223,6 +189,11 @@ def check_data(X: da.Array, *, min_samples: int = 1, merge_rows: bool = True) ->
     if n_features == 0:
         raise ValueError(
             f"Found array with 0 feature(s) (shape={X.shape}) while a minimum of 1 is required."
+        )
+    if not isinstance(X._meta, np.ndarray):
+        raise TypeError(
+            f"X's blocks must be dense NumPy arrays, got {type(X._meta).__name__}: sparse "
+            "data is not supported; densify the blocks, e.g. X.map_blocks(lambda b: b.toarray())"
         )
     kind = X.dtype.kind
     if kind == "c":
@@ -266,10 +237,18 @@ def rechunk_rows(X: da.Array, target_bytes: int = TARGET_BLOCK_BYTES) -> da.Arra
 def check_sample_weight(sample_weight: Any, X: da.Array) -> da.Array | None:
     """Validate sample weights against X; return them chunked like X's rows.
 
+    NumPy weights are checked here. Dask weights are checked here for their length
+    and dtype (from their shape, without reading them), and for their values as
+    every block is read (:func:`check_weight_values`): the error names the block and
+    the first bad row. That lazy weights are not all zero is known only once they
+    have been read; a fit then refuses them after its first pass over X.
+
     Raises
     ------
     ValueError
         For a wrong shape, negative or non-finite values, or all-zero weights.
+    TypeError
+        For weights that are not numbers.
     """
     if sample_weight is None:
         return None
@@ -285,11 +264,51 @@ def check_sample_weight(sample_weight: Any, X: da.Array) -> da.Array | None:
         raise TypeError(f"sample_weight must be numeric, got dtype {weights.dtype}")
     if isinstance(weights, np.ndarray):
         weights = weights.astype(np.float64)
-        if not np.isfinite(weights).all():
-            raise ValueError("sample_weight contains NaN or infinity")
-        if (weights < 0).any():
-            raise ValueError("sample_weight must be non-negative")
+        check_weight_values(weights)
         if not (weights > 0).any():
-            raise ValueError("sample_weight is zero everywhere: at least one sample needs weight")
+            raise ValueError(ZERO_WEIGHTS)
         return da.from_array(weights, chunks=(X.chunks[0],))
-    return weights.astype(np.float64).rechunk((X.chunks[0],))
+    rows = weights.astype(np.float64).rechunk((X.chunks[0],))
+    return rows.map_blocks(_checked_weight_block, dtype=np.float64, meta=np.empty(0))
+
+
+#: The message of weights that are zero everywhere.
+ZERO_WEIGHTS = "sample_weight is zero everywhere: at least one sample needs weight"
+
+
+def check_weight_values(
+    weights: np.ndarray, row_offset: int = 0, block_index: int | None = None
+) -> None:
+    """Raise a ``ValueError`` if weights hold NaN, infinity or negative values.
+
+    Parameters
+    ----------
+    weights : ndarray of shape (rows,)
+    row_offset : int
+        Global index of the first weight (named in the message of a block).
+    block_index : int, optional
+        Position of the block of lazy weights; the message then names the block,
+        its rows and the first bad row.
+    """
+    for bad, problem in (
+        (~np.isfinite(weights), "contains NaN or infinity"),
+        (weights < 0, "must be non-negative"),
+    ):
+        if bad.any():
+            where = (
+                ""
+                if block_index is None
+                else f" in block {block_index} (rows {row_offset} to "
+                f"{row_offset + len(weights) - 1}); first at row "
+                f"{row_offset + int(np.flatnonzero(bad)[0])}"
+            )
+            raise ValueError(f"sample_weight {problem}{where}")
+
+
+def _checked_weight_block(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+    """A block of lazy weights, checked as it is read."""
+    if block_info is not None:
+        check_weight_values(
+            block, block_info[0]["array-location"][0][0], block_info[0]["chunk-location"][0]
+        )
+    return block

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import dask.array as da
 import numpy as np
 from sklearn.metrics import silhouette_score as exact_silhouette_score
 
+from .exceptions import InvalidParameterError
 from .io import check_data, to_dask_array
 
 
@@ -34,13 +36,25 @@ def silhouette_score(
     Returns
     -------
     float in [-1, 1]
+
+    Raises
+    ------
+    InvalidParameterError
+        For a ``sample_size`` that is not None or an int of at least 2 (both a
+        ``ValueError`` and a ``TypeError``).
     """
+    if sample_size is not None and not (
+        isinstance(sample_size, numbers.Integral)
+        and not isinstance(sample_size, bool)
+        and sample_size >= 2
+    ):
+        raise InvalidParameterError(
+            f"sample_size must be None or an int of at least 2, got {sample_size!r}"
+        )
     data = check_data(to_dask_array(X))
     n_samples = data.shape[0]
     if len(labels) != n_samples:
         raise ValueError(f"labels has {len(labels)} entries but X has {n_samples} rows")
-    if sample_size is not None and sample_size < 2:
-        raise ValueError(f"sample_size must be at least 2, got {sample_size}")
     if sample_size is None or sample_size >= n_samples:
         rows = slice(None)
     else:

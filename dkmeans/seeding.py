@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .graph import InMemorySource, RowMemory, Source
+from .io import ZERO_WEIGHTS
 from .lloyd import lloyd, stack_centers
 from .oversampling import (
     BYTES_PER_ROW_AND_RUN,
@@ -30,7 +31,7 @@ from .oversampling import (
     weigh_candidates,
 )
 from .resources import may_remember
-from .sampling import plusplus_trials, smallest_keys
+from .sampling import KeySample, plusplus_trials, smallest_keys
 
 #: Extra k-means|| rounds allowed when the candidates are fewer than k distinct points.
 MAX_EXTRA_ROUNDS = 20
@@ -47,12 +48,28 @@ def _pad(centers: np.ndarray, n_clusters: int) -> np.ndarray:
     return centers[np.arange(n_clusters) % len(centers)]
 
 
+def weighted_draws(source: Source, size: int, seeds: Sequence[int]) -> list[KeySample]:
+    """The first pass of every initialisation: ``size`` distinct rows per seed, drawn
+    with probability proportional to their weight.
+
+    Raises
+    ------
+    ValueError
+        When no row has weight (lazy weights are known to be zero everywhere only once
+        they have been read).
+    """
+    samples = source.map_reduce(smallest_keys, size, np.asarray(seeds))
+    if len(samples[0].rows) == 0:
+        raise ValueError(ZERO_WEIGHTS)
+    return samples
+
+
 def random_centers(
     source: Source, n_clusters: Sequence[int], seeds: Sequence[int]
 ) -> list[np.ndarray]:
     """``n_clusters[r]`` distinct rows for run ``r``, drawn without replacement with
     probability proportional to their weight, all runs in one shared pass."""
-    samples = source.map_reduce(smallest_keys, max(n_clusters), np.asarray(seeds))
+    samples = weighted_draws(source, max(n_clusters), seeds)
     # the k smallest keys of a sample are themselves a sample of size k
     return [_pad(sample.rows[:k], k) for sample, k in zip(samples, n_clusters, strict=True)]
 
@@ -71,7 +88,7 @@ def kmeans_plusplus(
     """
     if n_local_trials is None:
         n_local_trials = 2 + int(np.log(n_clusters))
-    (first,) = source.map_reduce(smallest_keys, 1, np.array([seed]))
+    (first,) = weighted_draws(source, 1, [seed])
     centers = np.empty((0, source.n_features))
     trials = first.rows
     for step in range(n_clusters):
@@ -111,7 +128,7 @@ def kmeans_parallel(
     """
     seeds = np.asarray(seeds)
     oversampling = oversampling_factor * np.asarray(n_clusters, dtype=np.float64)
-    candidates = [sample.rows for sample in source.map_reduce(smallest_keys, 1, seeds)]
+    candidates = [sample.rows for sample in weighted_draws(source, 1, seeds)]
     memory = remembered_nearest(source, len(seeds))
     measured = np.zeros(len(seeds), dtype=np.int64)  # candidates of every run in memory
 

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.exceptions import NotFittedError
 
-from dkmeans import KMeans
+import dkmeans
+from dkmeans import InvalidParameterError, KMeans
 from dkmeans.graph import DaskSource
 from dkmeans.kernels import pass_statistics
 from dkmeans.lloyd import lloyd
@@ -25,21 +26,70 @@ X_SMALL = np.random.default_rng(0).normal(size=(50, 3))
     [
         ({"n_clusters": 0}, "'n_clusters' parameter of KMeans must be an int in the range"),
         ({"n_clusters": 2.5}, "'n_clusters'"),
-        ({"n_init": 0}, "'n_init'"),
+        ({"n_init": 0}, "'n_init' parameter of KMeans must be a str among {'auto'} or an int"),
+        ({"n_init": "sometimes"}, "'n_init'"),
+        ({"n_init": 2.0}, "'n_init'"),
         ({"max_iter": -1}, "'max_iter'"),
         ({"tol": -1.0}, "'tol'"),
         ({"oversampling_factor": 0}, "'oversampling_factor'"),
         ({"init_rounds": 0}, "'init_rounds'"),
         ({"init": "kmeans"}, "'init' parameter of KMeans must be a str among"),
+        ({"init": 3}, "a callable or an array-like"),
+        ({"verbose": "loud"}, "'verbose'"),
+        ({"init": lambda X, k, random_state: X[:k], "checkpoint": "fit.npz"}, "callable init"),
+        ({"n_clusters": 51}, "n_samples=50 should be >= n_clusters=51"),
+        ({"init": np.zeros((2, 2)), "n_clusters": 2}, r"initial centers \(2, 2\)"),
         ({"random_state": "seed"}, "'random_state'"),
         ({"persist": "sometimes"}, "'persist'"),
         ({"checkpoint": 3}, "'checkpoint'"),
     ],
 )
 def test_parameters_are_checked_before_any_work(params, message):
-    with count_computes() as counter, pytest.raises(ValueError, match=message):
+    # as scikit-learn's InvalidParameterError: except ValueError and except TypeError
+    # both catch it
+    with count_computes() as counter, pytest.raises(InvalidParameterError, match=message) as error:
         KMeans(**params).fit(da.from_array(X_SMALL, chunks=10))
     assert counter.computes == 0
+    assert isinstance(error.value, ValueError) and isinstance(error.value, TypeError)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda X: dkmeans.elbow(X, k_values=[0, 2]), "k_values must be positive integers"),
+        (lambda X: dkmeans.elbow(X, k_values=[2.5]), "k_values must be positive integers"),
+        (lambda X: dkmeans.elbow(X, k_values=[]), "k_values must be positive integers"),
+        (lambda X: dkmeans.elbow(X, n_clusters=3), "k_values, not n_clusters"),
+        (lambda X: dkmeans.elbow(X, n_clusterz=3), r"does not have: \['n_clusterz'\]"),
+        (lambda X: dkmeans.elbow(X, init=np.zeros((2, 3))), "explicit centres fix a single k"),
+        (lambda X: dkmeans.elbow(X, n_init=0), "'n_init'"),
+        (lambda X: dkmeans.elbow(X, k_values=[2, 51]), "n_samples=50 should be >= n_clusters=51"),
+        (lambda X: dkmeans.silhouette_score(X, np.zeros(50), sample_size=1), "sample_size"),
+        (lambda X: dkmeans.silhouette_score(X, np.zeros(50), sample_size="all"), "sample_size"),
+    ],
+)
+def test_elbow_and_silhouette_parameters(call, message):
+    with count_computes() as counter, pytest.raises(InvalidParameterError, match=message):
+        call(da.from_array(X_SMALL, chunks=10))
+    assert counter.computes == 0
+
+
+def test_callable_init_giving_a_wrong_shape_is_refused():
+    with pytest.raises(InvalidParameterError, match=r"initial centers \(3, 3\).*\(2, 3\)"):
+        KMeans(2, init=lambda X, k, random_state: X[:3]).fit(X_SMALL)
+
+
+def test_sparse_input_is_refused_with_a_clear_type_error():
+    sparse = pytest.importorskip("scipy.sparse")
+    X = sparse.random(50, 3, density=0.5, format="csr", random_state=0)
+    with pytest.raises(TypeError, match="dense data is required"):
+        KMeans(2).fit(X)
+    with pytest.raises(TypeError, match="must be dense NumPy arrays, got csr_matrix"):
+        KMeans(2).fit(da.from_array(X, chunks=(10, 3), asarray=False))
+    fitted = KMeans(2, random_state=0).fit(X.toarray())
+    for method in (fitted.predict, fitted.transform, fitted.score):
+        with pytest.raises(TypeError, match="dense data is required"):
+            method(X)
 
 
 @pytest.mark.parametrize(
@@ -78,6 +128,51 @@ def test_more_clusters_than_samples():
 def test_bad_sample_weight(weights, message):
     with pytest.raises(ValueError, match=message):
         KMeans(2).fit(da.from_array(X_SMALL, chunks=10), sample_weight=weights)
+
+
+@pytest.mark.parametrize("lazy_x", [False, True])
+@pytest.mark.parametrize("init", ["k-means||", "k-means++", "random", X_SMALL[:2]])
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        # the error names the block as X is cut (here: one block) and the first bad row
+        (-np.ones(50), r"non-negative in block 0 \(rows 0 to 49\); first at row 0$"),
+        (np.r_[np.ones(23), np.nan, np.ones(26)], r"NaN or infinity in block 0 .*first at row 23$"),
+        (np.r_[np.ones(49), np.inf], r"NaN or infinity in block 0 .*first at row 49$"),
+        (np.r_[np.ones(31), -1e-9, np.ones(18)], r"non-negative in block 0 .*first at row 31$"),
+        (np.zeros(50), "zero everywhere"),
+    ],
+)
+def test_bad_lazy_sample_weight_is_refused_as_it_is_read(weights, message, init, lazy_x):
+    X = da.from_array(X_SMALL, chunks=(10, -1)) if lazy_x else X_SMALL
+    with pytest.raises(ValueError, match=message):
+        KMeans(2, init=init, persist=False).fit(X, sample_weight=da.from_array(weights, chunks=7))
+
+
+def test_lazy_sample_weight_of_a_wrong_length_is_refused_before_any_work():
+    for weights in (da.ones(49, chunks=10), da.ones((50, 1), chunks=10)):
+        with count_computes() as counter, pytest.raises(ValueError, match="one weight per sample"):
+            KMeans(2).fit(da.from_array(X_SMALL, chunks=10), sample_weight=weights)
+        assert counter.computes == 0
+    with pytest.raises(ValueError, match=r"sample_weight contains NaN or infinity in block 0"):
+        KMeans(2).fit(X_SMALL).score(X_SMALL, sample_weight=da.full(50, np.nan, chunks=25))
+
+
+def test_bad_lazy_sample_weight_is_named_by_the_block_of_x(monkeypatch):
+    monkeypatch.setattr(dkmeans.io, "MERGE_BELOW", 0)  # X's blocks of 10 rows are kept
+    weights = da.from_array(np.r_[np.ones(33), -2.0, np.ones(16)], chunks=7)
+    with pytest.raises(
+        ValueError, match=r"must be non-negative in block 3 \(rows 30 to 39\); first at row 33$"
+    ):
+        KMeans(2, persist=False).fit(da.from_array(X_SMALL, chunks=(10, -1)), sample_weight=weights)
+
+
+def test_valid_lazy_sample_weight_gives_the_numpy_weights_result():
+    weights = np.random.default_rng(2).uniform(0, 2, 50)
+    lazy = KMeans(3, random_state=0).fit(X_SMALL, sample_weight=da.from_array(weights, chunks=9))
+    eager = KMeans(3, random_state=0).fit(X_SMALL, sample_weight=weights)
+    np.testing.assert_array_equal(lazy.cluster_centers_, eager.cluster_centers_)
+    assert lazy.inertia_ == eager.inertia_
 
 
 def test_bad_init_array():
