@@ -9,7 +9,9 @@ re-chunked only when blocks are too small to be efficient.
 
 from __future__ import annotations
 
+import json
 import os
+import posixpath
 from typing import Any
 
 import dask.array as da
@@ -17,6 +19,7 @@ import numpy as np
 import zarr
 from dask.base import tokenize
 
+from .fs import filesystem, storage_errors, unparse
 from .readers import DirectChunkReader, NamedChunkReader
 
 #: Block size aimed at when rows must be (re)chunked: large enough that per-task
@@ -32,6 +35,9 @@ def is_lazy_input(X: Any) -> bool:
         "xarray"
     )
 
+
+#: Zarr metadata files (formats 3 and 2) whose presence makes a folder a Zarr node.
+ZARR_METADATA = ("zarr.json", ".zgroup", ".zarray")
 
 #: fsspec protocols that need an optional package, and the extra that installs it.
 CLOUD_PROTOCOLS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
@@ -57,14 +63,20 @@ def open_zarr_array(
         group's arrays).
     ImportError
         If the URL needs a package that is not installed (the message says which).
+    dkmeans.fs.StorageAccessError
+        If an object store refuses the credentials or cannot be reached.
     """
     path = os.fspath(path)
     try:
-        node = zarr.open(store=path, mode="r", storage_options=storage_options)
+        with storage_errors(path):
+            node = zarr.open(store=path, mode="r", storage_options=storage_options)
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as error:
         raise ValueError(_not_found_message(path)) from error
     except ImportError as error:
         raise ImportError(_missing_package_message(path, error)) from error
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        # zarr's reaction to metadata that is not JSON or lacks keys names no file
+        raise ValueError(_damaged_metadata_message(path, error)) from error
     if isinstance(node, zarr.Group):
         names = sorted(name for name, _ in node.arrays())
         if not names:
@@ -86,6 +98,29 @@ def _not_found_message(path: str) -> str:
             "the path of a Zarr array, or write one with dkmeans make-blobs or zarr"
         )
     return f"no Zarr array found at {path!r}: check the path"
+
+
+def _damaged_metadata_message(path: str, error: Exception) -> str:
+    """Name the metadata files of ``path`` that do not parse (or all of them)."""
+    fs, inner = filesystem(path)
+    present = [
+        posixpath.join(inner, name)
+        for name in (*ZARR_METADATA, ".zattrs")
+        if fs.exists(posixpath.join(inner, name))
+    ]
+
+    def parses(file: str) -> bool:
+        try:
+            return isinstance(json.loads(fs.cat_file(file)), dict)
+        except ValueError:
+            return False
+
+    broken = [file for file in present if not parses(file)] or present
+    files = ", ".join(unparse(path, file) for file in broken) or path
+    return (
+        f"damaged Zarr metadata in {files} ({type(error).__name__}: {error}); "
+        "the store was written partly or altered: write it again"
+    )
 
 
 def _missing_package_message(path: str, error: ImportError) -> str:
