@@ -158,7 +158,10 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     ``get_feature_names_out`` gives ``["kmeans0", "kmeans1", ...]`` (the columns of
     ``transform``), so that ``set_output(transform="pandas")`` works, alone and in a
     ``Pipeline``; a pandas or polars output is in memory, so Dask input is computed
-    there. Sparse input is refused with a ``TypeError``.
+    there. Sparse input is refused with a ``TypeError``. ``transform`` keeps the
+    floating dtype of its input: float32 rows give float32 distances even after a
+    float64 fit, where scikit-learn upcasts to float64 (the values agree to float32
+    rounding, at half the memory of the (n_samples, n_clusters) result).
 
     See Also
     --------
