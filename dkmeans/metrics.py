@@ -64,4 +64,8 @@ def silhouette_score(
     sample_labels = labels[rows]
     if isinstance(sample_labels, da.Array) or isinstance(points, da.Array):
         points, sample_labels = da.compute(points, sample_labels)
-    return float(exact_silhouette_score(np.asarray(points), np.asarray(sample_labels)))
+    # scikit-learn's distances expand ||x||² - 2x·y + ||y||², which cancels far from the
+    # origin: the silhouette does not move with the data, so score it around its mean
+    points = np.asarray(points, dtype=np.float64)
+    points -= points.mean(axis=0)
+    return float(exact_silhouette_score(points, np.asarray(sample_labels)))
