@@ -24,7 +24,6 @@ from sklearn.base import (
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
-from threadpoolctl import threadpool_limits
 
 from .checkpoint import Checkpoint
 from .exceptions import InvalidParameterError
@@ -41,7 +40,7 @@ from .graph import DaskSource, InMemorySource, Source
 from .io import check_data, check_sample_weight, is_lazy_input, to_dask_array
 from .kernels import center_distances, nearest_centers, pass_statistics
 from .lloyd import IterationReport, LloydResult, lloyd
-from .resources import blas_threads, client_active, local_threads, should_persist
+from .resources import client_active, limit_blas, local_threads, should_persist
 from .seeding import initial_centers
 
 Init = Literal["k-means||", "k-means++", "random"]
@@ -328,21 +327,20 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         -------
         self : KMeans
         """
-        data, in_memory, results = self._fit_many(X, [self.n_clusters], sample_weight)
-        self._store_result(results[self.n_clusters], data, in_memory)
+        data, array, results = self._fit_many(X, [self.n_clusters], sample_weight)
+        self._store_result(results[self.n_clusters], data, array)
         return self
 
     def _fit_many(
         self, X: Any, k_values: list[int], sample_weight: Any
-    ) -> tuple[da.Array, bool, dict[int, LloydResult]]:
+    ) -> tuple[da.Array, np.ndarray | None, dict[int, LloydResult]]:
         """Fit every k of ``k_values`` (``n_init`` runs each) with shared passes.
 
-        Returns the validated data, whether it came in as NumPy, and the best run of
-        every k.
+        Returns the validated data, the validated NumPy array if it came in as NumPy,
+        and the best run of every k (centres in the user's frame).
         """
         self._validate_params()
         data, array = self._check_X(X, reset=True)
-        in_memory = array is not None
         n_samples, n_features = data.shape
         for k in k_values:
             if n_samples < k:
@@ -350,14 +348,14 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         init = self._check_init(n_features)
         n_init = self._n_runs()
         weights = check_sample_weight(sample_weight, data)
-        if in_memory:
+        if array is not None:
             check_values(array)
         checkpoint = self._open_checkpoint(data, array, weights, k_values)
         saved = None if checkpoint is None else checkpoint.load()
         source = make_source(data, array, weights, persist=self.persist)
         source.shift = shift = choose_shift(_usable(source.head(SAMPLE_ROWS)), data.dtype)
         self._shift = shift
-        with threadpool_limits(limits=blas_threads(), user_api="blas"):
+        with limit_blas():
             if saved is None:
                 seeds = self._seeds(n_init)
                 given = data if array is None else array
@@ -385,7 +383,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             k: replace(result, centers=centers_in_user_frame(result.centers, shift))
             for k, result in best.items()
         }
-        return data, in_memory, in_user_frame
+        return data, array, in_user_frame
 
     def _initial_centers(
         self,
@@ -455,13 +453,12 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             file=sys.stderr,
         )
 
-    def _store_result(self, result: LloydResult, data: da.Array, in_memory: bool) -> None:
+    def _store_result(self, result: LloydResult, data: da.Array, array: np.ndarray | None) -> None:
         self.cluster_centers_ = result.centers.astype(data.dtype)
         self.inertia_ = result.inertia
         self.n_iter_ = result.n_iter
-        labels = self._labels(data)
         # NumPy in: computed here on threads, even when a distributed client is active
-        self.labels_ = labels.compute(scheduler="threads") if in_memory else labels
+        self.labels_ = self._labels(data, array)
         distinct = int(np.count_nonzero(result.counts))
         if distinct < self.n_clusters:
             warnings.warn(
@@ -482,19 +479,28 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         return None if shift is None else shift.astype(dtype)
 
     def _map_rows(
-        self, kernel: Callable[..., np.ndarray], data: da.Array, *, check: bool, **map_kwargs: Any
-    ) -> da.Array:
-        """``kernel(rows, centres)`` over the blocks of ``data``, in the fit's frame; with
-        ``check``, every block's values are checked as it is read."""
+        self,
+        kernel: Callable[..., np.ndarray],
+        data: da.Array,
+        array: np.ndarray | None,
+        **map_kwargs: Any,
+    ) -> np.ndarray | da.Array:
+        """``kernel(rows, centres)`` over the rows, in the fit's frame: NumPy for NumPy
+        ``array`` (checked here, computed block by block on threads); else a lazy Dask
+        array whose blocks are checked as they are read."""
         shift = self._shift_for(data.dtype)
         centers = centers_in_frame(self.cluster_centers_, shift)
-        return data.map_blocks(_in_frame, kernel, centers, shift, check, **map_kwargs)
+        if array is None:
+            return data.map_blocks(_in_frame, kernel, centers, shift, True, **map_kwargs)
+        check_values(array)
+        source = make_source(data, array, None, shift=shift)
+        return np.concatenate(source.map_blocks(_rows_kernel, kernel, centers))
 
-    def _labels(self, data: da.Array, *, check: bool = False) -> da.Array:
+    def _labels(self, data: da.Array, array: np.ndarray | None) -> np.ndarray | da.Array:
         return self._map_rows(
             _nearest_labels,
             data,
-            check=check,
+            array,
             drop_axis=1,
             dtype=np.int32,
             meta=np.empty(0, np.int32),
@@ -503,22 +509,19 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     def predict(self, X: Any, sample_weight: Any = None) -> np.ndarray | da.Array:
         """Index of the nearest centre of every sample (NumPy in, NumPy out; else lazy Dask)."""
         check_is_fitted(self)
-        data, array = self._check_X(X, reset=False)
-        labels = self._labels(data, check=True)
-        return labels if array is None else labels.compute(scheduler="threads")
+        return self._labels(*self._check_X(X, reset=False))
 
     def transform(self, X: Any) -> np.ndarray | da.Array:
         """Euclidean distance of every sample to every centre, shape (n_samples, n_clusters)."""
         check_is_fitted(self)
         data, array = self._check_X(X, reset=False)
-        distances = self._map_rows(
+        return self._map_rows(
             center_distances,
             data,
-            check=True,
+            array,
             chunks=(data.chunks[0], (self.n_clusters,)),
             dtype=data.dtype,
         )
-        return distances if array is None else distances.compute(scheduler="threads")
 
     def fit_predict(
         self, X: Any, y: Any = None, sample_weight: Any = None
@@ -553,9 +556,15 @@ def _checked_centers(centers: Any, k: int, n_features: int) -> np.ndarray:
     :class:`InvalidParameterError` naming what is wrong."""
     centers = np.asarray(centers, dtype=np.float64)
     if centers.shape != (k, n_features):
+        # scikit-learn's wording, so that code matching its messages works with dkmeans
+        mismatch = (
+            f"the number of clusters {k}"
+            if centers.ndim != 2 or len(centers) != k
+            else f"the number of features of the data {n_features}"
+        )
         raise InvalidParameterError(
-            f"The shape of the initial centers {centers.shape} does not match the number of "
-            f"clusters and features: expected ({k}, {n_features})."
+            f"The shape of the initial centers {centers.shape} does not match {mismatch}: "
+            f"expected ({k}, {n_features})."
         )
     if not np.isfinite(centers).all():
         raise InvalidParameterError("The initial centers contain NaN or infinity.")
@@ -622,12 +631,19 @@ def _in_frame(
     check: bool,
     block_info: dict | None = None,
 ) -> np.ndarray:
-    """``kernel`` on one block in the frame of ``shift``, after checking the block's
-    values when ``check`` (lazy data is checked as it is read)."""
+    """``kernel`` on one block of lazy data in the frame of ``shift``, after checking
+    the block's values when ``check`` (lazy data is checked as it is read)."""
     if check:
         where = block_info[0]
         check_values(block, where["array-location"][0][0], where["chunk-location"][0])
     return kernel(shifted(block, shift), centers)
+
+
+def _rows_kernel(
+    block: np.ndarray, weights: Any, row_offset: int, block_index: int, kernel, centers
+) -> np.ndarray:
+    """``kernel(block, centers)`` with a source's kernel signature."""
+    return kernel(block, centers)
 
 
 def _nearest_labels(block: np.ndarray, centers: np.ndarray) -> np.ndarray:

@@ -33,6 +33,8 @@ from dask.highlevelgraph import HighLevelGraph
 from dask.utils import funcname
 
 from .frame import check_values, shifted
+from .watch import Blocks, check_worker_memory, distributed_client
+from .watch import compute as watched_compute
 
 #: Fan-in of the tree reduction.
 SPLIT_EVERY = 8
@@ -195,7 +197,9 @@ class InMemorySource:
             remaining -= len(parts[-1])
         return np.concatenate(parts)
 
-    def map_reduce(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def map_blocks(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
+        """``kernel`` on every block (in the source's frame), on the pool of threads; the
+        results in block order."""
         kernel = prepared_kernel(kernel, self.shift, self.check_finite and self.passes == 0)
 
         def block_result(i: int) -> Any:
@@ -204,9 +208,11 @@ class InMemorySource:
 
         blocks = range(len(self.blocks))
         if self.threads > 1 and len(blocks) > 1:
-            parts = list(_pool(self.threads).map(block_result, blocks))
-        else:
-            parts = [block_result(i) for i in blocks]
+            return list(_pool(self.threads).map(block_result, blocks))
+        return [block_result(i) for i in blocks]
+
+    def map_reduce(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        parts = self.map_blocks(kernel, *args, **kwargs)
         while len(parts) > 1:  # the tree of DaskSource.graph, level by level
             parts = [combine_all(group) for group in tree_level(parts, self.split_every)]
         self.passes += 1
@@ -279,6 +285,14 @@ class DaskSource:
         Check every block's values during the first pass.
     shift : ndarray of shape (d,), optional
         Kernels see every block minus ``shift`` (:mod:`dkmeans.frame`).
+
+    Raises
+    ------
+    dkmeans.watch.WorkerMemoryError
+        On a distributed client whose workers cannot hold a block (before any work), or
+        whose workers keep dying or stay paused during a pass.
+    dkmeans.watch.SchedulerLostError
+        When the client loses the scheduler.
     """
 
     def __init__(
@@ -303,6 +317,10 @@ class DaskSource:
         self.check_finite = check_finite
         self.shift = shift
         self.row_offsets = row_offsets(x.chunks[0])
+        self.blocks = Blocks.of(x)
+        client = distributed_client(x)
+        if client is not None:
+            check_worker_memory(client, self.blocks)
 
     @property
     def in_process(self) -> bool:
@@ -357,12 +375,21 @@ class DaskSource:
         graph = HighLevelGraph.from_collections(name, layer, dependencies=dependencies)
         return Delayed(level[0], graph, layer=name)
 
+    def compute(self, collection: Any, what: str) -> Any:
+        """``collection`` computed; on a distributed client, with its workers watched
+        (:func:`dkmeans.watch.compute`) so that a pass fails instead of waiting forever."""
+        client = distributed_client(self.x)
+        if client is None:
+            return dask.compute(collection)[0]
+        return watched_compute(client, collection, self.blocks, what)
+
     def head(self, n_rows: int) -> np.ndarray:
-        return self.x[:n_rows].compute()
+        return self.compute(self.x[:n_rows], f"the read of the first {n_rows} rows")
 
     def map_reduce(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         kernel = prepared_kernel(kernel, self.shift, self.check_finite and self.passes == 0)
-        (result,) = dask.compute(self.graph(kernel, *args, **kwargs))
+        what = f"pass {self.passes + 1} ({kernel_name(kernel)})"
+        result = self.compute(self.graph(kernel, *args, **kwargs), what)
         self.passes += 1
         if self.on_pass is not None:
             self.on_pass(self.passes)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import Literal
+from typing import Any, Literal
 
 import dask
 import dask.array as da
 import psutil
+from threadpoolctl import ThreadpoolController
 
 #: "auto" persists X when it takes under this fraction of the memory available.
 PERSIST_FRACTION = 0.5
@@ -60,6 +62,18 @@ def blas_threads() -> int:
     if _client() is not None:
         return cores  # tasks run on workers; their own settings apply there
     return max(1, cores // local_threads())
+
+
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    # finding the loaded libraries costs 10-15 ms (a small fit's whole time): once
+    return ThreadpoolController()
+
+
+def limit_blas() -> Any:
+    """A context in which BLAS runs :func:`blas_threads` threads (the libraries loaded
+    when it is first called)."""
+    return _blas_controller().limit(limits=blas_threads(), user_api="blas")
 
 
 def may_remember(in_process: bool, n_bytes: int) -> bool:
