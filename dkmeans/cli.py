@@ -396,7 +396,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if message is None or args.debug:
             raise
         print(f"dkmeans {args.command}: error: {message}", file=sys.stderr)
+        # requests the failed operation left pending (zarr reads metadata files
+        # concurrently) are collected at exit: their errors repeat this one
+        sys.unraisablehook = _ignore_unraisable
         return 2
+
+
+def _ignore_unraisable(unraisable: Any) -> None:
+    """Drop errors of objects collected after the command's error was reported."""
 
 
 if __name__ == "__main__":
