@@ -84,9 +84,18 @@ def import_extra(module: str, purpose: str, extra: str) -> ModuleType:
 # factories ----------------------------------------------------------------------------
 
 
+#: Where a local cluster's dashboard listens when the config names no host.
+LOCAL_DASHBOARD = "127.0.0.1:8787"
+
+
 def _start_local(options: dict[str, Any]) -> Client:
     # the client starts the LocalCluster itself, so closing the client stops it
-    return Client(**options)
+    address = options.get("dashboard_address", LOCAL_DASHBOARD)
+    if isinstance(address, str) and address.startswith(":"):
+        # Dask binds ":8787" to every interface; the dashboard (which can run code on
+        # the cluster) stays on this machine unless the config names a host
+        address = f"127.0.0.1{address}"
+    return Client(**{**options, "dashboard_address": address})
 
 
 def client_security(options: Mapping[str, Any]) -> Security | None:

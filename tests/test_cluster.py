@@ -210,6 +210,14 @@ def test_local_file_gives_a_working_client(local_client: Client) -> None:
     assert total == 999 * 1000 // 2
 
 
+def test_local_dashboard_listens_on_this_machine_only(local_client: Client) -> None:
+    """local.yaml says ":8787" (here ":0"): no host, so 127.0.0.1, as the link says."""
+    server = local_client.cluster.scheduler.http_server
+    hosts = {sock.getsockname()[0] for sock in server._sockets.values()}
+    assert hosts == {"127.0.0.1"}
+    assert local_client.dashboard_link.startswith("http://127.0.0.1:")
+
+
 def test_scheduler_kind_connects_to_a_running_scheduler(local_client: Client) -> None:
     config = {"kind": "scheduler", "address": local_client.scheduler.address, "timeout": "10s"}
     with connect(config) as client:
