@@ -8,6 +8,7 @@ from their files into the block.
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 from pathlib import Path
 
@@ -140,11 +141,11 @@ class DirectChunkReader(NamedChunkReader):
         try:
             with open(Path(self.array.store.root, self.array.path, key), "rb", buffering=0) as file:
                 if self.zstd is None:
+                    size = os.fstat(file.fileno()).st_size  # Zarr refuses any other size too
+                    if size != chunk_bytes:
+                        raise self._damaged(key, f"it holds {size} bytes, not {chunk_bytes}")
                     file.seek(offset)
-                    read = file.readinto(memoryview(target).cast("B"))
-                    if read != target.nbytes:
-                        detail = f"it holds {offset + read} bytes, not {chunk_bytes}"
-                        raise self._damaged(key, detail)
+                    file.readinto(memoryview(target).cast("B"))
                     return
                 encoded = file.read()
         except FileNotFoundError:  # never written: the fill value (Zarr 2's None reads as 0)

@@ -306,3 +306,22 @@ def test_streaming_fit_leaves_the_input_untouched(tmp_path, data):
     km = KMeans(3, random_state=0, persist=False).fit(str(path))
     km.labels_.compute()
     assert tree_digest(path) == before
+
+
+@pytest.mark.parametrize("change", ["trailing bytes", "truncated"])
+def test_raw_chunk_of_the_wrong_size_is_refused(tmp_path, data, change):
+    """As Zarr refuses it; a deleted chunk reads as the fill value, as in Zarr."""
+    path = tmp_path / "x.zarr"
+    zarr.create_array(store=str(path), data=data, chunks=(20, 3), compressors=None)
+    chunk = path / "c" / "3" / "0"
+    stored = chunk.read_bytes()
+    chunk.write_bytes(stored + b"\0" * 8 if change == "trailing bytes" else stored[:-8])
+    size = 240 + 8 if change == "trailing bytes" else 240 - 8
+    with pytest.raises(ChunkReadError, match=f"chunk c/3/0 .* it holds {size} bytes, not 240"):
+        to_dask_array(str(path)).compute()
+    with pytest.raises(ValueError):
+        zarr.open_array(str(path), mode="r")[...]
+    chunk.unlink()
+    filled = to_dask_array(str(path)).compute()
+    np.testing.assert_array_equal(filled[60:80], 0)
+    np.testing.assert_array_equal(filled[:60], data[:60])
