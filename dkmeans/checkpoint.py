@@ -85,9 +85,13 @@ class Checkpoint:
             If the checkpoint belongs to other parameters or other data.
         CheckpointError
             If the file is not a readable checkpoint or holds impossible values.
+        PermissionError
+            If a local checkpoint's folder cannot be written: found here, before the
+            fit's first pass, not when the first pass is saved.
         """
         if not is_url(self.path):
             local = Path(self.path)
+            self._check_writable(local)
             for stale in local.parent.glob(f".{local.name}.*.tmp"):
                 stale.unlink(missing_ok=True)  # left by a fit killed while saving
         with storage_errors(self.path):
@@ -98,6 +102,19 @@ class Checkpoint:
         arrays = self._read_arrays(raw)
         header = self._read_header(arrays.pop("header", None))
         return self._state(header, arrays)
+
+    def _temporary(self, local: Path) -> Path:
+        return local.with_name(f".{local.name}.{os.getpid()}.tmp")
+
+    def _check_writable(self, local: Path) -> None:
+        try:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            self._temporary(local).touch()
+            self._temporary(local).unlink()
+        except OSError as error:
+            raise PermissionError(
+                f"cannot write checkpoint {self.path}: {error.strerror or error} ({local.parent})"
+            ) from error
 
     def _read_arrays(self, raw: bytes) -> dict[str, np.ndarray]:
         if not raw:
@@ -246,7 +263,7 @@ class Checkpoint:
             return
         local = Path(self.path)
         local.parent.mkdir(parents=True, exist_ok=True)
-        temporary = local.with_name(f".{local.name}.{os.getpid()}.tmp")
+        temporary = self._temporary(local)
         with open(temporary, "wb") as file:
             np.savez(file, **arrays)
             file.flush()

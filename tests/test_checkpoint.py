@@ -107,12 +107,20 @@ def small_store(tmp_path_factory):
 PARAMS = {"n_clusters": 4, "random_state": 1, "max_iter": 3, "tol": 0, "persist": False}
 
 
-@pytest.fixture
-def saved(small_store, tmp_path):
-    """A valid checkpoint of a finished 3-iteration fit, and its fit."""
-    checkpoint = tmp_path / "fit.npz"
+@pytest.fixture(scope="module")
+def finished(small_store, tmp_path_factory):
+    """The bytes of the checkpoint of a finished 3-iteration fit, and the fit."""
+    checkpoint = tmp_path_factory.mktemp("finished") / "fit.npz"
     km = KMeans(**PARAMS, checkpoint=checkpoint).fit(small_store)
-    return checkpoint, km
+    return checkpoint.read_bytes(), km
+
+
+@pytest.fixture
+def saved(finished, tmp_path):
+    """A copy of that checkpoint for the test to spoil, and the fit."""
+    checkpoint = tmp_path / "fit.npz"
+    checkpoint.write_bytes(finished[0])
+    return checkpoint, finished[1]
 
 
 def rewrite(path, change) -> None:
@@ -213,3 +221,11 @@ def test_checkpoint_at_a_url(small_store, saved, tmp_path, monkeypatch):
     np.testing.assert_array_equal(again.cluster_centers_, first.cluster_centers_)
     np.testing.assert_array_equal(first.cluster_centers_, saved[1].cluster_centers_)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.npz"]  # no ./memory: folder
+
+
+def test_checkpoint_that_cannot_be_written_is_refused_before_any_work(small_store, tmp_path):
+    (tmp_path / "file").write_text("x")
+    checkpoint = tmp_path / "file" / "fit.npz"
+    with pytest.raises(PermissionError, match=f"cannot write checkpoint {checkpoint}"):
+        KMeans(**PARAMS, checkpoint=checkpoint, init="random").fit(small_store)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
