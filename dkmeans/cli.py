@@ -373,9 +373,10 @@ URL_ARGUMENTS = ("store", "model", "out", "checkpoint")
 def error_message(error: BaseException) -> str | None:
     """The one line reporting a user error, or None for a bug (shown as a traceback)."""
     from .fs import describe_storage_error
+    from .watch import ClusterError
 
     message = describe_storage_error(error)
-    if message is None and isinstance(error, USER_ERRORS):
+    if message is None and isinstance(error, (*USER_ERRORS, ClusterError)):
         message = str(error) or type(error).__name__
     return None if message is None else " ".join(message.split())
 
@@ -396,9 +397,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if message is None or args.debug:
             raise
         print(f"dkmeans {args.command}: error: {message}", file=sys.stderr)
-        # requests the failed operation left pending (zarr reads metadata files
-        # concurrently) are collected at exit: their errors repeat this one
-        sys.unraisablehook = _ignore_unraisable
+        if argv is None:
+            # the process ends now; requests the failed operation left pending (zarr
+            # reads metadata files concurrently) are collected at exit, and their
+            # errors would repeat this one as tracebacks
+            sys.unraisablehook = _ignore_unraisable
         return 2
 
 
