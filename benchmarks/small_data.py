@@ -63,7 +63,7 @@ def main() -> None:
         }
         times: dict[str, list[float]] = {peer: [] for peer in fits}
         inertia: dict[str, list[float]] = {peer: [] for peer in fits}
-        for peer, fit in fits.items():
+        for fit in fits.values():
             fit(0)  # warm-up: numba's cache, imports
         for seed in range(args.repeats):
             for peer, fit in fits.items():
