@@ -255,8 +255,11 @@ def prepared_kernel(
     kernel: Callable[..., Any], shift: np.ndarray | None, check: bool
 ) -> Callable[..., Any]:
     """``kernel`` as a source runs it: in the frame of ``shift``, after checking the
-    block's values when ``check``."""
-    if shift is not None:
+    block's values when ``check``. A kernel with a true ``takes_shift`` attribute gets
+    ``shift=`` and applies it itself; any other sees every block minus ``shift``."""
+    if shift is not None and getattr(kernel, "takes_shift", False):
+        kernel = partial(kernel, shift=shift)  # it shifts its cached sub-blocks itself
+    elif shift is not None:
         kernel = Shifted(kernel, shift)
     return FiniteChecked(kernel) if check else kernel
 
