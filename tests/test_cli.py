@@ -107,19 +107,25 @@ def test_human_summary_and_refusal_to_overwrite(tmp_path, blobs_store):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.zarr", "state.npz"]
 
 
+@pytest.fixture(scope="module")
+def workspace_template(tmp_path_factory, blobs_store):
+    """A copy of the blobs store, a fit result of it and a folder of files."""
+    folder = tmp_path_factory.mktemp("workspace")
+    shutil.copytree(blobs_store, folder / "in.zarr")
+    (folder / "mine").mkdir()
+    (folder / "mine" / "notes.txt").write_text("mine")
+    args = ["fit", str(folder / "in.zarr"), "--n-clusters", "3", "--seed", "0", "--quiet"]
+    assert main([*args, "--out", str(folder / "m.zarr")]) == 0
+    return folder
+
+
 @pytest.fixture
-def workspace(tmp_path, blobs_store, monkeypatch):
-    """A folder holding a copy of the blobs store, a fit result and a folder of files;
-    the current directory during the test."""
-    shutil.copytree(blobs_store, tmp_path / "in.zarr")
-    (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "notes.txt").write_text("mine")
-    monkeypatch.chdir(tmp_path)
-    assert (
-        main(["fit", "in.zarr", "--n-clusters", "3", "--seed", "0", "--out", "m.zarr", "--quiet"])
-        == 0
-    )
-    return tmp_path
+def workspace(tmp_path, workspace_template, monkeypatch):
+    """A copy of the template: the current directory during the test."""
+    folder = tmp_path / "workspace"
+    shutil.copytree(workspace_template, folder)
+    monkeypatch.chdir(folder)
+    return folder
 
 
 def listing(folder) -> list[str]:

@@ -92,7 +92,7 @@ def s3():
     zarr.create_array(
         store=INPUT,
         data=data,
-        chunks=(100, 3),
+        chunks=(300, 3),
         storage_options={**options, "endpoint_url": endpoint},
     )
     try:
@@ -111,7 +111,9 @@ def env(s3, monkeypatch):
     for name, value in s3.env.items():
         monkeypatch.setenv(name, value)
     s3fs.S3FileSystem.clear_instance_cache()
+    before = digest(s3.fs, f"{BUCKET}/in.zarr")
     yield s3
+    assert digest(s3.fs, f"{BUCKET}/in.zarr") == before  # every command left the input alone
     conf.clear()
     conf.update(saved)
     s3fs.S3FileSystem.clear_instance_cache()
@@ -148,7 +150,6 @@ def run(*args: str) -> tuple[int, list[str]]:
 
 def test_fit_and_predict_from_s3_to_s3(s3, env, tmp_path):
     """The command as a user runs it, credentials and endpoint from the environment."""
-    before = digest(s3.fs, f"{BUCKET}/in.zarr")
     command = [sys.executable, "-m", "dkmeans.cli"]
     fit = subprocess.run(
         [*command, "fit", INPUT, "--n-clusters", "3", "--seed", "0", "--json", "--quiet"]
@@ -164,15 +165,13 @@ def test_fit_and_predict_from_s3_to_s3(s3, env, tmp_path):
     labels = zarr.open_array(f"s3://{BUCKET}/l.zarr", mode="r")
     result = zarr.open_group(f"s3://{BUCKET}/r.zarr", mode="r")
     np.testing.assert_array_equal(labels[...], result["labels"][...])
-    assert labels.attrs["dkmeans_result"] == "labels" and labels.chunks == (100,)
+    assert labels.attrs["dkmeans_result"] == "labels" and labels.chunks == (300,)
     assert bucket(s3) == ["in.zarr", "l.zarr", "r.zarr"]  # no claim, no temporary
     assert not s3.fs.exists(f"{BUCKET}/r.zarr/.dkmeans-incomplete")
-    assert digest(s3.fs, f"{BUCKET}/in.zarr") == before
     assert list(tmp_path.iterdir()) == []
 
 
 def test_s3_output_is_replaced_only_when_it_is_a_dkmeans_result(s3, env):
-    before = digest(s3.fs, f"{BUCKET}/in.zarr")
     out = f"s3://{BUCKET}/r.zarr"
     assert run("fit", INPUT, "--n-clusters", "3", "--seed", "0", "--out", out)[0] == 0
     assert run("fit", INPUT, "--n-clusters", "2", "--out", out) == (
@@ -192,7 +191,6 @@ def test_s3_output_is_replaced_only_when_it_is_a_dkmeans_result(s3, env):
         status, err = run("fit", INPUT, "--n-clusters", "2", "--out", target, "--overwrite")
         assert status == 2 and len(err) == 1 and message in err[0], err
     assert s3.fs.cat_file(f"{BUCKET}/other/notes.txt") == b"mine"
-    assert digest(s3.fs, f"{BUCKET}/in.zarr") == before
 
 
 def test_interrupted_s3_write_is_refused_by_predict_and_repaired(s3, env):
@@ -201,8 +199,13 @@ def test_interrupted_s3_write_is_refused_by_predict_and_repaired(s3, env):
     s3.fs.pipe_file(f"{BUCKET}/r.zarr/.dkmeans-incomplete", b"x")  # as a killed copy leaves it
     status, err = run("predict", out, INPUT, "--out", f"s3://{BUCKET}/l.zarr")
     assert status == 2 and "is an incomplete dkmeans result" in err[0] and len(err) == 1
+    # a killed run's temporary output (marked) goes; an unmarked look-alike stays
+    s3.fs.pipe_file(f"{BUCKET}/.r.zarr.tmp-0123abcd/.dkmeans-incomplete", b"x")
+    s3.fs.pipe_file(f"{BUCKET}/.r.zarr.tmp-0123abcd/labels/c/0", b"x")
+    s3.fs.pipe_file(f"{BUCKET}/.r.zarr.tmp-deadbeef/notes.txt", b"mine")
     assert run("fit", INPUT, "--n-clusters", "3", "--out", out, "--overwrite")[0] == 0
     assert read_centers(out).shape == (3, 3)
+    assert bucket(s3) == [".r.zarr.tmp-deadbeef", "in.zarr", "r.zarr"]
 
 
 def test_second_writer_of_an_s3_output_is_refused(s3, env):
@@ -245,7 +248,7 @@ def test_object_store_failures_in_one_line(s3, env, tmp_path, monkeypatch, where
         "closed port": {"endpoint_url": f"http://127.0.0.1:{closed_port()}"},
     }[failure]
     local = tmp_path / "in.zarr"
-    zarr.create_array(store=str(local), data=s3.data, chunks=(100, 3))
+    zarr.create_array(store=str(local), data=s3.data, chunks=(300, 3))
     source = INPUT if where == "input" else str(local)
     with checking_credentials():
         status, err = run(

@@ -228,12 +228,15 @@ def test_failed_write_leaves_nothing(tmp_path, source, fitted, monkeypatch):
     path, _ = source
 
     def broken(*args, **kwargs):
-        raise RuntimeError("disk full")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(result_store, "_store_labels", broken)
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(OSError, match="No space left"):
         write_result(tmp_path / "out.zarr", fitted, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr"]
+    with pytest.raises(OSError, match="No space left"):
+        write_result("memory://dkmeans-failed/out.zarr", fitted, path)
+    assert fsspec.filesystem("memory").find("/dkmeans-failed") == []
 
 
 def test_failed_overwrite_keeps_the_old_output(tmp_path, source, fitted, monkeypatch):
