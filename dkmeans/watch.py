@@ -48,7 +48,7 @@ class WorkerMemoryError(ClusterError):
     """The workers cannot hold a block, or keep dying or pausing while they process one."""
 
 
-class SchedulerLostError(ClusterError, ConnectionError):
+class SchedulerLostError(ClusterError):
     """The client lost its connection to the scheduler during a fit."""
 
 
@@ -113,10 +113,13 @@ def _workers(client: Client) -> list[dict[str, Any]]:
     return list(client.scheduler_info(n_workers=-1).get("workers", {}).values())
 
 
-def _unmanaged(worker: dict[str, Any]) -> int:
-    """Memory of a worker that it cannot spill: the process minus its data."""
-    metrics = worker["metrics"]
-    return max(0, int(metrics["memory"]) - int(metrics.get("managed_bytes", 0)))
+def worker_memory(dask_worker: Any) -> tuple[int, int]:
+    """Run on a worker (``client.run``): its memory limit and the memory it holds and
+    cannot spill (the process minus its data), once it has loaded what a pass loads."""
+    import dkmeans.kernels  # noqa: F401  (numba and the kernels: 100 MiB or more)
+
+    used = dask_worker.monitor.get_process_memory() - dask_worker.state.nbytes
+    return int(dask_worker.memory_manager.memory_limit or 0), max(0, int(used))
 
 
 def _limits(workers: list[dict[str, Any]]) -> str:
@@ -132,32 +135,53 @@ def check_worker_memory(client: Client, blocks: Blocks) -> None:
     """Raise :class:`WorkerMemoryError` if a worker cannot hold one block in a pass.
 
     A worker can use :func:`usable_fraction` of its memory limit, less the memory it
-    already holds and cannot spill (the Python process, its libraries); one block being
-    processed needs :attr:`Blocks.working_memory`. Workers without a limit, and a
-    cluster without workers yet, pass.
+    holds and cannot spill; one block being processed needs
+    :attr:`Blocks.working_memory`. The workers are looked at as the scheduler last saw
+    them, then once they have loaded the kernels (:func:`worker_memory`), which a
+    worker too small may not survive. Workers without a limit, and a cluster without
+    workers yet, pass.
     """
-    fraction = usable_fraction()
-    for worker in _workers(client):
-        limit = worker["memory_limit"]
-        used = _unmanaged(worker)
-        room = fraction * limit - used
-        if not limit or blocks.working_memory <= room:
-            continue
-        needed = (used + blocks.working_memory) / fraction
-        fits = blocks.rows_within(room)
-        smaller = (
-            f", or use row blocks of at most {fits:,} rows (a Dask array rechunked with "
-            f"X.rechunk({{0: {fits}}}), or a Zarr store chunked so)"
-            if fits and block_rows(fits, blocks.row_bytes, fits + 1) == fits
-            else ""
-        )
+    seen = [
+        (w["memory_limit"], max(0, w["metrics"]["memory"] - w["metrics"]["managed_bytes"]))
+        for w in _workers(client)
+    ]
+    for limit, used in seen:
+        _check_room(limit, used, blocks, advise_rows=False)  # the kernels add more
+    try:
+        loaded = client.run(worker_memory).values()
+    except OSError as error:  # the connection to a worker that died
         raise WorkerMemoryError(
-            f"the Dask workers have too little memory for the {blocks.describe()}: a worker "
-            f"with a memory limit of {format_bytes(limit)} can use {fraction:.0%} of it "
-            f"({format_bytes(fraction * limit)}) and already uses {format_bytes(used)}; "
-            f"give the workers a memory limit of at least {format_bytes(needed)} "
-            f"(memory_limit in the cluster config){smaller}"
-        )
+            f"a Dask worker died while loading the kernels (workers' memory limit: "
+            f"{_limits(_workers(client))}; {blocks.describe()}): give the workers more "
+            "memory (memory_limit in the cluster config)"
+        ) from error
+    for limit, used in loaded:
+        _check_room(limit, used, blocks, advise_rows=True)
+
+
+def _check_room(limit: int, used: int, blocks: Blocks, *, advise_rows: bool) -> None:
+    """Raise :class:`WorkerMemoryError` unless a worker with this memory ``limit`` that
+    uses ``used`` bytes it cannot spill has room for a block; ``advise_rows``: name the
+    block rows that would fit (only when ``used`` is all the worker will use)."""
+    fraction = usable_fraction()
+    room = fraction * limit - used
+    if not limit or blocks.working_memory <= room:
+        return
+    needed = (used + blocks.working_memory) / fraction
+    fits = blocks.rows_within(room)
+    smaller = (
+        f", or use row blocks of at most {fits:,} rows (a Dask array rechunked with "
+        f"X.rechunk({{0: {fits}}}), or a Zarr store chunked so)"
+        if advise_rows and fits and block_rows(fits, blocks.row_bytes, fits + 1) == fits
+        else ""
+    )
+    raise WorkerMemoryError(
+        f"the Dask workers have too little memory for the {blocks.describe()}: a worker "
+        f"with a memory limit of {format_bytes(limit)} can use {fraction:.0%} of it "
+        f"({format_bytes(fraction * limit)}) and already uses {format_bytes(used)}; "
+        f"give the workers a memory limit of at least {format_bytes(needed)} "
+        f"(memory_limit in the cluster config){smaller}"
+    )
 
 
 class PassWatch:
@@ -255,7 +279,8 @@ def compute(client: Client, collection: Any, blocks: Blocks, what: str) -> Any:
             except TimeoutError:
                 watch.check()
     except KilledWorker as error:
-        raise watch.failure(f"died while running one task {watch.retries + 1} times") from error
+        tries = error.allowed_failures + 1
+        raise watch.failure(f"died {tries} times running the same task") from error
     except ClusterError:
         raise
     except Exception as error:
