@@ -201,11 +201,11 @@ def test_nan_in_lazy_data_is_reported_with_its_block(bad, tmp_path):
     z[:] = X
     # small chunks are merged into one block when read
     with pytest.raises(
-        ValueError, match=r"NaN or infinity in block 0 \(rows 0 to 49; first at row 33\)"
+        ValueError, match=r"NaN or infinity in block 0 \(rows 0 to 49\); first at row 33"
     ):
         KMeans(2, persist=False).fit(str(tmp_path / "x.zarr"))
     source = DaskSource(da.from_array(X, chunks=(10, 3)), check_finite=True)
-    with pytest.raises(ValueError, match=r"in block 3 \(rows 30 to 39; first at row 33\)"):
+    with pytest.raises(ValueError, match=r"in block 3 \(rows 30 to 39\); first at row 33"):
         source.map_reduce(pass_statistics, X[:2], np.array([0, 2]))
 
 
