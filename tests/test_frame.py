@@ -228,3 +228,16 @@ def test_pass_statistics_shift_their_sub_blocks_exactly(use_numba, monkeypatch):
         np.testing.assert_array_equal(a.rows, b.rows)
         np.testing.assert_array_equal(a.index, b.index)
     np.testing.assert_array_equal(moved.moments.m2, plain.moments.m2)
+
+
+@pytest.mark.parametrize("init", ["k-means||", "random"])
+def test_cli_refuses_overflowing_values_in_one_line(init, tmp_path, capsys):
+    from dkmeans.cli import main
+
+    path = str(tmp_path / "huge.zarr")
+    store = zarr.create_array(path, shape=(1000, 2), chunks=(250, 2), dtype="f8")
+    store[:] = np.random.default_rng(0).normal(size=(1000, 2)) * 1e200
+    assert main(["fit", path, "--n-clusters", "4", "--init", init, "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no JSON with Infinity in it
+    assert captured.err.count("\n") == 1 and "in magnitude" in captured.err
