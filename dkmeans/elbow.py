@@ -6,7 +6,7 @@ import numbers
 from collections.abc import Iterable
 from typing import Any
 
-from .estimator import KMeans
+from .estimator import KMeans, fit_runs
 from .exceptions import InvalidParameterError
 
 
@@ -68,5 +68,5 @@ def elbow(
         raise InvalidParameterError(
             "elbow() needs an init method name or a callable; explicit centres fix a single k"
         )
-    _, _, results = KMeans(n_clusters=ks[0], **kmeans_params)._fit_many(X, ks, sample_weight)
-    return {k: results[k].inertia for k in ks}
+    fits = fit_runs(KMeans(n_clusters=ks[0], **kmeans_params), X, ks, sample_weight)
+    return {k: fits.best[k].inertia for k in ks}

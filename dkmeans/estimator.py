@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import dask
 import dask.array as da
@@ -28,7 +28,6 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .checkpoint import Checkpoint
 from .exceptions import InvalidParameterError
 from .frame import (
-    MAX_MAGNITUDE,
     SAMPLE_ROWS,
     centers_in_frame,
     centers_in_user_frame,
@@ -36,11 +35,18 @@ from .frame import (
     choose_shift,
     shifted,
 )
-from .graph import DaskSource, InMemorySource, Source
-from .io import check_data, check_sample_weight, is_lazy_input, to_dask_array
+from .graph import Source
+from .inputs import Input, make_source, usable_rows
+from .io import (
+    check_data,
+    check_sample_weight,
+    is_lazy_input,
+    numpy_row_chunks,
+    to_dask_array,
+)
 from .kernels import center_distances, nearest_centers, pass_statistics
 from .lloyd import IterationReport, LloydResult, lloyd
-from .resources import client_active, limit_blas, local_threads, should_persist
+from .resources import limit_blas
 from .seeding import initial_centers
 
 Init = Literal["k-means||", "k-means++", "random"]
@@ -254,22 +260,26 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
                 "be recognised when the fit resumes."
             )
 
-    def _check_X(self, X: Any, *, reset: bool) -> tuple[da.Array, np.ndarray | None]:
-        """Validated data as a Dask array, and as NumPy if it came in in memory."""
+    def _check_X(self, X: Any, *, reset: bool, sample_weight: Any = None) -> Input:
+        """X (and its weights) validated once: NumPy stays NumPy, anything else is lazy."""
         if is_lazy_input(X):
-            data = check_data(to_dask_array(X))
+            lazy = check_data(to_dask_array(X))
             if reset:
-                self.n_features_in_ = data.shape[1]
-            elif data.shape[1] != self.n_features_in_:
+                self.n_features_in_ = lazy.shape[1]
+            elif lazy.shape[1] != self.n_features_in_:
                 raise ValueError(
-                    f"X has {data.shape[1]} features, but KMeans is expecting "
+                    f"X has {lazy.shape[1]} features, but KMeans is expecting "
                     f"{self.n_features_in_} features as input."
                 )
-            return data, None
-        array = validate_data(
-            self, X, accept_sparse=False, dtype=[np.float64, np.float32], order="C", reset=reset
-        )
-        return check_data(to_dask_array(array), merge_rows=False), array
+            array, chunks = None, lazy.chunks[0]
+        else:
+            array = validate_data(
+                self, X, accept_sparse=False, dtype=[np.float64, np.float32], order="C", reset=reset
+            )
+            lazy, chunks = None, numpy_row_chunks(len(array), array.shape[1] * array.itemsize)
+            check_values(array)
+        weights = check_sample_weight(sample_weight, len(array if lazy is None else lazy), chunks)
+        return Input(array, lazy, chunks, weights)
 
     def _check_init(self, n_features: int) -> np.ndarray | None:
         """The explicit initial centres as float64, or None for a method or a callable."""
@@ -327,63 +337,9 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         -------
         self : KMeans
         """
-        data, array, results = self._fit_many(X, [self.n_clusters], sample_weight)
-        self._store_result(results[self.n_clusters], data, array)
+        fits = fit_runs(self, X, [self.n_clusters], sample_weight)
+        self._store_result(fits.best[self.n_clusters], fits.X)
         return self
-
-    def _fit_many(
-        self, X: Any, k_values: list[int], sample_weight: Any
-    ) -> tuple[da.Array, np.ndarray | None, dict[int, LloydResult]]:
-        """Fit every k of ``k_values`` (``n_init`` runs each) with shared passes.
-
-        Returns the validated data, the validated NumPy array if it came in as NumPy,
-        and the best run of every k (centres in the user's frame).
-        """
-        self._validate_params()
-        data, array = self._check_X(X, reset=True)
-        n_samples, n_features = data.shape
-        for k in k_values:
-            if n_samples < k:
-                raise InvalidParameterError(f"n_samples={n_samples} should be >= n_clusters={k}.")
-        init = self._check_init(n_features)
-        n_init = self._n_runs()
-        weights = check_sample_weight(sample_weight, data)
-        if array is not None:
-            check_values(array)
-        checkpoint = self._open_checkpoint(data, array, weights, k_values)
-        saved = None if checkpoint is None else checkpoint.load()
-        source = make_source(data, array, weights, persist=self.persist)
-        source.shift = shift = choose_shift(_usable(source.head(SAMPLE_ROWS)), data.dtype)
-        self._shift = shift
-        with limit_blas():
-            if saved is None:
-                seeds = self._seeds(n_init)
-                given = data if array is None else array
-                initial = self._initial_centers(source, init, k_values, seeds, given)
-                resume = None
-            else:
-                seeds, initial, resume = saved
-            save = None if checkpoint is None else partial(checkpoint.save, seeds, initial)
-            results = lloyd(
-                source,
-                initial,
-                max_iter=self.max_iter,
-                tol=self.tol,
-                on_iteration=self._report if self.verbose else None,
-                resume=resume,
-                on_pass=save,
-            )
-        run_k = [k for k in k_values for _ in seeds]
-        best: dict[int, LloydResult] = {}
-        for k, result in zip(run_k, results, strict=True):
-            # strictly lower inertia wins; ties keep the earlier run
-            if k not in best or result.inertia < best[k].inertia:
-                best[k] = result
-        in_user_frame = {
-            k: replace(result, centers=centers_in_user_frame(result.centers, shift))
-            for k, result in best.items()
-        }
-        return data, array, in_user_frame
 
     def _initial_centers(
         self,
@@ -393,7 +349,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         seeds: np.ndarray,
         X: np.ndarray | da.Array,
     ) -> list[np.ndarray]:
-        """Initial centres of every run: run ``i * n_init + j`` is k_values[i], seeds[j].
+        """Initial centres of every run, in the source's frame: run ``i * n_init + j`` is
+        k_values[i], seeds[j].
 
         ``X`` is what a callable ``init`` is given: the validated NumPy array of in-memory
         input, else the validated Dask array.
@@ -415,13 +372,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             init_rounds=self.init_rounds,
         )
 
-    def _open_checkpoint(
-        self,
-        data: da.Array,
-        array: np.ndarray | None,
-        weights: da.Array | None,
-        k_values: list[int],
-    ) -> Checkpoint | None:
+    def _open_checkpoint(self, X: Input, k_values: list[int]) -> Checkpoint | None:
         """The fit's checkpoint, identified by its parameters and its data (by name for
         lazy data, by contents for NumPy data)."""
         if self.checkpoint is None:
@@ -433,16 +384,17 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         }
         if not isinstance(params["random_state"], (int, type(None))):
             raise InvalidParameterError("checkpoint needs random_state to be an int (or None)")
-        first, last = dask.compute(data[:1], data[-1:])
+        values = X.values
+        first, last = dask.compute(values[:1], values[-1:])
         fingerprint = {
             "params": params,
             "k_values": list(k_values),
-            "data_shape": list(data.shape),
-            "data_dtype": str(data.dtype),
-            "data_chunks": list(data.chunks[0]),
-            "data_name": data.name if array is None else tokenize(array),
+            "data_shape": list(X.shape),
+            "data_dtype": str(X.dtype),
+            "data_chunks": list(X.chunks),
+            "data_name": X.lazy.name if X.array is None else tokenize(X.array),
             "data_rows": tokenize(first, last),
-            "data_weights": None if weights is None else weights.name,
+            "data_weights": None if X.weights is None else tokenize(X.weights),
         }
         return Checkpoint(self.checkpoint, fingerprint)
 
@@ -453,12 +405,12 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             file=sys.stderr,
         )
 
-    def _store_result(self, result: LloydResult, data: da.Array, array: np.ndarray | None) -> None:
-        self.cluster_centers_ = result.centers.astype(data.dtype)
+    def _store_result(self, result: LloydResult, X: Input) -> None:
+        self.cluster_centers_ = result.centers.astype(X.dtype)
         self.inertia_ = result.inertia
         self.n_iter_ = result.n_iter
         # NumPy in: computed here on threads, even when a distributed client is active
-        self.labels_ = self._labels(data, array)
+        self.labels_ = self._labels(X)
         distinct = int(np.count_nonzero(result.counts))
         if distinct < self.n_clusters:
             warnings.warn(
@@ -479,48 +431,33 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         return None if shift is None else shift.astype(dtype)
 
     def _map_rows(
-        self,
-        kernel: Callable[..., np.ndarray],
-        data: da.Array,
-        array: np.ndarray | None,
-        **map_kwargs: Any,
+        self, kernel: Callable[..., np.ndarray], X: Input, **map_kwargs: Any
     ) -> np.ndarray | da.Array:
         """``kernel(rows, centres)`` over the rows, in the fit's frame: NumPy for NumPy
-        ``array`` (checked here, computed block by block on threads); else a lazy Dask
-        array whose blocks are checked as they are read."""
-        shift = self._shift_for(data.dtype)
+        input (block by block on threads); else a lazy Dask array whose blocks are
+        checked as they are read."""
+        shift = self._shift_for(X.dtype)
         centers = centers_in_frame(self.cluster_centers_, shift)
-        if array is None:
-            return data.map_blocks(_in_frame, kernel, centers, shift, True, **map_kwargs)
-        check_values(array)
-        source = make_source(data, array, None, shift=shift)
-        return np.concatenate(source.map_blocks(_rows_kernel, kernel, centers))
+        if X.array is None:
+            return X.lazy.map_blocks(_in_frame, kernel, centers, shift, True, **map_kwargs)
+        return np.concatenate(make_source(X, shift=shift).map_blocks(_rows_kernel, kernel, centers))
 
-    def _labels(self, data: da.Array, array: np.ndarray | None) -> np.ndarray | da.Array:
+    def _labels(self, X: Input) -> np.ndarray | da.Array:
         return self._map_rows(
-            _nearest_labels,
-            data,
-            array,
-            drop_axis=1,
-            dtype=np.int32,
-            meta=np.empty(0, np.int32),
+            _nearest_labels, X, drop_axis=1, dtype=np.int32, meta=np.empty(0, np.int32)
         )
 
     def predict(self, X: Any, sample_weight: Any = None) -> np.ndarray | da.Array:
         """Index of the nearest centre of every sample (NumPy in, NumPy out; else lazy Dask)."""
         check_is_fitted(self)
-        return self._labels(*self._check_X(X, reset=False))
+        return self._labels(self._check_X(X, reset=False))
 
     def transform(self, X: Any) -> np.ndarray | da.Array:
         """Euclidean distance of every sample to every centre, shape (n_samples, n_clusters)."""
         check_is_fitted(self)
-        data, array = self._check_X(X, reset=False)
+        X = self._check_X(X, reset=False)
         return self._map_rows(
-            center_distances,
-            data,
-            array,
-            chunks=(data.chunks[0], (self.n_clusters,)),
-            dtype=data.dtype,
+            center_distances, X, chunks=(X.chunks, (self.n_clusters,)), dtype=X.dtype
         )
 
     def fit_predict(
@@ -538,13 +475,10 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
         """Opposite of the inertia of X under the fitted centres."""
         check_is_fitted(self)
-        data, array = self._check_X(X, reset=False)
-        weights = check_sample_weight(sample_weight, data)
-        shift = self._shift_for(data.dtype)
+        X = self._check_X(X, reset=False, sample_weight=sample_weight)
+        shift = self._shift_for(X.dtype)
         centers = centers_in_frame(self.cluster_centers_, shift)
-        if array is not None:
-            check_values(array)
-        source = make_source(data, array, weights, shift=shift)
+        source = make_source(X, shift=shift)
         stats = source.map_reduce(
             pass_statistics, centers, np.array([0, len(centers)]), far_capacity=0
         )
@@ -571,56 +505,67 @@ def _checked_centers(centers: Any, k: int, n_features: int) -> np.ndarray:
     return centers
 
 
-def make_source(
-    data: da.Array,
-    array: np.ndarray | None,
-    weights: da.Array | None,
-    *,
-    shift: np.ndarray | None = None,
-    persist: Literal["auto"] | bool = False,
-) -> Source:
-    """The source a pass runs over, in the frame of ``shift``.
+class Fits(NamedTuple):
+    """What :func:`fit_runs` found."""
 
-    NumPy data (``array``) runs on a pool of threads on the client without a task graph;
-    lazy data is persisted (``persist``, see :func:`~dkmeans.resources.should_persist`)
-    in cluster memory, or in this process's memory when no distributed client is
-    active (then also on the pool, without a task graph), or streamed from its source.
-    Every kind cuts the data into the blocks of ``data`` and combines their results in
-    the same tree, so all give the same result to the last bit. Lazy data is checked
-    (NaN, infinity, overflowing magnitudes) as its first pass reads it.
+    X: Input  # the validated input
+    best: dict[int, LloydResult]  # the best run of every k, centres in the user's frame
+
+
+def fit_runs(params: KMeans, X: Any, k_values: list[int], sample_weight: Any = None) -> Fits:
+    """Fit every k of ``k_values`` (``n_init`` runs each, as ``params`` says) with shared
+    passes over X; ``KMeans.fit`` fits one k, :func:`~dkmeans.elbow` many.
+
+    Parameters
+    ----------
+    params : KMeans
+        The estimator whose parameters to use (its ``n_clusters`` is ignored); it is
+        validated, and ``n_features_in_`` set, as a fit does.
+    X : any input of :meth:`KMeans.fit`
+    k_values : list of int
+    sample_weight : array-like of shape (n_samples,), optional
+
+    Returns
+    -------
+    Fits
     """
-    if array is not None:
-        return InMemorySource.of_array(
-            array,
-            None if weights is None else weights.compute(scheduler="threads"),
-            chunks=data.chunks[0],
-            threads=local_threads(),
-            shift=shift,
+    params._validate_params()
+    X = params._check_X(X, reset=True, sample_weight=sample_weight)
+    n_samples, n_features = X.shape
+    for k in k_values:
+        if n_samples < k:
+            raise InvalidParameterError(f"n_samples={n_samples} should be >= n_clusters={k}.")
+    init = params._check_init(n_features)
+    n_init = params._n_runs()
+    checkpoint = params._open_checkpoint(X, k_values)
+    saved = None if checkpoint is None else checkpoint.load()
+    source = make_source(X, persist=params.persist)
+    source.shift = shift = choose_shift(usable_rows(source.head(SAMPLE_ROWS)), X.dtype)
+    params._shift = shift
+    with limit_blas():
+        if saved is None:
+            seeds = params._seeds(n_init)
+            initial = params._initial_centers(source, init, k_values, seeds, X.values)
+            resume = None
+        else:
+            seeds, initial, resume = saved
+        save = None if checkpoint is None else partial(checkpoint.save, seeds, initial)
+        results = lloyd(
+            source,
+            initial,
+            max_iter=params.max_iter,
+            tol=params.tol,
+            on_iteration=params._report if params.verbose else None,
+            resume=resume,
+            on_pass=save,
         )
-    if should_persist(persist, data):
-        data, weights = dask.persist(data, weights)
-        if not client_active():
-            return InMemorySource(
-                _blocks(data),
-                None if weights is None else _blocks(weights),
-                threads=local_threads(),
-                check_finite=True,
-                shift=shift,
-            )
-    return DaskSource(data, weights, check_finite=True, shift=shift)
-
-
-def _blocks(array: da.Array) -> tuple[np.ndarray, ...]:
-    """The blocks of a Dask array persisted in this process's memory."""
-    return dask.compute(*array.to_delayed().ravel(), scheduler="threads")
-
-
-def _usable(rows: np.ndarray) -> np.ndarray:
-    """The rows that hold no NaN, infinity or overflowing value (those are reported by
-    the checks of the first pass)."""
-    with np.errstate(invalid="ignore"):
-        usable = (np.abs(rows.astype(np.float64)) <= MAX_MAGNITUDE).all(axis=1)
-    return rows[usable]
+    run_k = [k for k in k_values for _ in seeds]
+    best: dict[int, LloydResult] = {}
+    for k, result in zip(run_k, results, strict=True):
+        # strictly lower inertia wins; ties keep the earlier run
+        if k not in best or result.inertia < best[k].inertia:
+            best[k] = replace(result, centers=centers_in_user_frame(result.centers, shift))
+    return Fits(X, best)
 
 
 def _in_frame(

@@ -185,14 +185,23 @@ class BlockView:
         return self.array[selection]
 
 
+def numpy_row_chunks(n_rows: int, row_bytes: int) -> tuple[int, ...]:
+    """The row blocks that in-memory data is cut into: at most half the target block
+    size, and at least :data:`MIN_NUMPY_BLOCKS` blocks of :data:`MIN_NUMPY_BLOCK_ROWS`
+    rows or more, so that every core has work."""
+    rows = max(1, TARGET_BLOCK_BYTES // 2 // max(1, row_bytes))
+    rows = max(1, min(rows, max(MIN_NUMPY_BLOCK_ROWS, -(-n_rows // MIN_NUMPY_BLOCKS))))
+    full, rest = divmod(n_rows, rows)
+    return (rows,) * full + ((rest,) if rest else ())
+
+
 def _from_numpy(x: np.ndarray) -> da.Array:
     if x.ndim != 2:
         return da.from_array(x)
-    rows = max(1, TARGET_BLOCK_BYTES // 2 // max(1, x.shape[1] * x.itemsize))
-    rows = min(rows, max(MIN_NUMPY_BLOCK_ROWS, -(-len(x) // MIN_NUMPY_BLOCKS)))
+    chunks = numpy_row_chunks(len(x), x.shape[1] * x.itemsize) or (0,)
     # a random name: hashing the contents costs half a second per GB (a checkpoint,
     # which must recognise the data, hashes it itself)
-    return da.from_array(BlockView(x), chunks=(rows, -1), name=False, asarray=True, fancy=False)
+    return da.from_array(BlockView(x), chunks=(chunks, -1), name=False, asarray=True, fancy=False)
 
 
 def check_data(X: da.Array, *, min_samples: int = 1, merge_rows: bool = True) -> da.Array:
@@ -269,14 +278,17 @@ def rechunk_rows(X: da.Array, target_bytes: int = TARGET_BLOCK_BYTES) -> da.Arra
     return X.rechunk({0: rows, 1: -1})
 
 
-def check_sample_weight(sample_weight: Any, X: da.Array) -> da.Array | None:
-    """Validate sample weights against X; return them chunked like X's rows.
+def check_sample_weight(
+    sample_weight: Any, n_samples: int, chunks: tuple[int, ...]
+) -> np.ndarray | da.Array | None:
+    """Validate sample weights for X of ``n_samples`` rows cut into row blocks ``chunks``.
 
-    NumPy weights are checked here. Dask weights are checked here for their length
-    and dtype (from their shape, without reading them), and for their values as
-    every block is read (:func:`check_weight_values`): the error names the block and
-    the first bad row. That lazy weights are not all zero is known only once they
-    have been read; a fit then refuses them after its first pass over X.
+    NumPy weights (and scalars) are checked here and returned as float64 NumPy. Dask
+    weights are checked here for their length and dtype (from their shape, without
+    reading them), and returned rechunked like X's rows, their values checked as every
+    block is read (:func:`check_weight_values`): the error names the block and the
+    first bad row. That lazy weights are not all zero is known only once they have been
+    read; a fit then refuses them after its first pass over X.
 
     Raises
     ------
@@ -288,11 +300,11 @@ def check_sample_weight(sample_weight: Any, X: da.Array) -> da.Array | None:
     if sample_weight is None:
         return None
     if np.isscalar(sample_weight):
-        sample_weight = np.full(X.shape[0], float(sample_weight))
+        sample_weight = np.full(n_samples, float(sample_weight))
     weights = sample_weight if isinstance(sample_weight, da.Array) else np.asarray(sample_weight)
-    if weights.shape != (X.shape[0],):
+    if weights.shape != (n_samples,):
         raise ValueError(
-            f"sample_weight.shape == {weights.shape}, expected ({X.shape[0]},): "
+            f"sample_weight.shape == {weights.shape}, expected ({n_samples},): "
             "one weight per sample"
         )
     if weights.dtype.kind not in "biuf":
@@ -302,8 +314,8 @@ def check_sample_weight(sample_weight: Any, X: da.Array) -> da.Array | None:
         check_weight_values(weights)
         if not (weights > 0).any():
             raise ValueError(ZERO_WEIGHTS)
-        return da.from_array(weights, chunks=(X.chunks[0],))
-    rows = weights.astype(np.float64).rechunk((X.chunks[0],))
+        return weights
+    rows = weights.astype(np.float64).rechunk((chunks,))
     return rows.map_blocks(_checked_weight_block, dtype=np.float64, meta=np.empty(0))
 
 

@@ -1,0 +1,102 @@
+"""What a fit or a prediction reads: the validated input, and the source that passes over it.
+
+NumPy input stays NumPy from validation to the kernels: it is cut into row blocks (views)
+and processed on a pool of threads without a task graph. Any other input is a lazy Dask
+array of row blocks, persisted or streamed. Both are cut into the same blocks and their
+results combined in the same tree, so both give the same result to the last bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import dask
+import dask.array as da
+import numpy as np
+
+from .frame import MAX_MAGNITUDE
+from .graph import DaskSource, InMemorySource, Source
+from .resources import client_active, local_threads, should_persist
+
+
+@dataclass(frozen=True)
+class Input:
+    """X as validated: exactly one of ``array`` (in memory) and ``lazy`` is set.
+
+    Attributes
+    ----------
+    array : ndarray of shape (n, d) or None
+        Validated NumPy input (float32 or float64, C-contiguous).
+    lazy : dask.array.Array of shape (n, d) or None
+        Validated lazy input: floating point, one chunk across features.
+    chunks : tuple of int
+        The rows of every block a pass cuts X into.
+    weights : ndarray, dask.array.Array or None
+        Validated sample weights: NumPy when given as NumPy, else lazy (checked as read).
+    """
+
+    array: np.ndarray | None
+    lazy: da.Array | None
+    chunks: tuple[int, ...]
+    weights: np.ndarray | da.Array | None = None
+
+    @property
+    def values(self) -> np.ndarray | da.Array:
+        """The data itself: the NumPy array or the lazy Dask array."""
+        return self.array if self.array is not None else self.lazy
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.values.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.values.dtype
+
+
+def make_source(
+    X: Input, *, shift: np.ndarray | None = None, persist: Literal["auto"] | bool = False
+) -> Source:
+    """The source a pass runs over, in the frame of ``shift`` (:mod:`dkmeans.frame`).
+
+    NumPy data runs on a pool of threads on the client without a task graph; lazy data is
+    persisted (``persist``, see :func:`~dkmeans.resources.should_persist`) in cluster
+    memory, or in this process's memory when no distributed client is active (then also
+    on the pool, without a task graph), or streamed from its source. Lazy data is checked
+    (NaN, infinity, overflowing magnitudes) as its first pass reads it.
+    """
+    weights = X.weights
+    if X.array is not None:
+        if isinstance(weights, da.Array):
+            weights = weights.compute(scheduler="threads")
+        return InMemorySource.of_array(
+            X.array, weights, chunks=X.chunks, threads=local_threads(), shift=shift
+        )
+    data = X.lazy
+    if isinstance(weights, np.ndarray):
+        weights = da.from_array(weights, chunks=(X.chunks,))
+    if should_persist(persist, data):
+        data, weights = dask.persist(data, weights)
+        if not client_active():
+            return InMemorySource(
+                _blocks(data),
+                None if weights is None else _blocks(weights),
+                threads=local_threads(),
+                check_finite=True,
+                shift=shift,
+            )
+    return DaskSource(data, weights, check_finite=True, shift=shift)
+
+
+def _blocks(array: da.Array) -> tuple[np.ndarray, ...]:
+    """The blocks of a Dask array persisted in this process's memory."""
+    return dask.compute(*array.to_delayed().ravel(), scheduler="threads")
+
+
+def usable_rows(rows: np.ndarray) -> np.ndarray:
+    """The rows that hold no NaN, infinity or overflowing value (the checks of the first
+    pass report those)."""
+    with np.errstate(invalid="ignore"):
+        usable = (np.abs(rows.astype(np.float64)) <= MAX_MAGNITUDE).all(axis=1)
+    return rows[usable]
