@@ -68,3 +68,44 @@ def test_bounds_skip_most_rows_once_the_centres_settle(blobs):
     # well-separated blobs: after a small drift every row's bounds stay apart
     upper = np.sqrt(distances[:, 0])
     assert (upper + 0.1 < lower[:, 0]).mean() > 0.95
+
+
+def test_bounded_and_full_passes_differ_only_at_near_ties() -> None:
+    """Where the GEMM rounds: float32 rows on the bisector of two centres are ties up to
+    rounding, and the GEMM of a few gathered rows rounds some of them the other way than
+    the GEMM of a full pass. Pass by pass, the bounded labels are the exact nearest
+    centres but within the GEMM's rounding of a tie, the counts differ by those rows
+    only, and the inertia by far less than 1e-6 (README: which results are bitwise
+    identical). If the bounds path ever gives the bits of a full pass, the last assert
+    fails: then the README can promise it."""
+    rng = np.random.default_rng(0)
+    k, d = 8, 16  # float32, k < d: the full pass's GEMM is laid out rows by centres
+    centers = rng.normal(size=(k, d)) * 3
+    across = (centers[1] - centers[0]) / np.linalg.norm(centers[1] - centers[0])
+    along = rng.normal(size=(20_000, d))
+    along -= (along @ across)[:, None] * across
+    x = np.concatenate(
+        [(centers[0] + centers[1]) / 2 + along / 2, rng.normal(size=(20_000, d)) * 3]
+    )
+    x = x.astype(np.float32)
+    x64, bounds = x.astype(np.float64), np.array([0, k])
+    row_bounds = RowBounds(InMemorySource.of_array(x), 1)
+    differs = False
+    for _ in range(3):
+        distance_bounds = row_bounds.for_pass([0], centers)
+        bounded = pass_statistics(x, None, 0, 0, centers, bounds, distance_bounds=distance_bounds)
+        full = pass_statistics(x, None, 0, 0, centers, bounds)
+        # the kernels' allowance for the rounding of a float32 GEMM (DistanceBounds.screen)
+        eps = 2 * (d + 4) * np.finfo(np.float32).eps
+        slack = eps * ((x64**2).sum(axis=1) + (centers**2).sum(axis=1).max())
+        exact = ((x64[:, None, :] - centers[None]) ** 2).sum(axis=2)
+        best_two = np.sort(exact, axis=1)[:, :2]
+        near_tie = best_two[:, 1] - best_two[:, 0] <= 2 * slack
+        labels = row_bounds.memory.blocks[0][0][:, 0]
+        assert (labels == exact.argmin(axis=1))[~near_tie].all()
+        assert np.abs(bounded.counts - full.counts).sum() <= 2 * near_tie.sum()
+        inertia, full_inertia = bounded.cluster_inertia.sum(), full.cluster_inertia.sum()
+        assert abs(inertia - full_inertia) <= 1e-6 * full_inertia
+        differs |= not np.array_equal(bounded.counts, full.counts)
+        centers = centers + rng.normal(size=centers.shape) * 1e-7
+    assert differs
