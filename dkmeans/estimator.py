@@ -124,11 +124,17 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     init_rounds : int, default=5
         k-means||: sampling rounds.
     random_state : int, numpy Generator or RandomState, default=None
-        Seeds all randomness. The same seed and chunking give identical results on
-        any scheduler.
+        Seeds all randomness. The same seed, chunking and kind of pass (see
+        ``persist``) give bitwise-identical results on any scheduler.
     persist : "auto" or bool, default="auto"
         "auto" keeps X in (cluster) memory when it takes under half of the memory
-        available, otherwise X is streamed from its source at every pass.
+        available, otherwise X is streamed from its source at every pass. This also
+        picks the kind of pass: X kept in this process's memory (no distributed client;
+        NumPy input always) keeps distance bounds per row between passes, which may
+        round a row within the GEMM's rounding of a tie differently from the full
+        passes of streamed X or of a cluster, and the fits may then differ slightly
+        (README: which results are bitwise identical). ``False`` gives a cluster's
+        results on one machine for a Dask array or a store.
     verbose : bool, default=False
         Print one line per iteration (iteration, inertia, centre shift, seconds).
     checkpoint : str or path, default=None
