@@ -351,12 +351,10 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         self,
         source: Source,
         init: np.ndarray | None,
-        k_values: list[int],
-        seeds: np.ndarray,
+        runs: list[tuple[int, int]],
         X: np.ndarray | da.Array,
     ) -> list[np.ndarray]:
-        """Initial centres of every run, in the source's frame: run ``i * n_init + j`` is
-        k_values[i], seeds[j].
+        """Initial centres of every run ``(k, seed)``, in the source's frame.
 
         ``X`` is what a callable ``init`` is given: the validated NumPy array of in-memory
         input, else the validated Dask array.
@@ -365,15 +363,13 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             return [centers_in_frame(init, source.shift)]
         if callable(self.init):
             return [
-                centers_in_frame(self._called_init(X, k, seed), source.shift)
-                for k in k_values
-                for seed in seeds
+                centers_in_frame(self._called_init(X, k, seed), source.shift) for k, seed in runs
             ]
         return initial_centers(
             source,
             self.init,
-            [k for k in k_values for _ in seeds],
-            np.tile(seeds, len(k_values)),
+            [k for k, _ in runs],
+            np.array([seed for _, seed in runs]),
             oversampling_factor=self.oversampling_factor,
             init_rounds=self.init_rounds,
         )
@@ -548,13 +544,12 @@ def fit_runs(params: KMeans, X: Any, k_values: list[int], sample_weight: Any = N
     source = make_source(X, persist=params.persist)
     source.shift = shift = choose_shift(usable_rows(source.head(SAMPLE_ROWS)), X.dtype)
     params._shift = shift
+    seeds, initial, resume = (params._seeds(n_init), None, None) if saved is None else saved
+    # run i * n_init + j is (k_values[i], seeds[j]), in the order of the initial centres
+    runs = [(k, int(seed)) for k in k_values for seed in seeds]
     with limit_blas():
-        if saved is None:
-            seeds = params._seeds(n_init)
-            initial = params._initial_centers(source, init, k_values, seeds, X.values)
-            resume = None
-        else:
-            seeds, initial, resume = saved
+        if initial is None:
+            initial = params._initial_centers(source, init, runs, X.values)
         save = None if checkpoint is None else partial(checkpoint.save, seeds, initial)
         results = lloyd(
             source,
@@ -565,9 +560,8 @@ def fit_runs(params: KMeans, X: Any, k_values: list[int], sample_weight: Any = N
             resume=resume,
             on_pass=save,
         )
-    run_k = [k for k in k_values for _ in seeds]
     best: dict[int, LloydResult] = {}
-    for k, result in zip(run_k, results, strict=True):
+    for (k, _), result in zip(runs, results, strict=True):
         # strictly lower inertia wins; ties keep the earlier run
         if k not in best or result.inertia < best[k].inertia:
             best[k] = replace(result, centers=centers_in_user_frame(result.centers, shift))
