@@ -229,7 +229,7 @@ class PassWatch:
         self.workers = workers or self.workers
         deaths = self.deaths()
         if deaths > self.retries * max(1, len(self.workers)):
-            raise self.failure(f"died {deaths} times")
+            raise self.failure(f"died {_times(deaths)}")
         if any(w["status"] == "running" for w in workers) or not (
             deaths or any(w["status"] == "paused" for w in workers)
         ):
@@ -240,6 +240,10 @@ class PassWatch:
         if now - self.stalled_since >= STALLED_SECONDS:
             state = "stayed paused" if workers else "all died"
             raise self.failure(f"{state} for {now - self.stalled_since:.0f} s")
+
+
+def _times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
 
 
 def scheduler_lost(client: Client, error: BaseException) -> bool:
@@ -280,7 +284,7 @@ def compute(client: Client, collection: Any, blocks: Blocks, what: str) -> Any:
                 watch.check()
     except KilledWorker as error:
         tries = error.allowed_failures + 1
-        raise watch.failure(f"died {tries} times running the same task") from error
+        raise watch.failure(f"died {_times(tries)} running the same task") from error
     except ClusterError:
         raise
     except Exception as error:

@@ -131,7 +131,7 @@ def test_a_worker_that_dies_fails_the_pass_naming_limit_and_blocks(small_workers
         with pytest.raises(watch.WorkerMemoryError) as error:
             one_pass(source)
     assert str(error.value).startswith(
-        "Dask workers died 1 times running the same task during pass 1 (pass_statistics) "
+        "Dask workers died once running the same task during pass 1 (pass_statistics) "
         "(workers' memory limit: 600.00 MiB; blocks of up to 1,000 rows x 16 float32"
     )
     small_workers.wait_for_workers(1, timeout=30)
