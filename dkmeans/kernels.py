@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -112,47 +113,136 @@ def cluster_sums(
     return out
 
 
+class StackedCentres(NamedTuple):
+    """The stacked centres of several runs, as the compiled loops read them (inputs).
+
+    ``gemm`` and ``squared_norms`` come from :func:`gemm_operands`.
+    """
+
+    gemm: np.ndarray  # (K, d) -2 * centres in the GEMM dtype, C-contiguous
+    squared_norms: np.ndarray  # (K,) ||c||² as rounded to the GEMM dtype
+    exact: np.ndarray  # (K, d) float64
+    bounds: np.ndarray  # (R + 1,) int64: run r owns [bounds[r], bounds[r + 1])
+
+
+class BlockRows(NamedTuple):
+    """One block's rows (inputs)."""
+
+    x: np.ndarray  # (n, d) in the GEMM dtype, C-contiguous
+    weights: np.ndarray | None  # (n,) float64; None: all ones (compiled out)
+    shift: np.ndarray | None  # (d,) in x's dtype: rows seen minus it; None: as stored
+
+
+class RowResults(NamedTuple):
+    """Per row and run: the nearest centre within the run and the squared distance to it
+    (outputs; with a :class:`Screen`, also the last pass's results as inputs)."""
+
+    labels: np.ndarray  # (n, R) int64
+    distances: np.ndarray  # (n, R) float64
+
+
+class Totals(NamedTuple):
+    """Per stacked centre, added to: weighted sums of its rows, their weight, inertia."""
+
+    sums: np.ndarray  # (K, d) float64
+    counts: np.ndarray  # (K,) float64
+    inertia: np.ndarray  # (K,) float64
+
+
+class FarSlots(NamedTuple):
+    """Per run, the ``capacity`` rows farthest from their centre seen so far, as
+    block-local row, label and distance; row -1 marks an empty slot (in and out)."""
+
+    distances: np.ndarray  # (R, capacity) float64
+    rows: np.ndarray  # (R, capacity) int64
+    labels: np.ndarray  # (R, capacity) int64
+    worst: np.ndarray  # (R,) smallest distance among the run's slots
+
+
+class MomentSums(NamedTuple):
+    """Per-feature count, mean and sum of squared deviations so far (in and out)."""
+
+    count: np.ndarray  # (1,) float64
+    mean: np.ndarray  # (d,) float64
+    m2: np.ndarray  # (d,) float64
+
+
+class PassOutputs(NamedTuple):
+    """What one compiled pass over a block fills in; a member of None is compiled out."""
+
+    per_row: RowResults | None
+    totals: Totals | None
+    far: FarSlots | None
+    moments: MomentSums | None
+
+
+class Screen(NamedTuple):
+    """Hamerly's bounds of a pass (:meth:`DistanceBounds.screen`; see :func:`_screen_loop`)."""
+
+    lower: np.ndarray  # (n, R) lower bound on the distance to every other centre, updated
+    drift: np.ndarray  # (K,) distance every centre moved since the last pass
+    max_drift: np.ndarray  # (R,) the largest drift of every run
+    centers_norm: np.ndarray  # (K,) ||c||
+    max_sq: np.ndarray  # (R,) the largest ||c||² of every run
+    eps: float  # relative rounding of a GEMM value, with room to spare
+
+
+class Scan(NamedTuple):
+    """Scratch of one sub-block's rows: best value and index, second value, ``||x||²``."""
+
+    best_value: np.ndarray
+    best_index: np.ndarray  # int64
+    second: np.ndarray
+    x_sq: np.ndarray  # float64
+
+
 @dataclass
 class _Accumulator:
     """Per-block outputs of the assignment: per-row results, per-centre sums, far points.
 
     ``labels`` and ``distances`` have no rows when the compiled kernel tracks the far
-    points itself (``far_*``: per run, the ``capacity`` rows farthest from their centre
-    seen so far, as block-local row, label and distance; row -1 marks an empty slot).
+    points itself (``far``, see :class:`FarSlots`).
     """
 
     labels: np.ndarray  # (rows, R) int64
     distances: np.ndarray  # (rows, R) float64
-    sums: np.ndarray  # (K, d) float64
-    counts: np.ndarray  # (K,) float64
-    inertia: np.ndarray  # (K,) float64
-    far_distances: np.ndarray  # (R, capacity) float64
-    far_rows: np.ndarray  # (R, capacity) int64
-    far_labels: np.ndarray  # (R, capacity) int64
-    far_worst: np.ndarray  # (R,) smallest distance among the slots
+    totals: Totals
+    far: FarSlots
 
     @property
-    def totals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self.sums, self.counts, self.inertia
+    def sums(self) -> np.ndarray:
+        return self.totals.sums
 
     @property
-    def far(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        return self.far_distances, self.far_rows, self.far_labels, self.far_worst
+    def counts(self) -> np.ndarray:
+        return self.totals.counts
+
+    @property
+    def inertia(self) -> np.ndarray:
+        return self.totals.inertia
+
+    @property
+    def per_row(self) -> RowResults:
+        return RowResults(labels=self.labels, distances=self.distances)
 
     @classmethod
     def empty(
         cls, n_rows: int, n_runs: int, n_centers: int, n_features: int, far_capacity: int
     ) -> _Accumulator:
         return cls(
-            np.empty((n_rows, n_runs), dtype=np.int64),
-            np.empty((n_rows, n_runs)),
-            np.zeros((n_centers, n_features)),
-            np.zeros(n_centers),
-            np.zeros(n_centers),
-            np.full((n_runs, far_capacity), -np.inf),
-            np.full((n_runs, far_capacity), -1, dtype=np.int64),
-            np.zeros((n_runs, far_capacity), dtype=np.int64),
-            np.full(n_runs, -np.inf),
+            labels=np.empty((n_rows, n_runs), dtype=np.int64),
+            distances=np.empty((n_rows, n_runs)),
+            totals=Totals(
+                sums=np.zeros((n_centers, n_features)),
+                counts=np.zeros(n_centers),
+                inertia=np.zeros(n_centers),
+            ),
+            far=FarSlots(
+                distances=np.full((n_runs, far_capacity), -np.inf),
+                rows=np.full((n_runs, far_capacity), -1, dtype=np.int64),
+                labels=np.zeros((n_runs, far_capacity), dtype=np.int64),
+                worst=np.full(n_runs, -np.inf),
+            ),
         )
 
     def far_points(
@@ -166,10 +256,10 @@ class _Accumulator:
     ) -> FarPoints:
         """The run's far points, from the tracked slots or from the per-row results; their
         rows in the frame of ``shift`` (:mod:`dkmeans.frame`)."""
-        if capacity == 0 or self.far_rows.shape[1]:  # from the slots (if any)
-            filled = self.far_rows[run] >= 0
-            rows = self.far_rows[run, filled]
-            distances, labels = self.far_distances[run, filled], self.far_labels[run, filled]
+        if capacity == 0 or self.far.rows.shape[1]:  # from the slots (if any)
+            filled = self.far.rows[run] >= 0
+            rows = self.far.rows[run, filled]
+            distances, labels = self.far.distances[run, filled], self.far.labels[run, filled]
             x, weights = x[rows], None if weights is None else weights[rows]
         else:  # select picks its few rows itself: no copy of the block
             rows = np.arange(len(x))
@@ -181,31 +271,28 @@ class _Accumulator:
 
 def _assign_numpy(
     xs: np.ndarray,
-    partial: np.ndarray,
-    centers_sq: np.ndarray,
-    centers64: np.ndarray,
-    bounds: np.ndarray,
     weights: np.ndarray,
-    labels: np.ndarray,
-    distances: np.ndarray,
-    totals: tuple[np.ndarray, np.ndarray, np.ndarray],
-    accumulate: bool,
+    partial: np.ndarray,
+    centres: StackedCentres,
+    per_row: RowResults,
+    totals: Totals | None,
 ) -> None:
     """Vectorised NumPy twin of :func:`_nearest_loop` and :func:`_accumulate_loop`
-    without far-point slots (the caller selects far points from the per-row results)."""
-    sums, counts, inertia = totals
-    partial += centers_sq
+    without far-point slots (the caller selects far points from the per-row results);
+    ``partial`` is ``-2 x·c`` of the sub-block, rows by centres, added to here."""
+    bounds = centres.bounds
+    partial += centres.squared_norms
     for r in range(len(bounds) - 1):
         lo, hi = bounds[r], bounds[r + 1]
         best = partial[:, lo:hi].argmin(axis=1)
-        diff = xs - centers64[lo + best]
+        diff = xs - centres.exact[lo + best]
         squared = np.einsum("ij,ij->i", diff, diff)
-        labels[:, r] = best
-        distances[:, r] = squared
-        if accumulate:
-            counts[lo:hi] += np.bincount(best, weights=weights, minlength=hi - lo)
-            inertia[lo:hi] += np.bincount(best, weights=weights * squared, minlength=hi - lo)
-            sums[lo:hi] += cluster_sums(xs, best, weights, hi - lo)
+        per_row.labels[:, r] = best
+        per_row.distances[:, r] = squared
+        if totals is not None:
+            totals.counts[lo:hi] += np.bincount(best, weights=weights, minlength=hi - lo)
+            totals.inertia[lo:hi] += np.bincount(best, weights=weights * squared, minlength=hi - lo)
+            totals.sums[lo:hi] += cluster_sums(xs, best, weights, hi - lo)
 
 
 def gemm_by_centers(n_centers: int, n_features: int, dtype: np.dtype) -> bool:
@@ -235,6 +322,34 @@ def _sub_block_gemm(partial, centers_gemm, xs, by_centers):
         out = partial[: n_rows * n_centers].reshape((n_rows, n_centers))
         np.dot(xs, centers_gemm.T, out)
     return out
+
+
+def _rows_of(values, start, stop):
+    """``values[start:stop]``, or None for None."""
+    return None if values is None else values[start:stop]
+
+
+def _weight_of(weights, i):
+    """Weight of row ``i``: 1 for weights of None."""
+    return 1.0 if weights is None else weights[i]
+
+
+def _per_row_of(per_row, start, stop):
+    """The :class:`RowResults` of rows ``start:stop``, or None for None."""
+    if per_row is None:
+        return None
+    return RowResults(labels=per_row.labels[start:stop], distances=per_row.distances[start:stop])
+
+
+def _shifted_rows(x, start, stop, shift, buffer):
+    """Rows ``start:stop`` of ``x``, minus ``shift`` (copied into ``buffer``, which stays
+    in cache) unless ``shift`` is None."""
+    if shift is None:
+        return x[start:stop]
+    for i in range(stop - start):
+        for f in range(x.shape[1]):
+            buffer[i, f] = x[start + i, f] - shift[f]
+    return buffer[: stop - start]
 
 
 def _argmin_per_row_loop(partial, centers_sq, lo, hi, best_value, best_index):
@@ -311,7 +426,7 @@ def _argmin_rows_loop(partial_t, centers_sq, lo, hi, best_value, best_index, sec
         j = last + 1
 
 
-def _nearest_loop(partial, by_centers, centers_sq, bounds, nearest, scan):
+def _nearest_loop(partial, by_centers, centres, nearest, scan):
     """Nearest centre of every row of a sub-block, per run, from the GEMM of
     :func:`_sub_block_gemm` (no norms of the rows).
 
@@ -319,19 +434,34 @@ def _nearest_loop(partial, by_centers, centers_sq, bounds, nearest, scan):
     A loop of its own, apart from the accumulation: fused with it, the pass ran 20%
     slower (250,000 x 32 float32 rows, k=16, one thread: 8.4 against 6.9-7.2 ms per block).
     """
-    best_value, best_index = scan[0], scan[1]
+    bounds = centres.bounds
     n_rows = partial.shape[1] if by_centers else partial.shape[0]
     for r in range(len(bounds) - 1):
         lo, hi = bounds[r], bounds[r + 1]
         if by_centers:
-            _argmin_rows_compiled(partial, centers_sq, lo, hi, best_value, best_index, None)
+            _argmin_rows_compiled(
+                partial_t=partial,
+                centers_sq=centres.squared_norms,
+                lo=lo,
+                hi=hi,
+                best_value=scan.best_value,
+                best_index=scan.best_index,
+                second=None,
+            )
         else:
-            _argmin_per_row_compiled(partial, centers_sq, lo, hi, best_value, best_index)
+            _argmin_per_row_compiled(
+                partial=partial,
+                centers_sq=centres.squared_norms,
+                lo=lo,
+                hi=hi,
+                best_value=scan.best_value,
+                best_index=scan.best_index,
+            )
         for i in range(n_rows):
-            nearest[i, r] = lo + best_index[i]
+            nearest[i, r] = lo + scan.best_index[i]
 
 
-def _screen_loop(start, stop, bounds, labels, distances, screen, nearest, gathered):
+def _screen_loop(start, stop, bounds, last, screen, nearest, gathered):
     """The rows of a sub-block whose nearest centre may have changed since the last pass.
 
     Hamerly's bounds (SIAM SDM 2010), per row and run: since the last pass the distance
@@ -339,23 +469,23 @@ def _screen_loop(start, stop, bounds, labels, distances, screen, nearest, gather
     centre shrank by at most the run's largest drift. A run keeps the row's centre
     (written to ``nearest``) when the two bounds are further apart than the rounding of
     the GEMM could hide, so the full scan would choose the same centre; the positions of
-    the other rows go into ``gathered``. Returns how many. ``labels`` and ``distances``
-    hold the last pass's centres and exact squared distances of the rows; ``lower`` (in
-    ``screen``) the lower bounds, updated here.
+    the other rows go into ``gathered``. Returns how many. ``last`` (:class:`RowResults`)
+    holds the last pass's centres and exact squared distances of the rows; ``screen``
+    (:class:`Screen`) the lower bounds, updated here.
     """
-    lower, drift, max_drift, centers_norm, max_sq, eps = screen
+    lower = screen.lower
     n_gathered = 0
     for i in range(start, stop):
         gather = False
         for r in range(len(bounds) - 1):
-            lower[i, r] -= max_drift[r]
-            if labels[i, r] < 0:  # never measured
+            lower[i, r] -= screen.max_drift[r]
+            if last.labels[i, r] < 0:  # never measured
                 gather = True
                 continue
-            own = bounds[r] + labels[i, r]
-            upper = np.sqrt(distances[i, r]) + drift[own]
-            norm = centers_norm[own] + upper  # bounds ||x||
-            slack = eps * (norm * norm + max_sq[r])
+            own = bounds[r] + last.labels[i, r]
+            upper = np.sqrt(last.distances[i, r]) + screen.drift[own]
+            norm = screen.centers_norm[own] + upper  # bounds ||x||
+            slack = screen.eps * (norm * norm + screen.max_sq[r])
             if lower[i, r] > 0 and upper * upper + 2 * slack < lower[i, r] * lower[i, r]:
                 nearest[i - start, r] = own
             else:
@@ -366,13 +496,12 @@ def _screen_loop(start, stop, bounds, labels, distances, screen, nearest, gather
     return n_gathered
 
 
-def _nearest_two_loop(xs, partial_t, centers_sq, bounds, gathered, start, nearest, screen, scan):
+def _nearest_two_loop(xs, partial_t, centres, gathered, start, nearest, screen, scan):
     """Nearest centre of the gathered rows (ties: the lowest index, as
     :func:`_nearest_loop`), and a lower bound on the distance to every other centre.
     Column ``g`` of ``partial_t`` belongs to row ``gathered[g]`` of the block, which is
     row ``gathered[g] - start`` of the sub-block ``xs``."""
-    lower, _, _, _, max_sq, eps = screen
-    best_value, best_index, second, x_sq = scan
+    bounds, x_sq = centres.bounds, scan.x_sq
     n_features = xs.shape[1]
     for g in range(len(gathered)):
         row_sq = 0.0
@@ -382,25 +511,31 @@ def _nearest_two_loop(xs, partial_t, centers_sq, bounds, gathered, start, neares
         x_sq[g] = row_sq
     for r in range(len(bounds) - 1):
         _argmin_rows_compiled(
-            partial_t, centers_sq, bounds[r], bounds[r + 1], best_value, best_index, second
+            partial_t=partial_t,
+            centers_sq=centres.squared_norms,
+            lo=bounds[r],
+            hi=bounds[r + 1],
+            best_value=scan.best_value,
+            best_index=scan.best_index,
+            second=scan.second,
         )
         for g in range(len(gathered)):
             i = gathered[g]
-            nearest[i - start, r] = bounds[r] + best_index[g]
-            slack = eps * (x_sq[g] + max_sq[r])
-            lower[i, r] = np.sqrt(max(np.float64(second[g]) + x_sq[g] - slack, 0.0))
+            nearest[i - start, r] = bounds[r] + scan.best_index[g]
+            slack = screen.eps * (x_sq[g] + screen.max_sq[r])
+            screen.lower[i, r] = np.sqrt(max(np.float64(scan.second[g]) + x_sq[g] - slack, 0.0))
 
 
-def _accumulate_loop(xs, nearest, centers64, bounds, weights, row0, labels, distances, totals, far):
+def _accumulate_loop(xs, weights, nearest, centres, first_row, per_row, totals, far):
     """Distances to the nearest centres and per-centre sums of a sub-block, compiled by
     numba: one read of every row.
 
-    Arguments that are None are compiled out: ``weights`` (all ones), ``labels`` and
-    ``distances`` (per-row results), ``totals`` (per-centre sums, counts and inertia),
-    ``far`` (:attr:`_Accumulator.far`: the farthest rows of weight > 0 are kept in its
-    slots).
+    Arguments that are None are compiled out: ``weights`` (all ones), ``per_row``
+    (:class:`RowResults`), ``totals`` (:class:`Totals`), ``far`` (:class:`FarSlots`: the
+    farthest rows of weight > 0 are kept in its slots, as block rows ``first_row + i``).
     """
     n_rows, n_features = xs.shape
+    bounds, centers64 = centres.bounds, centres.exact
     for i in range(n_rows):
         w = 1.0 if weights is None else weights[i]
         for r in range(len(bounds) - 1):
@@ -411,47 +546,51 @@ def _accumulate_loop(xs, nearest, centers64, bounds, weights, row0, labels, dist
                     diff = np.float64(xs[i, f]) - centers64[best, f]
                     squared += diff * diff
             else:  # one read of the row for the distance and the sums
-                sums, counts, inertia = totals
                 for f in range(n_features):
                     value = np.float64(xs[i, f])
                     diff = value - centers64[best, f]
                     squared += diff * diff
-                    sums[best, f] += w * value
-                counts[best] += w
-                inertia[best] += w * squared
+                    totals.sums[best, f] += w * value
+                totals.counts[best] += w
+                totals.inertia[best] += w * squared
             label = np.int64(best) - bounds[r]
-            if labels is not None:
-                labels[i, r] = label
-                distances[i, r] = squared
+            if per_row is not None:
+                per_row.labels[i, r] = label
+                per_row.distances[i, r] = squared
             if far is not None:
-                if w > 0 and squared > far[3][r]:
-                    _keep_far_compiled(far, r, squared, row0 + i, label)
+                if w > 0 and squared > far.worst[r]:
+                    _keep_far_compiled(
+                        far=far, run=r, squared=squared, row=first_row + i, label=label
+                    )
 
 
 def _keep_far_loop(far, run, squared, row, label):
     """Put a row into the run's worst far-point slot (the nearest, then the latest
     row): called for rows strictly farther than that slot, so ties keep the earlier
     row, as :meth:`FarPoints.select` does."""
-    far_distances, far_rows, far_labels, far_worst = far
     worst = 0
-    for slot in range(1, far_distances.shape[1]):
-        d, d_worst = far_distances[run, slot], far_distances[run, worst]
-        if d < d_worst or (d == d_worst and far_rows[run, slot] > far_rows[run, worst]):
+    for slot in range(1, far.distances.shape[1]):
+        d, d_worst = far.distances[run, slot], far.distances[run, worst]
+        if d < d_worst or (d == d_worst and far.rows[run, slot] > far.rows[run, worst]):
             worst = slot
-    far_distances[run, worst] = squared
-    far_rows[run, worst] = row
-    far_labels[run, worst] = label
-    far_worst[run] = far_distances[run].min()
+    far.distances[run, worst] = squared
+    far.rows[run, worst] = row
+    far.labels[run, worst] = label
+    far.worst[run] = far.distances[run].min()
 
 
-def _merge_moments_loop(xs, count, mean, m2):
-    """Merge the per-feature moments of ``xs`` into ``count[0], mean, m2`` in place.
+def _merge_moments_loop(xs, moments):
+    """Merge the per-feature moments of ``xs`` into ``moments`` (:class:`MomentSums`) in
+    place; None is compiled out.
 
     Two passes over the (cached) sub-block, then Chan et al.'s pairwise update.
     """
+    if moments is None:
+        return
     n_rows, n_features = xs.shape
     if n_rows == 0:
         return
+    count, mean, m2 = moments.count, moments.mean, moments.m2
     local_mean = np.zeros(n_features)
     for i in range(n_rows):
         for f in range(n_features):
@@ -470,100 +609,103 @@ def _merge_moments_loop(xs, count, mean, m2):
     count[0] = total
 
 
-def _merge_moments_numpy(
-    xs: np.ndarray, count: np.ndarray, mean: np.ndarray, m2: np.ndarray
-) -> None:
+def _merge_moments_numpy(xs: np.ndarray, moments: MomentSums) -> None:
     """NumPy twin of :func:`_merge_moments_loop`."""
+    count, mean, m2 = moments
     merged = Moments(count[0], mean.copy(), m2.copy()).combine(Moments.of(xs))
     count[0], mean[:], m2[:] = merged.count, merged.mean, merged.m2
 
 
-def _assign_block_loop(
-    x,
-    centers_gemm,
-    centers_sq,
-    centers64,
-    bounds,
-    weights,
-    step,
-    labels,
-    distances,
-    totals,
-    far,
-    moments,
-    moment_sums,
-    screen,
-    by_centers,
-    shift,
-):
+def _assign_block_loop(block, centres, out, screen, step, by_centers):
     """The whole block in one compiled call: GEMM per sub-block, then the fused scan.
 
     Runs without the GIL from start to end (numba's ``np.dot`` calls BLAS), so the
-    threads of a Dask worker never wait on each other between sub-blocks. With
-    ``screen`` (see :func:`_screen_loop`), only the rows whose centre may have changed
-    go through the GEMM and the scan (all rows of a sub-block where a quarter may
-    have); ``labels`` and ``distances`` then hold the rows' results of the last pass,
-    and receive this pass's. Without, ``by_centers`` chooses the GEMM's layout
-    (:func:`gemm_by_centers`). With ``shift`` (None: compiled out), every sub-block is
-    first copied minus ``shift`` (:mod:`dkmeans.frame`) into a buffer that stays in
-    cache, and everything is computed from that copy.
+    threads of a Dask worker never wait on each other between sub-blocks. ``block``
+    (:class:`BlockRows`) and ``centres`` (:class:`StackedCentres`) are read, ``out``
+    (:class:`PassOutputs`) filled in. With ``screen`` (:class:`Screen`, see
+    :func:`_screen_loop`), only the rows whose centre may have changed go through the
+    GEMM and the scan (all rows of a sub-block where a quarter may have);
+    ``out.per_row`` then holds the rows' results of the last pass, and receives this
+    pass's. Without, ``by_centers`` chooses the GEMM's layout (:func:`gemm_by_centers`).
+    With ``block.shift``, every sub-block is first copied minus the shift
+    (:mod:`dkmeans.frame`) into a buffer that stays in cache, and everything is
+    computed from that copy.
     """
+    x, bounds = block.x, centres.bounds
     n_rows, n_features = x.shape
-    n_centers, rows = centers_gemm.shape[0], min(step, n_rows)
+    n_centers, rows = centres.gemm.shape[0], min(step, n_rows)
     partial = np.empty(rows * n_centers, dtype=x.dtype)
     nearest = np.empty((rows, len(bounds) - 1), dtype=np.uint64)
     screened = 0 if screen is None else rows
     # best value and index of every row; with bounds, also its second best and ||x||²
-    scan = (
-        np.empty(rows, dtype=x.dtype),
-        np.empty(rows, dtype=np.int64),
-        np.empty(screened, dtype=x.dtype),
-        np.empty(screened),
+    scan = Scan(
+        best_value=np.empty(rows, dtype=x.dtype),
+        best_index=np.empty(rows, dtype=np.int64),
+        second=np.empty(screened, dtype=x.dtype),
+        x_sq=np.empty(screened),
     )
     xg = np.empty((screened, n_features), dtype=x.dtype)
     gathered = np.empty(screened, dtype=np.int64)
-    moved = np.empty((0 if shift is None else rows, n_features), dtype=x.dtype)
+    moved = np.empty((0 if block.shift is None else rows, n_features), dtype=x.dtype)
     for start in range(0, n_rows, step):
         stop = min(start + step, n_rows)
-        xs, block_nearest = x[start:stop], nearest[: stop - start]
-        if shift is not None:
-            for i in range(stop - start):
-                for f in range(n_features):
-                    moved[i, f] = x[start + i, f] - shift[f]
-            xs = moved[: stop - start]
+        block_nearest = nearest[: stop - start]
+        xs = _shifted_rows_compiled(x=x, start=start, stop=stop, shift=block.shift, buffer=moved)
         if screen is None:
-            block_partial = _sub_block_gemm_compiled(partial, centers_gemm, xs, by_centers)
-            _nearest_compiled(block_partial, by_centers, centers_sq, bounds, block_nearest, scan)
+            block_partial = _sub_block_gemm_compiled(
+                partial=partial, centers_gemm=centres.gemm, xs=xs, by_centers=by_centers
+            )
+            _nearest_compiled(
+                partial=block_partial,
+                by_centers=by_centers,
+                centres=centres,
+                nearest=block_nearest,
+                scan=scan,
+            )
         else:
             n = _screen_compiled(
-                start, stop, bounds, labels, distances, screen, block_nearest, gathered
+                start=start,
+                stop=stop,
+                bounds=bounds,
+                last=out.per_row,
+                screen=screen,
+                nearest=block_nearest,
+                gathered=gathered,
             )
             # few rows: the GEMM of a copy of them; most: all rows, as without bounds
             if 4 * n < stop - start:
                 for g in range(n):
                     xg[g] = xs[gathered[g] - start]
-                partial_t = _sub_block_gemm_compiled(partial, centers_gemm, xg[:n], True)
+                partial_t = _sub_block_gemm_compiled(
+                    partial=partial, centers_gemm=centres.gemm, xs=xg[:n], by_centers=True
+                )
             else:
                 n = stop - start
                 gathered[:n] = np.arange(start, stop)
-                partial_t = _sub_block_gemm_compiled(partial, centers_gemm, xs, True)
+                partial_t = _sub_block_gemm_compiled(
+                    partial=partial, centers_gemm=centres.gemm, xs=xs, by_centers=True
+                )
             _nearest_two_compiled(
-                xs, partial_t, centers_sq, bounds, gathered[:n], start, block_nearest, screen, scan
+                xs=xs,
+                partial_t=partial_t,
+                centres=centres,
+                gathered=gathered[:n],
+                start=start,
+                nearest=block_nearest,
+                screen=screen,
+                scan=scan,
             )
         _accumulate_compiled(
-            xs,
-            block_nearest,
-            centers64,
-            bounds,
-            None if weights is None else weights[start:stop],
-            start,
-            None if labels is None else labels[start:stop],
-            None if distances is None else distances[start:stop],
-            totals,
-            far,
+            xs=xs,
+            weights=_rows_of_compiled(block.weights, start, stop),
+            nearest=block_nearest,
+            centres=centres,
+            first_row=start,
+            per_row=_per_row_of_compiled(out.per_row, start, stop),
+            totals=out.totals,
+            far=out.far,
         )
-        if moments:
-            _merge_moments_compiled(xs, *moment_sums)
+        _merge_moments_compiled(xs=xs, moments=out.moments)
 
 
 if numba is not None:
@@ -573,6 +715,10 @@ if numba is not None:
     _argmin_rows_compiled = _jit(_argmin_rows_loop)
     _sub_block_gemm_compiled = _jit(_sub_block_gemm)
     _argmin_per_row_compiled = _jit(_argmin_per_row_loop)
+    _rows_of_compiled = _jit(_rows_of)
+    _weight_of_compiled = _jit(_weight_of)
+    _per_row_of_compiled = _jit(_per_row_of)
+    _shifted_rows_compiled = _jit(_shifted_rows)
     _nearest_compiled = _jit(_nearest_loop)
     _screen_compiled = _jit(_screen_loop)
     _nearest_two_compiled = _jit(_nearest_two_loop)
@@ -608,41 +754,45 @@ def _assign(
     n_runs = len(bounds) - 1
     dtype, centers_gemm, centers_sq = gemm_operands(x, centers)
     shift = None if shift is None else np.asarray(shift, dtype=dtype)
-    centers_sq = centers_sq.astype(dtype)  # the scan adds it to the GEMM in its dtype
-    centers64 = np.ascontiguousarray(centers, dtype=np.float64)
-    bounds = np.asarray(bounds, dtype=np.int64)
+    centres = StackedCentres(
+        gemm=centers_gemm,
+        squared_norms=centers_sq.astype(dtype),  # the scan adds it to the GEMM in its dtype
+        exact=np.ascontiguousarray(centers, dtype=np.float64),
+        bounds=np.asarray(bounds, dtype=np.int64),
+    )
     # the compiled kernel keeps far points in slots; per-row results only when asked
     track_far = USE_NUMBA and far_capacity > 0
     per_row = not USE_NUMBA or not accumulate
     out = _Accumulator.empty(
         len(x) if per_row else 0, n_runs, n_centers, n_features, far_capacity * track_far
     )
-    count, mean, m2 = np.zeros(1), np.zeros(n_features), np.zeros(n_features)
+    moment_sums = MomentSums(count=np.zeros(1), mean=np.zeros(n_features), m2=np.zeros(n_features))
     step = sub_block_rows(n_centers, n_features)
     screen = None
     if USE_NUMBA and bounds_of_rows is not None:
         distance_bounds, block_index = bounds_of_rows
         out.labels, out.distances, lower = distance_bounds.memory.of_block(block_index, len(x))
-        screen = distance_bounds.screen(lower, centers, bounds, dtype)
+        screen = distance_bounds.screen(lower, centers, centres.bounds, dtype)
         per_row = True
     if USE_NUMBA:
         _assign_block_compiled(
-            np.ascontiguousarray(x, dtype=dtype),
-            centers_gemm,
-            centers_sq,
-            centers64,
-            bounds,
-            None if weights is None else np.ascontiguousarray(weights, dtype=np.float64),
-            step,
-            out.labels if per_row else None,
-            out.distances if per_row else None,
-            out.totals if accumulate else None,
-            out.far if track_far else None,
-            moments,
-            (count, mean, m2),
-            screen,
-            gemm_by_centers(n_centers, n_features, dtype),
-            shift,
+            block=BlockRows(
+                x=np.ascontiguousarray(x, dtype=dtype),
+                weights=None
+                if weights is None
+                else np.ascontiguousarray(weights, dtype=np.float64),
+                shift=shift,
+            ),
+            centres=centres,
+            out=PassOutputs(
+                per_row=out.per_row if per_row else None,
+                totals=out.totals if accumulate else None,
+                far=out.far if track_far else None,
+                moments=moment_sums if moments else None,
+            ),
+            screen=screen,
+            step=step,
+            by_centers=gemm_by_centers(n_centers, n_features, dtype),
         )
     else:
         w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -653,20 +803,18 @@ def _assign(
             partial_t = buffer[: n_centers * len(xs)].reshape(n_centers, len(xs))
             np.matmul(centers_gemm, xs.T, out=partial_t)
             _assign_numpy(
-                xs,
-                partial_t.T,
-                centers_sq,
-                centers64,
-                bounds,
-                w[rows],
-                out.labels[rows],
-                out.distances[rows],
-                out.totals,
-                accumulate,
+                xs=xs,
+                weights=w[rows],
+                partial=partial_t.T,
+                centres=centres,
+                per_row=RowResults(labels=out.labels[rows], distances=out.distances[rows]),
+                totals=out.totals if accumulate else None,
             )
             if moments:
-                _merge_moments_numpy(xs, count, mean, m2)
-    return out, Moments(float(count[0]), mean, m2) if moments else None
+                _merge_moments_numpy(xs, moment_sums)
+    if not moments:
+        return out, None
+    return out, Moments(float(moment_sums.count[0]), moment_sums.mean, moment_sums.m2)
 
 
 def nearest_centers(
@@ -848,15 +996,24 @@ class DistanceBounds:
     memory: RowMemory
     drift: np.ndarray
 
-    def screen(self, lower: np.ndarray, centers: np.ndarray, bounds: np.ndarray, dtype):
-        """The arguments of the compiled screening."""
+    def screen(
+        self, lower: np.ndarray, centers: np.ndarray, bounds: np.ndarray, dtype: np.dtype
+    ) -> Screen:
+        """The bounds of a pass as the compiled screening reads them."""
         norms_sq = np.einsum("ij,ij->i", centers, centers)
         runs = list(zip(bounds[:-1], bounds[1:], strict=True))
         max_drift = np.array([self.drift[lo:hi].max(initial=0.0) for lo, hi in runs])
         max_sq = np.array([norms_sq[lo:hi].max(initial=0.0) for lo, hi in runs])
         # rounding of a GEMM value against ||x - c||² - ||x||², with room to spare
         eps = 2 * (centers.shape[1] + 4) * np.finfo(dtype).eps
-        return lower, self.drift, max_drift, np.sqrt(norms_sq), max_sq, float(eps)
+        return Screen(
+            lower=lower,
+            drift=self.drift,
+            max_drift=max_drift,
+            centers_norm=np.sqrt(norms_sq),
+            max_sq=max_sq,
+            eps=float(eps),
+        )
 
 
 def distance_bounds_memory(n_runs: int) -> RowMemory:

@@ -16,6 +16,7 @@ rounds a product differently for matrices of other shapes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -94,96 +95,137 @@ class Candidates:
         return np.asarray(self.runs if self.memory is not None else np.arange(len(self.runs)))
 
 
-def _measure_loop(
-    partial, by_centers, centers_sq, bounds, first_index, columns, nearest, index, scan
-):
+class NearestCandidates(NamedTuple):
+    """Every row's nearest candidate so far, per run (in and out): ``partial[i, column]``
+    is ``||c||² - 2 x·c`` of row ``i`` and that candidate ``c``, ``index[i, column]``
+    its index within its run (see :func:`nearest_candidates`)."""
+
+    partial: np.ndarray  # (rows, runs) float64
+    index: np.ndarray  # (rows, runs) int32
+
+
+class CandidateRuns(NamedTuple):
+    """Where each run's new candidates go (inputs): the index of its first one within the
+    run, and the run's column in :class:`NearestCandidates`."""
+
+    first_index: np.ndarray  # (R,) int64
+    columns: np.ndarray  # (R,) int64
+
+
+class CandidateCounts(NamedTuple):
+    """The weighing pass's output: the weight of the rows nearest to every candidate, of
+    run ``r`` in ``counts[edges[r]:edges[r + 1]]`` (added to)."""
+
+    counts: np.ndarray  # (M,) float64
+    edges: np.ndarray  # (R + 1,) int64
+
+
+class Draws(NamedTuple):
+    """An oversampling round's inputs and its kept rows per run (see
+    :func:`_measure_block_loop`)."""
+
+    oversampling: np.ndarray  # (R,) expected draws per round
+    streams: np.ndarray  # (R,) uint64 random stream of every run
+    first_row: int  # global index of the block's first row
+    kept_rows: np.ndarray  # (R, slots) int64 block-local rows
+    kept_keys: np.ndarray  # (R, slots) float64
+    n_kept: np.ndarray  # (R,) int64 slots filled
+
+
+def _measure_loop(partial, by_centers, centres, runs, nearest, scan):
     """Fold a sub-block's candidates into every row's nearest so far, run by run.
 
-    ``partial`` is the GEMM of :func:`~dkmeans.kernels._sub_block_gemm`; a candidate
-    replaces a row's nearest only when strictly nearer, so ties keep the lowest index.
-    ``scan`` is float64 and int64 scratch of the rows' size.
+    ``partial`` is the GEMM of :func:`~dkmeans.kernels._sub_block_gemm` against
+    ``centres`` (:class:`~dkmeans.kernels.StackedCentres`); a candidate replaces a row's
+    nearest (``nearest``, :class:`NearestCandidates` of the sub-block's rows) only when
+    strictly nearer, so ties keep the lowest index.
     """
-    best_value, best_index = scan
+    bounds = centres.bounds
     n_rows = partial.shape[1] if by_centers else partial.shape[0]
     for r in range(len(bounds) - 1):
         lo, hi = bounds[r], bounds[r + 1]
         if hi == lo:
             continue
         if by_centers:
-            kernels._argmin_rows_compiled(partial, centers_sq, lo, hi, best_value, best_index, None)
+            kernels._argmin_rows_compiled(
+                partial_t=partial,
+                centers_sq=centres.squared_norms,
+                lo=lo,
+                hi=hi,
+                best_value=scan.best_value,
+                best_index=scan.best_index,
+                second=None,
+            )
         else:
-            kernels._argmin_per_row_compiled(partial, centers_sq, lo, hi, best_value, best_index)
-        column = columns[r]
+            kernels._argmin_per_row_compiled(
+                partial=partial,
+                centers_sq=centres.squared_norms,
+                lo=lo,
+                hi=hi,
+                best_value=scan.best_value,
+                best_index=scan.best_index,
+            )
+        column = runs.columns[r]
         for i in range(n_rows):
-            if best_value[i] < nearest[i, column]:
-                nearest[i, column] = best_value[i]
-                index[i, column] = first_index[r] + best_index[i]
+            if scan.best_value[i] < nearest.partial[i, column]:
+                nearest.partial[i, column] = scan.best_value[i]
+                nearest.index[i, column] = runs.first_index[r] + scan.best_index[i]
 
 
 def _measure_block_loop(
-    x,
-    centers_gemm,
-    centers_sq,
-    bounds,
-    first_index,
-    columns,
-    nearest,
-    index,
-    fresh,
-    weights,
-    step,
-    row0,
-    cost,
-    counts,
-    count_bounds,
-    oversampling,
-    streams,
-    kept_rows,
-    kept_keys,
-    n_kept,
-    by_centers,
+    block, centres, runs, nearest, fresh, cost, counts, draws, step, by_centers
 ):
     """One pass of k-means|| over a block in one compiled call, without the GIL.
 
-    Per row sub-block: one GEMM against the new candidates of every run, the rows'
-    nearest candidates (:func:`_measure_loop`), then per row and run its mass
-    ``w * d²`` added to the run's cost, and either its weight added to its nearest
-    candidate's count (``counts``: the weighing pass) or its oversampling key computed
-    (``streams``: a round). A row is kept in the ``kept_*`` slots while its key is at
-    least the cost so far (the block's cost only grows, so a row dropped here could
-    never be kept). Returns False when a run keeps more rows than its slots hold.
-    Arguments of None are compiled out. With ``fresh``, ``nearest`` and ``index`` are
-    scratch of one sub-block; otherwise they hold the block's rows. ``by_centers``
-    chooses the GEMM's layout (:func:`~dkmeans.kernels.gemm_by_centers`).
+    Per row sub-block of ``block`` (:class:`~dkmeans.kernels.BlockRows`, no shift): one
+    GEMM against the new candidates of every run (``centres``,
+    :class:`~dkmeans.kernels.StackedCentres`; ``runs``, :class:`CandidateRuns`), the rows'
+    nearest candidates (:func:`_measure_loop`), then per row and run its mass ``w * d²``
+    added to the run's ``cost``, and either its weight added to its nearest candidate's
+    count (``counts``, :class:`CandidateCounts`: the weighing pass) or its oversampling
+    key computed (``draws``, :class:`Draws`: a round). A row is kept in the draws' slots
+    while its key is at least the cost so far (the block's cost only grows, so a row
+    dropped here could never be kept). Returns False when a run keeps more rows than its
+    slots hold. ``counts`` or ``draws`` of None are compiled out. With ``fresh``,
+    ``nearest`` (:class:`NearestCandidates`) is scratch of one sub-block; otherwise it
+    holds the block's rows. ``by_centers`` chooses the GEMM's layout
+    (:func:`~dkmeans.kernels.gemm_by_centers`).
     """
+    x, bounds, columns = block.x, centres.bounds, runs.columns
     n_rows, n_features = x.shape
-    n_centers = centers_gemm.shape[0]
+    n_centers = centres.gemm.shape[0]
     partial = np.empty(min(step, n_rows) * n_centers, dtype=x.dtype)
-    scan = (np.empty(min(step, n_rows)), np.empty(min(step, n_rows), dtype=np.int64))
+    scan = kernels.Scan(
+        best_value=np.empty(min(step, n_rows)),
+        best_index=np.empty(min(step, n_rows), dtype=np.int64),
+        second=np.empty(0),
+        x_sq=np.empty(0),
+    )
     for start in range(0, n_rows, step):
         stop = min(start + step, n_rows)
         block_partial = kernels._sub_block_gemm_compiled(
-            partial, centers_gemm, x[start:stop], by_centers
+            partial=partial, centers_gemm=centres.gemm, xs=x[start:stop], by_centers=by_centers
         )
         if fresh:
-            rows_nearest, rows_index = nearest[: stop - start], index[: stop - start]
-            rows_nearest[:] = np.inf
-            rows_index[:] = -1
+            rows = NearestCandidates(
+                partial=nearest.partial[: stop - start], index=nearest.index[: stop - start]
+            )
+            rows.partial[:] = np.inf
+            rows.index[:] = -1
         else:
-            rows_nearest, rows_index = nearest[start:stop], index[start:stop]
+            rows = NearestCandidates(
+                partial=nearest.partial[start:stop], index=nearest.index[start:stop]
+            )
         _measure_compiled(
-            block_partial,
-            by_centers,
-            centers_sq,
-            bounds,
-            first_index,
-            columns,
-            rows_nearest,
-            rows_index,
-            scan,
+            partial=block_partial,
+            by_centers=by_centers,
+            centres=centres,
+            runs=runs,
+            nearest=rows,
+            scan=scan,
         )
         for i in range(stop - start):
-            w = 1.0 if weights is None else weights[start + i]
+            w = kernels._weight_of_compiled(block.weights, start + i)
             if not w > 0:
                 continue
             x_sq = 0.0
@@ -192,34 +234,36 @@ def _measure_block_loop(
                 x_sq += value * value
             for r in range(len(bounds) - 1):
                 column = columns[r]
-                mass = w * max(rows_nearest[i, column] + x_sq, 0.0)
+                mass = w * max(rows.partial[i, column] + x_sq, 0.0)
                 cost[r] += mass
-                if counts is not None and rows_index[i, column] >= 0:
-                    counts[count_bounds[r] + rows_index[i, column]] += w
-                if streams is None or not mass > 0:
+                if counts is not None and rows.index[i, column] >= 0:
+                    counts.counts[counts.edges[r] + rows.index[i, column]] += w
+                if draws is None or not mass > 0:
                     continue
-                row = np.uint64(row0 + start + i)
-                key = oversampling[r] * mass / sampling._uniform_compiled(streams[r], row)
+                row = np.uint64(draws.first_row + start + i)
+                uniform = sampling._uniform_compiled(draws.streams[r], row)
+                key = draws.oversampling[r] * mass / uniform
                 if key >= cost[r]:
-                    if n_kept[r] == kept_rows.shape[1]:
-                        _drop_below_compiled(r, cost[r], kept_rows, kept_keys, n_kept)
-                        if n_kept[r] == kept_rows.shape[1]:
+                    slots = draws.kept_rows.shape[1]
+                    if draws.n_kept[r] == slots:
+                        _drop_below_compiled(draws=draws, run=r, threshold=cost[r])
+                        if draws.n_kept[r] == slots:
                             return False
-                    kept_rows[r, n_kept[r]] = start + i
-                    kept_keys[r, n_kept[r]] = key
-                    n_kept[r] += 1
+                    draws.kept_rows[r, draws.n_kept[r]] = start + i
+                    draws.kept_keys[r, draws.n_kept[r]] = key
+                    draws.n_kept[r] += 1
     return True
 
 
-def _drop_below(run, threshold, kept_rows, kept_keys, n_kept):
-    """Keep only the run's kept rows whose key is at least ``threshold``."""
+def _drop_below(draws, run, threshold):
+    """Keep only the run's kept rows (:class:`Draws`) whose key is at least ``threshold``."""
     filled = 0
-    for slot in range(n_kept[run]):
-        if kept_keys[run, slot] >= threshold:
-            kept_rows[run, filled] = kept_rows[run, slot]
-            kept_keys[run, filled] = kept_keys[run, slot]
+    for slot in range(draws.n_kept[run]):
+        if draws.kept_keys[run, slot] >= threshold:
+            draws.kept_rows[run, filled] = draws.kept_rows[run, slot]
+            draws.kept_keys[run, filled] = draws.kept_keys[run, slot]
             filled += 1
-    n_kept[run] = filled
+    draws.n_kept[run] = filled
 
 
 if kernels.numba is not None:
@@ -273,28 +317,40 @@ def _row_order_sums(mass: np.ndarray) -> np.ndarray:
     return np.cumsum(mass, axis=0)[-1] if len(mass) else np.zeros(mass.shape[1])
 
 
-def _measure_block(x, weights, row_offset, block_index, candidates, cost, counts, slots):
+def _measure_block(
+    x: np.ndarray,
+    weights: np.ndarray | None,
+    block_index: int,
+    candidates: Candidates,
+    cost: np.ndarray,
+    *,
+    counts: CandidateCounts | None = None,
+    draws: Draws | None = None,
+) -> bool:
     """:func:`_measure_block_loop` on a block: the arguments prepared, scratch allocated."""
     dtype, centers_gemm, centers_sq = gemm_operands(x, candidates.stacked)
     step = sub_block_rows(len(candidates.stacked), x.shape[1])
     nearest, index, fresh = candidates.nearest(block_index, len(x), min(step, len(x)))
     return _measure_block_compiled(
-        np.ascontiguousarray(x, dtype=dtype),
-        centers_gemm,
-        centers_sq,
-        candidates.bounds,
-        candidates.first_index,
-        candidates.columns,
-        nearest,
-        index,
-        fresh,
-        None if weights is None else np.ascontiguousarray(weights, dtype=np.float64),
-        step,
-        row_offset,
-        cost,
-        *((None, None) if counts is None else counts),
-        *((None,) * 5 if slots is None else slots),
-        kernels.gemm_by_centers(len(centers_sq), x.shape[1], dtype),
+        block=kernels.BlockRows(
+            x=np.ascontiguousarray(x, dtype=dtype),
+            weights=None if weights is None else np.ascontiguousarray(weights, dtype=np.float64),
+            shift=None,
+        ),
+        centres=kernels.StackedCentres(
+            gemm=centers_gemm,
+            squared_norms=centers_sq,
+            exact=candidates.stacked,
+            bounds=candidates.bounds,
+        ),
+        runs=CandidateRuns(first_index=candidates.first_index, columns=candidates.columns),
+        nearest=NearestCandidates(partial=nearest, index=index),
+        fresh=fresh,
+        cost=cost,
+        counts=counts,
+        draws=draws,
+        step=step,
+        by_centers=kernels.gemm_by_centers(len(centers_sq), x.shape[1], dtype),
     )
 
 
@@ -396,8 +452,15 @@ def _oversample_compiled(x, weights, row_offset, block_index, candidates, oversa
         kept_rows = np.empty((n_runs, capacity), dtype=np.int64)
         kept_keys = np.empty((n_runs, capacity))
         n_kept = np.zeros(n_runs, dtype=np.int64)
-        slots = (oversampling, streams, kept_rows, kept_keys, n_kept)
-        if _measure_block(x, weights, row_offset, block_index, candidates, cost, None, slots):
+        draws = Draws(
+            oversampling=oversampling,
+            streams=streams,
+            first_row=row_offset,
+            kept_rows=kept_rows,
+            kept_keys=kept_keys,
+            n_kept=n_kept,
+        )
+        if _measure_block(x, weights, block_index, candidates, cost, draws=draws):
             break
     kept = [(kept_rows[r, : n_kept[r]], kept_keys[r, : n_kept[r]]) for r in range(n_runs)]
     return cost, kept
@@ -433,7 +496,14 @@ def weigh_candidates(
     counts = np.zeros(count_bounds[-1])
     if kernels.USE_NUMBA:
         cost = np.zeros(len(sizes))
-        _measure_block(x, weights, 0, block_index, candidates, cost, (counts, count_bounds), None)
+        _measure_block(
+            x,
+            weights,
+            block_index,
+            candidates,
+            cost,
+            counts=CandidateCounts(counts=counts, edges=count_bounds),
+        )
         return CandidateWeights(counts, cost)
     w, mass, index = _masses_numpy(x, weights, block_index, candidates)
     for r in range(len(sizes)):
