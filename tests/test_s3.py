@@ -148,17 +148,14 @@ def run(*args: str) -> tuple[int, list[str]]:
     return status, err.getvalue().splitlines()
 
 
-def test_fit_and_predict_from_s3_to_s3(s3, env, tmp_path):
-    """The command as a user runs it, credentials and endpoint from the environment."""
-    command = [sys.executable, "-m", "dkmeans.cli"]
-    fit = subprocess.run(
-        [*command, "fit", INPUT, "--n-clusters", "3", "--seed", "0", "--json", "--quiet"]
-        + ["--out", f"s3://{BUCKET}/r.zarr"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, **s3.env}, cwd=tmp_path,
-    )  # fmt: skip
-    assert fit.returncode == 0, fit.stderr
+def test_fit_and_predict_from_s3_to_s3(s3, env, tmp_path, monkeypatch, capsys):
+    """Credentials and endpoint from the environment, as a user's."""
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", INPUT, "--n-clusters", "3", "--seed", "0", "--json", "--quiet"]
+    assert main([*args, "--out", f"s3://{BUCKET}/r.zarr"]) == 0
     expected = KMeans(3, random_state=0).fit(s3.data)
-    assert json.loads(fit.stdout)["inertia"] == pytest.approx(expected.inertia_, rel=1e-6)
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["inertia"] == pytest.approx(expected.inertia_, rel=1e-6)
     np.testing.assert_allclose(read_centers(f"s3://{BUCKET}/r.zarr"), expected.cluster_centers_)
     status, err = run("predict", f"s3://{BUCKET}/r.zarr", INPUT, "--out", f"s3://{BUCKET}/l.zarr")
     assert status == 0, err
