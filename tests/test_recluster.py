@@ -1,0 +1,94 @@
+"""The reclustering of the k-means|| candidates: vectorised weighted k-means++ in memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.cluster import kmeans_plusplus
+
+from dkmeans.seeding import weighted_plusplus
+
+
+def plusplus_by_hand(points, weights, n_clusters, seed):
+    """Greedy weighted k-means++ written out row by row, with the same random draws."""
+    rng = np.random.default_rng(seed)
+    n_trials = 2 + int(np.log(n_clusters))
+    first = int(rng.choice(len(points), p=weights / weights.sum()))
+    chosen = [first]
+
+    def distance(a, b):
+        return float(sum((x - y) ** 2 for x, y in zip(points[a], points[b], strict=True)))
+
+    closest = [distance(i, first) for i in range(len(points))]
+    for _ in range(1, n_clusters):
+        masses = [w * d for w, d in zip(weights, closest, strict=True)]
+        total = float(np.cumsum(masses)[-1])
+        if total <= 0:
+            break
+        draws = rng.uniform(size=n_trials) * total
+        trials = []
+        for draw in draws:  # the first point whose cumulative mass exceeds the draw
+            index = len(points) - 1
+            for i, cumulative in enumerate(np.cumsum(masses)):
+                if cumulative > draw:
+                    index = i
+                    break
+            trials.append(index)
+        potentials = [
+            sum(
+                w * min(c, distance(i, t))
+                for i, (w, c) in enumerate(zip(weights, closest, strict=True))
+            )
+            for t in trials
+        ]
+        best = int(np.argmin(potentials))
+        chosen.append(trials[best])
+        closest = [min(c, distance(i, trials[best])) for i, c in enumerate(closest)]
+    return chosen
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n_points=st.integers(2, 40),
+    n_features=st.integers(1, 3),
+    n_clusters=st.integers(1, 8),
+    seed=st.integers(0, 2**16),
+    duplicates=st.booleans(),
+)
+def test_weighted_plusplus_equals_a_brute_force(n_points, n_features, n_clusters, seed, duplicates):
+    rng = np.random.default_rng(seed)
+    # small integers: every distance is exact, in the GEMM expansion too
+    points = rng.integers(-5, 6, size=(n_points, n_features)).astype(np.float64)
+    if duplicates:
+        points[n_points // 2 :] = points[0]
+    weights = rng.integers(1, 5, size=n_points).astype(np.float64)
+    expected = plusplus_by_hand(points, weights, n_clusters, seed)
+    centers = weighted_plusplus(points, weights, n_clusters, seed)
+    assert centers.shape == (n_clusters, n_features)
+    chosen = points[expected]
+    # fewer distinct points than clusters: the chosen ones repeat cyclically
+    np.testing.assert_array_equal(centers, chosen[np.arange(n_clusters) % len(chosen)])
+
+
+@pytest.mark.parametrize("n_clusters", [8, 64])
+def test_weighted_plusplus_seeds_as_well_as_scikit_learn(n_clusters):
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(3000, 4)) + rng.integers(-20, 20, size=(3000, 1))
+    weights = rng.uniform(0.5, 2, size=3000)
+
+    def potential(centers):
+        d2 = ((points[:, None] - centers[None]) ** 2).sum(-1).min(1)
+        return float(weights @ d2)
+
+    ours = np.median(
+        [potential(weighted_plusplus(points, weights, n_clusters, s)) for s in range(10)]
+    )
+    theirs = np.median(
+        [
+            potential(kmeans_plusplus(points, n_clusters, sample_weight=weights, random_state=s)[0])
+            for s in range(10)
+        ]
+    )
+    assert ours <= 1.1 * theirs
