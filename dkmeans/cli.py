@@ -99,12 +99,28 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def made_by_make_blobs(path: str) -> bool:
+    """Whether ``path`` holds a Zarr array that ``dkmeans make-blobs`` wrote."""
+    import zarr
+
+    try:
+        array = zarr.open_array(path, mode="r")
+    except (OSError, ValueError, zarr.errors.BaseZarrError):
+        return False
+    return array.attrs.get("generator") == "dkmeans.make_blobs"
+
+
 def run_make_blobs(args: argparse.Namespace) -> int:
     """Write a Gaussian-blob dataset to a Zarr store."""
     from .blobs import make_blobs
 
     if Path(args.out).exists() and not args.overwrite:
         raise UserError(f"{args.out} exists; choose another path or pass --overwrite")
+    if Path(args.out).exists() and not made_by_make_blobs(args.out):
+        raise UserError(
+            f"{args.out} exists and was not written by dkmeans make-blobs: --overwrite "
+            "replaces only stores that make-blobs wrote; choose another path"
+        )
     array = make_blobs(
         args.out,
         args.n_samples,

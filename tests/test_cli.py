@@ -262,3 +262,22 @@ def test_damaged_metadata_of_the_input_is_named(tmp_path, blobs_store, capsys, f
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1
     assert lines[0].startswith(f"dkmeans fit: error: damaged Zarr metadata in {store / file} (")
+
+
+def test_make_blobs_overwrites_only_what_make_blobs_wrote(tmp_path, capsys):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    other = tmp_path / "other.zarr"
+    zarr.create_array(str(other), shape=(3, 2), dtype="f8")[:] = 1.0
+    for path in (folder, other):
+        before = sorted(p.name for p in path.iterdir())
+        args = ["make-blobs", str(path), "--n-samples", "100", "--n-features", "2"]
+        assert main([*args, "--centers", "2", "--overwrite"]) == 2
+        assert "not written by dkmeans make-blobs" in capsys.readouterr().err
+        assert sorted(p.name for p in path.iterdir()) == before
+    blobs = str(tmp_path / "blobs.zarr")
+    args = ["make-blobs", blobs, "--n-features", "2", "--centers", "2"]
+    assert main([*args, "--n-samples", "100"]) == 0
+    assert main([*args, "--n-samples", "200", "--overwrite"]) == 0
+    assert zarr.open_array(blobs, mode="r").shape == (200, 2)
