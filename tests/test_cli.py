@@ -41,6 +41,19 @@ def blobs_store(tmp_path_factory):
     return path
 
 
+@pytest.fixture(autouse=True)
+def input_store_unchanged(request):
+    """Every command of every test leaves the shared input store's bytes and listing as
+    they were."""
+    if "blobs_store" not in request.fixturenames:
+        yield
+        return
+    path = request.getfixturevalue("blobs_store")
+    before = tree_digest(path)
+    yield
+    assert tree_digest(path) == before, "a command changed the input store"
+
+
 def test_count_accepts_scientific_and_underscored():
     assert count("1e9") == 10**9
     assert count("32_000_000") == 32_000_000
