@@ -30,11 +30,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
+from unittest import mock
 
 import dask
 import dask.array as da
@@ -44,7 +45,7 @@ import zarr
 from threadpoolctl import threadpool_limits
 
 import dkmeans
-import dkmeans.kernels
+import dkmeans.engine
 import dkmeans.resources
 
 RESULTS = Path(__file__).parent / "results"
@@ -104,20 +105,18 @@ class Timing:
 
 
 class Switched:
-    """dkmeans fitted with one module setting changed for the fit: ``dkmeans-numpy`` runs
-    the NumPy kernel (numba off), ``dkmeans-full-passes`` keeps no state per row (no
-    distance bounds: every Lloyd pass measures every row, as scikit-learn's does)."""
+    """dkmeans fitted with one setting changed for the fit: ``dkmeans-numpy`` runs the
+    NumPy engine, ``dkmeans-full-passes`` keeps no state per row (no distance bounds:
+    every Lloyd pass measures every row, as scikit-learn's does)."""
 
-    def __init__(self, estimator: dkmeans.KMeans, module: Any, name: str, value: Any) -> None:
-        self.estimator, self.module, self.name, self.value = estimator, module, name, value
+    def __init__(
+        self, estimator: dkmeans.KMeans, setting: Callable[[], AbstractContextManager]
+    ) -> None:
+        self.estimator, self.setting = estimator, setting
 
     def fit(self, X: Any) -> Switched:
-        saved = getattr(self.module, self.name)
-        setattr(self.module, self.name, self.value)
-        try:
+        with self.setting():
             self.estimator.fit(X)
-        finally:
-            setattr(self.module, self.name, saved)
         return self
 
     def __getattr__(self, name: str) -> Any:
@@ -154,13 +153,19 @@ def available_peers() -> tuple[list[Peer], list[str]]:
     notes = []
     full_passes = Peer(
         "dkmeans-full-passes",
-        lambda c, m: Switched(peers[0].build(c, m), dkmeans.resources, "ROW_MEMORY_FRACTION", 0),
+        lambda c, m: Switched(
+            peers[0].build(c, m),
+            lambda: mock.patch.object(dkmeans.resources, "ROW_MEMORY_FRACTION", 0),
+        ),
     )
     peers.insert(1, full_passes)
-    if dkmeans.kernels.USE_NUMBA:
+    if dkmeans.engine.current() == "numba":
         numpy_kernel = Peer(
             "dkmeans-numpy",
-            lambda c, m: Switched(peers[0].build(c, m), dkmeans.kernels, "USE_NUMBA", False),
+            lambda c, m: Switched(
+                peers[0].build(c, m),
+                lambda: dask.config.set({dkmeans.engine.CONFIG_KEY: "numpy"}),
+            ),
         )
         peers.insert(1, numpy_kernel)
     else:

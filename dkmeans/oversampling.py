@@ -16,14 +16,22 @@ rounds a product differently for matrices of other shapes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 
-from . import kernels, sampling
+from . import engine, kernels, loops
 from .graph import RowMemory
 from .kernels import gemm_operands, sub_block_rows
-from .sampling import PerRun, Purpose, row_uniforms, stream_key
+from .loops import (
+    BlockRows,
+    CandidateCounts,
+    CandidateRuns,
+    Draws,
+    NearestCandidates,
+    StackedCentres,
+)
+from .sampling import PerRun
+from .streams import Purpose, row_uniforms, stream_key
 
 #: Bytes remembered per row and run: the float64 distance and the int32 index.
 BYTES_PER_ROW_AND_RUN = 12
@@ -95,189 +103,8 @@ class Candidates:
         return np.asarray(self.runs if self.memory is not None else np.arange(len(self.runs)))
 
 
-class NearestCandidates(NamedTuple):
-    """Every row's nearest candidate so far, per run (in and out): ``partial[i, column]``
-    is ``||c||² - 2 x·c`` of row ``i`` and that candidate ``c``, ``index[i, column]``
-    its index within its run (see :func:`nearest_candidates`)."""
-
-    partial: np.ndarray  # (rows, runs) float64
-    index: np.ndarray  # (rows, runs) int32
-
-
-class CandidateRuns(NamedTuple):
-    """Where each run's new candidates go (inputs): the index of its first one within the
-    run, and the run's column in :class:`NearestCandidates`."""
-
-    first_index: np.ndarray  # (R,) int64
-    columns: np.ndarray  # (R,) int64
-
-
-class CandidateCounts(NamedTuple):
-    """The weighing pass's output: the weight of the rows nearest to every candidate, of
-    run ``r`` in ``counts[edges[r]:edges[r + 1]]`` (added to)."""
-
-    counts: np.ndarray  # (M,) float64
-    edges: np.ndarray  # (R + 1,) int64
-
-
-class Draws(NamedTuple):
-    """An oversampling round's inputs and its kept rows per run (see
-    :func:`_measure_block_loop`)."""
-
-    oversampling: np.ndarray  # (R,) expected draws per round
-    streams: np.ndarray  # (R,) uint64 random stream of every run
-    first_row: int  # global index of the block's first row
-    kept_rows: np.ndarray  # (R, slots) int64 block-local rows
-    kept_keys: np.ndarray  # (R, slots) float64
-    n_kept: np.ndarray  # (R,) int64 slots filled
-
-
-def _measure_loop(partial, by_centers, centres, runs, nearest, scan):
-    """Fold a sub-block's candidates into every row's nearest so far, run by run.
-
-    ``partial`` is the GEMM of :func:`~dkmeans.kernels._sub_block_gemm` against
-    ``centres`` (:class:`~dkmeans.kernels.StackedCentres`); a candidate replaces a row's
-    nearest (``nearest``, :class:`NearestCandidates` of the sub-block's rows) only when
-    strictly nearer, so ties keep the lowest index.
-    """
-    bounds = centres.bounds
-    n_rows = partial.shape[1] if by_centers else partial.shape[0]
-    for r in range(len(bounds) - 1):
-        lo, hi = bounds[r], bounds[r + 1]
-        if hi == lo:
-            continue
-        if by_centers:
-            kernels._argmin_rows_compiled(
-                partial_t=partial,
-                centers_sq=centres.squared_norms,
-                lo=lo,
-                hi=hi,
-                best_value=scan.best_value,
-                best_index=scan.best_index,
-                second=None,
-            )
-        else:
-            kernels._argmin_per_row_compiled(
-                partial=partial,
-                centers_sq=centres.squared_norms,
-                lo=lo,
-                hi=hi,
-                best_value=scan.best_value,
-                best_index=scan.best_index,
-            )
-        column = runs.columns[r]
-        for i in range(n_rows):
-            if scan.best_value[i] < nearest.partial[i, column]:
-                nearest.partial[i, column] = scan.best_value[i]
-                nearest.index[i, column] = runs.first_index[r] + scan.best_index[i]
-
-
-def _measure_block_loop(
-    block, centres, runs, nearest, fresh, cost, counts, draws, step, by_centers
-):
-    """One pass of k-means|| over a block in one compiled call, without the GIL.
-
-    Per row sub-block of ``block`` (:class:`~dkmeans.kernels.BlockRows`, no shift): one
-    GEMM against the new candidates of every run (``centres``,
-    :class:`~dkmeans.kernels.StackedCentres`; ``runs``, :class:`CandidateRuns`), the rows'
-    nearest candidates (:func:`_measure_loop`), then per row and run its mass ``w * d²``
-    added to the run's ``cost``, and either its weight added to its nearest candidate's
-    count (``counts``, :class:`CandidateCounts`: the weighing pass) or its oversampling
-    key computed (``draws``, :class:`Draws`: a round). A row is kept in the draws' slots
-    while its key is at least the cost so far (the block's cost only grows, so a row
-    dropped here could never be kept). Returns False when a run keeps more rows than its
-    slots hold. ``counts`` or ``draws`` of None are compiled out. With ``fresh``,
-    ``nearest`` (:class:`NearestCandidates`) is scratch of one sub-block; otherwise it
-    holds the block's rows. ``by_centers`` chooses the GEMM's layout
-    (:func:`~dkmeans.kernels.gemm_by_centers`).
-    """
-    x, bounds, columns = block.x, centres.bounds, runs.columns
-    n_rows, n_features = x.shape
-    n_centers = centres.gemm.shape[0]
-    partial = np.empty(min(step, n_rows) * n_centers, dtype=x.dtype)
-    scan = kernels.Scan(
-        best_value=np.empty(min(step, n_rows)),
-        best_index=np.empty(min(step, n_rows), dtype=np.int64),
-        second=np.empty(0),
-        x_sq=np.empty(0),
-    )
-    for start in range(0, n_rows, step):
-        stop = min(start + step, n_rows)
-        block_partial = kernels._sub_block_gemm_compiled(
-            partial=partial, centers_gemm=centres.gemm, xs=x[start:stop], by_centers=by_centers
-        )
-        if fresh:
-            rows = NearestCandidates(
-                partial=nearest.partial[: stop - start], index=nearest.index[: stop - start]
-            )
-            rows.partial[:] = np.inf
-            rows.index[:] = -1
-        else:
-            rows = NearestCandidates(
-                partial=nearest.partial[start:stop], index=nearest.index[start:stop]
-            )
-        _measure_compiled(
-            partial=block_partial,
-            by_centers=by_centers,
-            centres=centres,
-            runs=runs,
-            nearest=rows,
-            scan=scan,
-        )
-        for i in range(stop - start):
-            w = kernels._weight_of_compiled(block.weights, start + i)
-            if not w > 0:
-                continue
-            x_sq = 0.0
-            for f in range(n_features):
-                value = np.float64(x[start + i, f])
-                x_sq += value * value
-            for r in range(len(bounds) - 1):
-                column = columns[r]
-                mass = w * max(rows.partial[i, column] + x_sq, 0.0)
-                cost[r] += mass
-                if counts is not None and rows.index[i, column] >= 0:
-                    counts.counts[counts.edges[r] + rows.index[i, column]] += w
-                if draws is None or not mass > 0:
-                    continue
-                row = np.uint64(draws.first_row + start + i)
-                uniform = sampling._uniform_compiled(draws.streams[r], row)
-                key = draws.oversampling[r] * mass / uniform
-                if key >= cost[r]:
-                    slots = draws.kept_rows.shape[1]
-                    if draws.n_kept[r] == slots:
-                        _drop_below_compiled(draws=draws, run=r, threshold=cost[r])
-                        if draws.n_kept[r] == slots:
-                            return False
-                    draws.kept_rows[r, draws.n_kept[r]] = start + i
-                    draws.kept_keys[r, draws.n_kept[r]] = key
-                    draws.n_kept[r] += 1
-    return True
-
-
-def _drop_below(draws, run, threshold):
-    """Keep only the run's kept rows (:class:`Draws`) whose key is at least ``threshold``."""
-    filled = 0
-    for slot in range(draws.n_kept[run]):
-        if draws.kept_keys[run, slot] >= threshold:
-            draws.kept_rows[run, filled] = draws.kept_rows[run, slot]
-            draws.kept_keys[run, filled] = draws.kept_keys[run, slot]
-            filled += 1
-    draws.n_kept[run] = filled
-
-
-if kernels.numba is not None:
-    _jit = kernels.numba.njit(nogil=True, cache=True)
-    _measure_compiled = _jit(_measure_loop)
-    _drop_below_compiled = _jit(_drop_below)
-    # reassoc vectorises the squared norms of the rows
-    _measure_block_compiled = kernels.numba.njit(
-        nogil=True, cache=True, fastmath={"reassoc", "contract"}
-    )(_measure_block_loop)
-
-
 def _measure_numpy(x, candidates: Candidates, nearest, index) -> None:
-    """NumPy twin of :func:`_measure_loop`, over a whole block."""
+    """NumPy twin of :func:`~dkmeans.loops.measure_candidates`, over a whole block."""
     _, centers_gemm, centers_sq = gemm_operands(x, candidates.stacked)
     bounds, columns = candidates.bounds, candidates.columns
     for rows in kernels._sub_blocks(len(x), sub_block_rows(len(centers_sq), x.shape[1])):
@@ -327,17 +154,17 @@ def _measure_block(
     counts: CandidateCounts | None = None,
     draws: Draws | None = None,
 ) -> bool:
-    """:func:`_measure_block_loop` on a block: the arguments prepared, scratch allocated."""
+    """:func:`~dkmeans.loops.measure_block` on a block: arguments prepared, scratch made."""
     dtype, centers_gemm, centers_sq = gemm_operands(x, candidates.stacked)
     step = sub_block_rows(len(candidates.stacked), x.shape[1])
     nearest, index, fresh = candidates.nearest(block_index, len(x), min(step, len(x)))
-    return _measure_block_compiled(
-        block=kernels.BlockRows(
+    return loops.measure_block(
+        block=BlockRows(
             x=np.ascontiguousarray(x, dtype=dtype),
             weights=None if weights is None else np.ascontiguousarray(weights, dtype=np.float64),
             shift=None,
         ),
-        centres=kernels.StackedCentres(
+        centres=StackedCentres(
             gemm=centers_gemm,
             squared_norms=centers_sq,
             exact=candidates.stacked,
@@ -420,7 +247,7 @@ def oversample(
         dtype=np.uint64,
     )
     oversampling = np.asarray(oversampling, dtype=np.float64)
-    block_round = _oversample_compiled if kernels.USE_NUMBA else _oversample_numpy
+    block_round = _oversample_compiled if engine.current() == "numba" else _oversample_numpy
     cost, kept = block_round(x, weights, row_offset, block_index, candidates, oversampling, streams)
     return PerRun(
         Oversample(
@@ -431,7 +258,7 @@ def oversample(
 
 
 def _oversample_numpy(x, weights, row_offset, block_index, candidates, oversampling, streams):
-    """NumPy twin of a round of :func:`_measure_block_loop`: per run, the block's cost
+    """NumPy twin of a round of :func:`~dkmeans.loops.measure_block`: per run, the block's cost
     and the block-local rows (with their keys) that may be kept."""
     _, mass, _ = _masses_numpy(x, weights, block_index, candidates)
     cost, kept = _row_order_sums(mass), []
@@ -443,26 +270,26 @@ def _oversample_numpy(x, weights, row_offset, block_index, candidates, oversampl
 
 
 def _oversample_compiled(x, weights, row_offset, block_index, candidates, oversampling, streams):
-    """A round of :func:`_measure_block_loop`, with more slots if the first ones overflow
+    """A round of :func:`~dkmeans.loops.measure_block`, with more slots if the first ones overflow
     (measuring again is harmless: the nearest of the same candidates does not change)."""
     n_runs = len(streams)
     # a run keeps about l rows per round in all; the slots overflow only by bad luck
     for capacity in (min(len(x), int(4 * oversampling.max(initial=0)) + 64), len(x)):
         cost = np.zeros(n_runs)
-        kept_rows = np.empty((n_runs, capacity), dtype=np.int64)
-        kept_keys = np.empty((n_runs, capacity))
-        n_kept = np.zeros(n_runs, dtype=np.int64)
         draws = Draws(
             oversampling=oversampling,
             streams=streams,
             first_row=row_offset,
-            kept_rows=kept_rows,
-            kept_keys=kept_keys,
-            n_kept=n_kept,
+            kept_rows=np.empty((n_runs, capacity), dtype=np.int64),
+            kept_keys=np.empty((n_runs, capacity)),
+            n_kept=np.zeros(n_runs, dtype=np.int64),
         )
         if _measure_block(x, weights, block_index, candidates, cost, draws=draws):
             break
-    kept = [(kept_rows[r, : n_kept[r]], kept_keys[r, : n_kept[r]]) for r in range(n_runs)]
+    kept = [
+        (draws.kept_rows[r, : draws.n_kept[r]], draws.kept_keys[r, : draws.n_kept[r]])
+        for r in range(n_runs)
+    ]
     return cost, kept
 
 
@@ -494,7 +321,7 @@ def weigh_candidates(
     del row_offset
     count_bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     counts = np.zeros(count_bounds[-1])
-    if kernels.USE_NUMBA:
+    if engine.current() == "numba":
         cost = np.zeros(len(sizes))
         _measure_block(
             x,

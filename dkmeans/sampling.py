@@ -1,88 +1,32 @@
 """Sampling kernels for the initialisers, one block of rows at a time.
 
-Every random number belongs to a row, not to a block: it is a hash of (seed, purpose,
-round, global row index) (:func:`row_uniforms`). So a sample depends neither on the
-scheduler nor on how the rows are cut into blocks. Combining two partial results is
-associative and order-independent (ties broken by global row index).
+Every random number belongs to a row, not to a block (:mod:`dkmeans.streams`). So a
+sample depends neither on the scheduler nor on how the rows are cut into blocks.
+Combining two partial results is associative and order-independent (ties broken by
+global row index).
 
-The per-row loops of the k-means|| rounds and of the key draws are compiled by numba
-when it is installed (see :mod:`dkmeans.kernels`); their NumPy twins draw the same
-rows (the costs may differ in the last bits: the GEMMs and sums are not the same code).
+The key draws run compiled (:func:`dkmeans.loops.exponential_keys`) or vectorised, as
+:mod:`dkmeans.engine` says; both draw the same keys.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 
 import numpy as np
 
-from . import kernels
+from . import engine, loops
 from .kernels import min_squared_distances
-
-
-class Purpose(IntEnum):
-    """Separates the random streams of the different samplers."""
-
-    SMALLEST_KEYS = 1
-    OVERSAMPLE = 2
-    PLUSPLUS = 3
-
-
-def stream_key(seed: int, purpose: int, *counters: int) -> np.uint64:
-    """The key of one random stream: every row draws one number from it."""
-    words = [seed, purpose, *counters]
-    return np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0]
-
-
-# splitmix64 (Steele, Lea & Flood 2014) of stream + row * golden ratio
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX_2 = np.uint64(0x94D049BB133111EB)
-_SHIFT_1, _SHIFT_2, _SHIFT_3 = np.uint64(30), np.uint64(27), np.uint64(31)
-_MANTISSA_SHIFT = np.uint64(11)
-_ULP = 2.0**-53
-
-
-def _uniform(stream, row):
-    """Uniform on (0, 1] of a row, or of an array of rows (NumPy uint64 arithmetic
-    wraps around, like the compiled one)."""
-    z = stream + row * _GOLDEN
-    z = (z ^ (z >> _SHIFT_1)) * _MIX_1
-    z = (z ^ (z >> _SHIFT_2)) * _MIX_2
-    z = z ^ (z >> _SHIFT_3)
-    return (np.float64(z >> _MANTISSA_SHIFT) + 1.0) * _ULP
-
-
-def row_uniforms(stream: np.uint64, row_offset: int, n_rows: int) -> np.ndarray:
-    """Uniform numbers on (0, 1] of the rows ``row_offset .. row_offset + n_rows - 1``."""
-    return _uniform(stream, np.arange(row_offset, row_offset + n_rows, dtype=np.uint64))
-
-
-def _exponential_keys_loop(weights, stream, row0, out):
-    """``out[i] = Exp(1) / w[i]`` of row ``row0 + i`` (``inf`` where ``w[i] <= 0``);
-    ``weights`` of None (all ones) are compiled out."""
-    for i in range(out.shape[0]):
-        w = 1.0 if weights is None else weights[i]
-        if w > 0:
-            out[i] = -np.log(_uniform_compiled(stream, np.uint64(row0 + i))) / w
-        else:
-            out[i] = np.inf
-
-
-if kernels.numba is not None:
-    _jit = kernels.numba.njit(nogil=True, cache=True)
-    _uniform_compiled = _jit(_uniform)
-    _exponential_keys_compiled = _jit(_exponential_keys_loop)
+from .streams import Purpose, row_uniforms, stream_key
 
 
 def exponential_keys(weights: np.ndarray | None, stream: np.uint64, row_offset: int, n_rows: int):
     """Keys ``Exp(1) / w`` of a block's rows (``inf`` for weight 0): the rows with the
     smallest keys are a weighted sample without replacement (Efraimidis & Spirakis)."""
-    if kernels.USE_NUMBA:
+    if engine.current() == "numba":
         out = np.empty(n_rows)
         w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
-        _exponential_keys_compiled(w, stream, row_offset, out)
+        loops.exponential_keys(weights=w, stream=stream, row0=row_offset, out=out)
         return out
     w = _weights(weights, n_rows)
     exp = -np.log(row_uniforms(stream, row_offset, n_rows))

@@ -1,8 +1,9 @@
+import dask
 import matplotlib
 import numpy as np
 import pytest
 
-from dkmeans import kernels
+from dkmeans import engine
 
 matplotlib.use("Agg")
 
@@ -24,11 +25,8 @@ def overlapping() -> np.ndarray:
     return rng.normal(size=(2000, 3)) * 1.5 + labels[:, None] * np.array([2.0, 1.0, 0.0])
 
 
-IMPLEMENTATIONS = ["numba", "numpy"] if kernels.numba is not None else ["numpy"]
-
-
-@pytest.fixture(params=IMPLEMENTATIONS)
-def implementation(request, monkeypatch):
-    """Run a test with the numba kernels (when installed) and with the NumPy fallbacks."""
-    monkeypatch.setattr(kernels, "USE_NUMBA", request.param == "numba")
-    return request.param
+@pytest.fixture(params=engine.available())
+def implementation(request):
+    """Run a test on every engine (:mod:`dkmeans.engine`): numba (when installed), NumPy."""
+    with dask.config.set({engine.CONFIG_KEY: request.param}):
+        yield request.param

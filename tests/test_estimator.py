@@ -41,7 +41,7 @@ def sklearn_fit(X, init, **kwargs):
 
 
 @pytest.mark.parametrize("kind", ["numpy", "dask", "zarr"])
-def test_matches_sklearn_float64(overlapping, kind, tmp_path):
+def test_matches_sklearn_float64(overlapping, kind, tmp_path, implementation):
     X = overlapping
     init = X[[0, 1, 2]] + 0.5
     ours = KMeans(3, init=init).fit(as_container(X, kind, tmp_path))
@@ -54,7 +54,7 @@ def test_matches_sklearn_float64(overlapping, kind, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["numpy", "dask", "zarr"])
-def test_matches_sklearn_float32(blobs, kind, tmp_path):
+def test_matches_sklearn_float32(blobs, kind, tmp_path, implementation):
     X = blobs[0].astype(np.float32)
     init = X[:5].copy()
     ours = KMeans(5, init=init).fit(as_container(X, kind, tmp_path))
@@ -65,7 +65,7 @@ def test_matches_sklearn_float32(blobs, kind, tmp_path):
     np.testing.assert_array_equal(np.asarray(ours.labels_), ref.labels_)
 
 
-def test_matches_sklearn_with_sample_weight(overlapping):
+def test_matches_sklearn_with_sample_weight(overlapping, implementation):
     X = overlapping
     weights = np.random.default_rng(0).uniform(0.1, 3.0, size=len(X))
     init = X[[5, 6, 7]]
@@ -76,7 +76,7 @@ def test_matches_sklearn_with_sample_weight(overlapping):
     assert ours.inertia_ == pytest.approx(ref.inertia_, rel=1e-9)
 
 
-def test_empty_cluster_relocated_like_sklearn(blobs):
+def test_empty_cluster_relocated_like_sklearn(blobs, implementation):
     X = blobs[0]
     init = np.vstack([X[:4], [[1e3, 1e3, 1e3, 1e3]]])  # the last centre attracts nobody
     ours = KMeans(5, init=init).fit(X)
@@ -106,7 +106,7 @@ SEVERAL_DUPLICATES = np.array([[0, 0]] * 3 + [[1, 1]] * 3 + [[5, 5]], dtype=floa
         (SEVERAL_DUPLICATES, SEVERAL_DUPLICATES[[0, 1, 3, 4, 6]]),  # two such clusters
     ],
 )
-def test_empty_clusters_of_duplicates_like_sklearn(X, init, chunks):
+def test_empty_clusters_of_duplicates_like_sklearn(X, init, chunks, implementation):
     # every point sits on its centre: no point moves, and the empty clusters go to the
     # centre of the heaviest cluster, as scikit-learn places them
     data = X if chunks is None else da.from_array(X, chunks=(chunks, -1))
@@ -115,7 +115,7 @@ def test_empty_clusters_of_duplicates_like_sklearn(X, init, chunks):
 
 @pytest.mark.parametrize("chunks", [None, 7, 50])
 @pytest.mark.parametrize("seed", range(4))
-def test_several_empty_clusters_relocated_like_sklearn(seed, chunks):
+def test_several_empty_clusters_relocated_like_sklearn(seed, chunks, implementation):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(120, 2))
     n_empty = 2 + seed

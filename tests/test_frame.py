@@ -12,7 +12,7 @@ from sklearn.cluster import KMeans as SKKMeans
 from sklearn.metrics import adjusted_rand_score
 
 import dkmeans
-from dkmeans import KMeans, kernels
+from dkmeans import KMeans
 from dkmeans.frame import MAX_MAGNITUDE, check_values, choose_shift
 from dkmeans.graph import InMemorySource
 from dkmeans.kernels import pass_statistics
@@ -210,11 +210,9 @@ def test_pass_statistics_are_shift_invariant_through_a_source():
     np.testing.assert_array_equal(moved.counts, plain.counts)
 
 
-@pytest.mark.parametrize("use_numba", [True, False])
-def test_pass_statistics_shift_their_sub_blocks_exactly(use_numba, monkeypatch):
+def test_pass_statistics_shift_their_sub_blocks_exactly(implementation):
     """On integer data and a power-of-two shift every operation is exact: the kernel's own
     shifting gives bitwise the statistics of data that sits there already."""
-    monkeypatch.setattr(kernels, "USE_NUMBA", use_numba)
     rng = np.random.default_rng(5)
     X = rng.integers(-50, 50, size=(3000, 3)).astype(np.float64)
     shift = np.array([2.0**20, -(2.0**21), 2.0**19])

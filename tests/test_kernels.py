@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dkmeans import kernels
+from dkmeans import engine, kernels, loops
 from dkmeans.kernels import (
     FarPoints,
     Moments,
@@ -101,7 +101,7 @@ def test_pass_statistics_matches_brute_force(problem, implementation):
         )
 
 
-@pytest.mark.skipif(kernels.numba is None, reason="the compiled scans need numba")
+@pytest.mark.skipif(engine.numba is None, reason="the compiled scans need numba")
 @settings(max_examples=200, deadline=None)
 @given(
     n_centers=st.integers(1, 40),
@@ -118,7 +118,8 @@ def test_row_scan_finds_the_first_minimum_and_the_second_value(n_centers, n_rows
     best_value, second = np.empty(n_rows, dtype), np.empty(n_rows, dtype)
     best_index = np.empty(n_rows, dtype=np.int64)
     hi = lo + n_centers
-    kernels._argmin_rows_compiled(partial_t, centers_sq, lo, hi, best_value, best_index, second)
+    scan = loops.Scan(best_value, best_index, second, np.empty(0))
+    loops.argmin_rows(partial_t, centers_sq, lo, hi, scan, second)
     values = partial_t[lo:hi] + centers_sq[lo:hi, None]
     np.testing.assert_array_equal(best_index, values.argmin(axis=0))
     np.testing.assert_array_equal(best_value, values.min(axis=0))
@@ -127,7 +128,7 @@ def test_row_scan_finds_the_first_minimum_and_the_second_value(n_centers, n_rows
     np.testing.assert_array_equal(second, expected_second)
 
 
-@pytest.mark.skipif(kernels.numba is None, reason="the GEMM layouts are the compiled kernel's")
+@pytest.mark.skipif(engine.numba is None, reason="the GEMM layouts are the compiled kernel's")
 @settings(max_examples=40, deadline=None)
 @given(
     n_rows=st.integers(1, 3000),
@@ -295,3 +296,33 @@ def test_single_row_and_single_feature(implementation):
     np.testing.assert_allclose(stats.sums, [[0.0], [2.5]])
     np.testing.assert_allclose(stats.cluster_inertia, [0, 0.25])
     assert stats.far[0].index.tolist() == [7]
+
+
+@pytest.mark.skipif(engine.numba is None, reason="the far-point slots are the compiled kernel's")
+@settings(max_examples=100, deadline=None)
+@given(
+    distances=st.lists(st.integers(0, 4).map(float), min_size=1, max_size=60),
+    capacity=st.integers(1, 8),
+)
+def test_far_point_slots_keep_what_far_points_select(distances, capacity):
+    # one tie rule in two places: the compiled slots (rows met in order, a row replaces
+    # the worst slot only when strictly farther) and FarPoints.select must agree
+    distances = np.array(distances)
+    slots = loops.FarSlots(
+        distances=np.full((1, capacity), -np.inf),
+        rows=np.full((1, capacity), -1, dtype=np.int64),
+        labels=np.zeros((1, capacity), dtype=np.int64),
+        worst=np.full(1, -np.inf),
+    )
+    for row, squared in enumerate(distances):
+        if squared > slots.worst[0]:
+            loops.keep_far(far=slots, run=0, squared=squared, row=row, label=0)
+    kept = slots.rows[0][slots.rows[0] >= 0]
+    rows = np.arange(len(distances), dtype=float)[:, None]
+    ones = np.ones(len(distances))
+    labels = np.zeros(len(distances), dtype=np.int64)
+    from_slots = FarPoints.select(
+        rows[kept], distances[kept], labels[kept], ones[kept], kept, capacity
+    )
+    selected = FarPoints.select(rows, distances, labels, ones, np.arange(len(distances)), capacity)
+    np.testing.assert_array_equal(from_slots.index, selected.index)

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dkmeans import kernels, sampling
+from dkmeans import engine, loops
 from dkmeans.graph import DaskSource, InMemorySource
 from dkmeans.oversampling import Candidates, oversample
-from dkmeans.sampling import Purpose, row_uniforms, stream_key
 from dkmeans.seeding import kmeans_parallel, kmeans_plusplus, random_centers
+from dkmeans.streams import Purpose, row_uniforms, stream_key
 
 
 def test_row_uniforms_are_uniform_on_the_half_open_unit_interval():
@@ -28,10 +28,10 @@ def test_row_uniforms_are_uniform_on_the_half_open_unit_interval():
     np.testing.assert_array_equal(row_uniforms(stream_key(3, 2, 0), 100, 10), u[100:110])
 
 
-@pytest.mark.skipif(kernels.numba is None, reason="numba is not installed")
+@pytest.mark.skipif(engine.numba is None, reason="numba is not installed")
 def test_compiled_and_numpy_draws_are_identical():
     stream = stream_key(11, Purpose.SMALLEST_KEYS)
-    compiled = np.array([sampling._uniform_compiled(stream, np.uint64(row)) for row in range(50)])
+    compiled = np.array([loops.uniform(stream, np.uint64(row)) for row in range(50)])
     np.testing.assert_array_equal(compiled, row_uniforms(stream, 0, 50))
 
 

@@ -1,0 +1,694 @@
+"""Every loop compiled by numba, with one compile setting (:func:`_compile`).
+
+The block kernels (:mod:`dkmeans.kernels`, :mod:`dkmeans.oversampling`,
+:mod:`dkmeans.sampling`) call these when the engine is ``"numba"``
+(:mod:`dkmeans.engine`); each has a vectorised NumPy twin there. The loops take small
+named tuples (inputs, outputs, scratch), and are called with keywords: two arguments
+of the same type swapped would compile and give wrong numbers silently. A member or
+argument of None is compiled out (numba prunes the branches on it), so optional
+outputs cost nothing when not asked for; numba prunes only on arguments, so a loop
+passes an optional member on to a callee as an argument (:func:`rows_of`,
+:func:`weight_of`) rather than testing it itself.
+
+Without numba this module imports, and its functions are the plain Python loops.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import streams
+from .engine import numba
+
+
+def _compile(function):
+    """The one compile setting: no GIL (the threads of a pass never wait on each other),
+    cached on disk, and ``reassoc`` so that LLVM vectorises sums over features (a
+    squared distance may differ from the NumPy engine's by ~1 ulp)."""
+    if numba is None:
+        return function
+    return numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})(function)
+
+
+def _compile_inline(function):
+    """:func:`_compile`, inlined into its callers by numba (a few lines called per row
+    and centre)."""
+    if numba is None:
+        return function
+    return numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"}, inline="always")(
+        function
+    )
+
+
+#: :func:`dkmeans.streams.uniform` of one row, compiled.
+uniform = _compile(streams.uniform)
+
+
+class StackedCentres(NamedTuple):
+    """The stacked centres of several runs, as the compiled loops read them (inputs).
+
+    ``gemm`` and ``squared_norms`` come from :func:`~dkmeans.kernels.gemm_operands`.
+    """
+
+    gemm: np.ndarray  # (K, d) -2 * centres in the GEMM dtype, C-contiguous
+    squared_norms: np.ndarray  # (K,) ||c||² as rounded to the GEMM dtype
+    exact: np.ndarray  # (K, d) float64
+    bounds: np.ndarray  # (R + 1,) int64: run r owns [bounds[r], bounds[r + 1])
+
+
+class BlockRows(NamedTuple):
+    """One block's rows (inputs)."""
+
+    x: np.ndarray  # (n, d) in the GEMM dtype, C-contiguous
+    weights: np.ndarray | None  # (n,) float64; None: all ones (compiled out)
+    shift: np.ndarray | None  # (d,) in x's dtype: rows seen minus it; None: as stored
+
+
+class RowResults(NamedTuple):
+    """Per row and run: the nearest centre within the run and the squared distance to it
+    (outputs; with a :class:`Screen`, also the last pass's results as inputs)."""
+
+    labels: np.ndarray  # (n, R) int64
+    distances: np.ndarray  # (n, R) float64
+
+
+class Totals(NamedTuple):
+    """Per stacked centre, added to: weighted sums of its rows, their weight, inertia."""
+
+    sums: np.ndarray  # (K, d) float64
+    counts: np.ndarray  # (K,) float64
+    inertia: np.ndarray  # (K,) float64
+
+
+class FarSlots(NamedTuple):
+    """Per run, the ``capacity`` rows farthest from their centre seen so far, as
+    block-local row, label and distance; row -1 marks an empty slot (in and out)."""
+
+    distances: np.ndarray  # (R, capacity) float64
+    rows: np.ndarray  # (R, capacity) int64
+    labels: np.ndarray  # (R, capacity) int64
+    worst: np.ndarray  # (R,) smallest distance among the run's slots
+
+
+class MomentSums(NamedTuple):
+    """Per-feature count, mean and sum of squared deviations so far (in and out)."""
+
+    count: np.ndarray  # (1,) float64
+    mean: np.ndarray  # (d,) float64
+    m2: np.ndarray  # (d,) float64
+
+
+class PassOutputs(NamedTuple):
+    """What one compiled pass over a block fills in; a member of None is compiled out."""
+
+    per_row: RowResults | None
+    totals: Totals | None
+    far: FarSlots | None
+    moments: MomentSums | None
+
+
+class Screen(NamedTuple):
+    """Hamerly's bounds of a pass (see :func:`screen_rows`)."""
+
+    lower: np.ndarray  # (n, R) lower bound on the distance to every other centre, updated
+    drift: np.ndarray  # (K,) distance every centre moved since the last pass
+    max_drift: np.ndarray  # (R,) the largest drift of every run
+    centers_norm: np.ndarray  # (K,) ||c||
+    max_sq: np.ndarray  # (R,) the largest ||c||² of every run
+    eps: float  # relative rounding of a GEMM value, with room to spare
+
+
+class Scan(NamedTuple):
+    """Scratch of one sub-block's rows: best value and index, second value, ``||x||²``."""
+
+    best_value: np.ndarray
+    best_index: np.ndarray  # int64
+    second: np.ndarray
+    x_sq: np.ndarray  # float64
+
+
+class NearestCandidates(NamedTuple):
+    """Every row's nearest candidate so far, per run (in and out): ``partial[i, column]``
+    is ``||c||² - 2 x·c`` of row ``i`` and that candidate ``c``, ``index[i, column]``
+    its index within its run (see :func:`nearest_candidates`)."""
+
+    partial: np.ndarray  # (rows, runs) float64
+    index: np.ndarray  # (rows, runs) int32
+
+
+class CandidateRuns(NamedTuple):
+    """Where each run's new candidates go (inputs): the index of its first one within the
+    run, and the run's column in :class:`NearestCandidates`."""
+
+    first_index: np.ndarray  # (R,) int64
+    columns: np.ndarray  # (R,) int64
+
+
+class CandidateCounts(NamedTuple):
+    """The weighing pass's output: the weight of the rows nearest to every candidate, of
+    run ``r`` in ``counts[edges[r]:edges[r + 1]]`` (added to)."""
+
+    counts: np.ndarray  # (M,) float64
+    edges: np.ndarray  # (R + 1,) int64
+
+
+class Draws(NamedTuple):
+    """An oversampling round's inputs and its kept rows per run (see
+    :func:`measure_block`)."""
+
+    oversampling: np.ndarray  # (R,) expected draws per round
+    streams: np.ndarray  # (R,) uint64 random stream of every run
+    first_row: int  # global index of the block's first row
+    kept_rows: np.ndarray  # (R, slots) int64 block-local rows
+    kept_keys: np.ndarray  # (R, slots) float64
+    n_kept: np.ndarray  # (R,) int64 slots filled
+
+
+@_compile
+def sub_block_gemm(partial, centers_gemm, xs, by_centers):
+    """``-2 c·x`` of a sub-block into the flat buffer ``partial``: centres by rows with
+    ``by_centers``, else rows by centres (see :func:`~dkmeans.kernels.gemm_by_centers`)."""
+    n_rows, n_centers = xs.shape[0], centers_gemm.shape[0]
+    if by_centers:
+        out = partial[: n_centers * n_rows].reshape((n_centers, n_rows))
+        np.dot(centers_gemm, xs.T, out)
+    else:
+        out = partial[: n_rows * n_centers].reshape((n_rows, n_centers))
+        np.dot(xs, centers_gemm.T, out)
+    return out
+
+
+@_compile
+def rows_of(values, start, stop):
+    """``values[start:stop]``, or None for None."""
+    return None if values is None else values[start:stop]
+
+
+@_compile
+def weight_of(weights, i):
+    """Weight of row ``i``: 1 for weights of None."""
+    return 1.0 if weights is None else weights[i]
+
+
+@_compile
+def per_row_of(per_row, start, stop):
+    """The :class:`RowResults` of rows ``start:stop``, or None for None."""
+    if per_row is None:
+        return None
+    return RowResults(labels=per_row.labels[start:stop], distances=per_row.distances[start:stop])
+
+
+@_compile
+def shifted_rows(x, start, stop, shift, buffer):
+    """Rows ``start:stop`` of ``x``, minus ``shift`` (copied into ``buffer``, which stays
+    in cache) unless ``shift`` is None."""
+    if shift is None:
+        return x[start:stop]
+    for i in range(stop - start):
+        for f in range(x.shape[1]):
+            buffer[i, f] = x[start + i, f] - shift[f]
+    return buffer[: stop - start]
+
+
+@_compile
+def argmin_per_row(partial, centers_sq, lo, hi, scan):
+    """:func:`argmin_rows` (without the second value) of ``partial[i, j]``, rows by
+    centres: a scan along every row's centres, which costs less for few centres than
+    the slower GEMM by centres saves."""
+    for i in range(partial.shape[0]):
+        # unsigned indices: numba drops its negative-index check (1.7 vs 2.6 ms)
+        best, stop = np.uint64(lo), np.uint64(hi)
+        value_of_best = partial[i, best] + centers_sq[best]
+        for j in range(best + np.uint64(1), stop):
+            value = partial[i, j] + centers_sq[j]
+            if value < value_of_best:
+                best, value_of_best = j, value
+        scan.best_value[i] = value_of_best
+        scan.best_index[i] = np.int64(best) - lo
+
+
+@_compile_inline
+def fold_candidate(value, index, runner_up, candidate, position):
+    """One centre's ``candidate`` value at ``position`` folded into a row's best
+    ``value`` and ``index`` and its second best ``runner_up``."""
+    runner_up = min(runner_up, max(candidate, value))
+    nearer = candidate < value
+    return (candidate if nearer else value), (position if nearer else index), runner_up
+
+
+@_compile
+def argmin_rows(partial_t, centers_sq, lo, hi, scan, second):
+    """Per row ``i`` (a column of ``partial_t``, which holds ``-2 c_j·x_i`` by centres
+    and rows): the first ``j`` in ``[lo, hi)`` with the smallest
+    ``partial_t[j, i] + centers_sq[j]``, as ``scan.best_index[i] = j - lo`` and that value
+    in ``scan.best_value[i]``; with ``second`` (None: compiled out), the second smallest value
+    (``inf`` for one centre).
+
+    The loops run along the rows, vectorised and without branches: a scan along every
+    row's centres, branching on each better one, mispredicts on fresh rows (ten runs of
+    20 candidates over a 250,000 x 32 block: 40 against 13 ms). Each sweep over the rows
+    folds in four centres, in order, so that a row's best is loaded and stored once per
+    four (the scan alone ran 1.5-1.7x faster than one centre per sweep, a k-means||
+    round of ten runs 5% faster). Ties keep the lowest index: a centre
+    replaces the best only when strictly nearer.
+    """
+    n_rows = partial_t.shape[1]
+    best_value, best_index = scan.best_value, scan.best_index
+    for i in range(n_rows):
+        best_value[i] = partial_t[lo, i] + centers_sq[lo]
+        best_index[i] = 0
+        if second is not None:
+            second[i] = np.inf
+    j = lo + 1
+    while j < hi:
+        four = j + 4 <= hi  # else the last few centres, one per sweep
+        last = j + 3 if four else j
+        c0, c1 = centers_sq[j], centers_sq[min(j + 1, last)]
+        c2, c3 = centers_sq[min(j + 2, last)], centers_sq[last]
+        position = j - lo
+        for i in range(n_rows):
+            value, index = best_value[i], best_index[i]
+            runner_up = np.inf if second is None else second[i]
+            value, index, runner_up = fold_candidate(
+                value, index, runner_up, partial_t[j, i] + c0, position
+            )
+            if four:
+                value, index, runner_up = fold_candidate(
+                    value, index, runner_up, partial_t[j + 1, i] + c1, position + 1
+                )
+                value, index, runner_up = fold_candidate(
+                    value, index, runner_up, partial_t[j + 2, i] + c2, position + 2
+                )
+                value, index, runner_up = fold_candidate(
+                    value, index, runner_up, partial_t[j + 3, i] + c3, position + 3
+                )
+            best_value[i], best_index[i] = value, index
+            if second is not None:
+                second[i] = runner_up
+        j = last + 1
+
+
+@_compile
+def argmin_run(partial, by_centers, centres, lo, hi, scan):
+    """The nearest of the centres ``lo:hi`` of every row of a sub-block, into
+    ``scan.best_value`` and ``scan.best_index`` (within the run), from the GEMM of
+    :func:`sub_block_gemm` in either layout."""
+    centers_sq = centres.squared_norms
+    if by_centers:
+        argmin_rows(partial_t=partial, centers_sq=centers_sq, lo=lo, hi=hi, scan=scan, second=None)
+    else:
+        argmin_per_row(partial=partial, centers_sq=centers_sq, lo=lo, hi=hi, scan=scan)
+
+
+@_compile
+def scan_nearest(buffer, xs, by_centers, centres, nearest, scan):
+    """Nearest centre of every row of the sub-block ``xs``, per run, from its GEMM
+    (:func:`sub_block_gemm` into ``buffer``; no norms of the rows).
+
+    ``nearest[i, r]`` receives the index into the stacked centres (ties: the lowest).
+    A loop of its own, apart from the accumulation: fused with it, the pass ran 20%
+    slower (250,000 x 32 float32 rows, k=16, one thread: 8.4 against 6.9-7.2 ms per block).
+    """
+    bounds = centres.bounds
+    partial = sub_block_gemm(
+        partial=buffer, centers_gemm=centres.gemm, xs=xs, by_centers=by_centers
+    )
+    for r in range(len(bounds) - 1):
+        lo, hi = bounds[r], bounds[r + 1]
+        argmin_run(partial=partial, by_centers=by_centers, centres=centres, lo=lo, hi=hi, scan=scan)
+        for i in range(xs.shape[0]):
+            nearest[i, r] = lo + scan.best_index[i]
+
+
+@_compile
+def screen_rows(start, stop, bounds, last, screen, nearest, gathered):
+    """The rows of a sub-block whose nearest centre may have changed since the last pass.
+
+    Hamerly's bounds (SIAM SDM 2010), per row and run: since the last pass the distance
+    to the row's own centre grew by at most that centre's drift, and to every other
+    centre shrank by at most the run's largest drift. A run keeps the row's centre
+    (written to ``nearest``) when the two bounds are further apart than the rounding of
+    the GEMM could hide, so the full scan would choose the same centre; the positions of
+    the other rows go into ``gathered``. Returns how many. ``last`` (:class:`RowResults`)
+    holds the last pass's centres and exact squared distances of the rows; ``screen``
+    (:class:`Screen`) the lower bounds, updated here.
+    """
+    lower = screen.lower
+    n_gathered = 0
+    for i in range(start, stop):
+        gather = False
+        for r in range(len(bounds) - 1):
+            lower[i, r] -= screen.max_drift[r]
+            if last.labels[i, r] < 0:  # never measured
+                gather = True
+                continue
+            own = bounds[r] + last.labels[i, r]
+            upper = np.sqrt(last.distances[i, r]) + screen.drift[own]
+            norm = screen.centers_norm[own] + upper  # bounds ||x||
+            slack = screen.eps * (norm * norm + screen.max_sq[r])
+            if lower[i, r] > 0 and upper * upper + 2 * slack < lower[i, r] * lower[i, r]:
+                nearest[i - start, r] = own
+            else:
+                gather = True
+        if gather:
+            gathered[n_gathered] = i
+            n_gathered += 1
+    return n_gathered
+
+
+@_compile
+def scan_nearest_two(xs, partial_t, centres, gathered, start, nearest, screen, scan):
+    """Nearest centre of the gathered rows (ties: the lowest index, as
+    :func:`scan_nearest`), and a lower bound on the distance to every other centre.
+    Column ``g`` of ``partial_t`` belongs to row ``gathered[g]`` of the block, which is
+    row ``gathered[g] - start`` of the sub-block ``xs``."""
+    bounds, x_sq = centres.bounds, scan.x_sq
+    n_features = xs.shape[1]
+    for g in range(len(gathered)):
+        row_sq = 0.0
+        for f in range(n_features):
+            value = np.float64(xs[gathered[g] - start, f])
+            row_sq += value * value
+        x_sq[g] = row_sq
+    for r in range(len(bounds) - 1):
+        argmin_rows(
+            partial_t=partial_t,
+            centers_sq=centres.squared_norms,
+            lo=bounds[r],
+            hi=bounds[r + 1],
+            scan=scan,
+            second=scan.second,
+        )
+        for g in range(len(gathered)):
+            i = gathered[g]
+            nearest[i - start, r] = bounds[r] + scan.best_index[g]
+            slack = screen.eps * (x_sq[g] + screen.max_sq[r])
+            screen.lower[i, r] = np.sqrt(max(np.float64(scan.second[g]) + x_sq[g] - slack, 0.0))
+
+
+@_compile
+def accumulate_rows(xs, weights, nearest, centres, first_row, per_row, totals, far):
+    """Distances to the nearest centres and per-centre sums of a sub-block, compiled by
+    numba: one read of every row.
+
+    Arguments that are None are compiled out: ``weights`` (all ones), ``per_row``
+    (:class:`RowResults`), ``totals`` (:class:`Totals`), ``far`` (:class:`FarSlots`: the
+    farthest rows of weight > 0 are kept in its slots, as block rows ``first_row + i``).
+    """
+    n_rows, n_features = xs.shape
+    bounds, centers64 = centres.bounds, centres.exact
+    for i in range(n_rows):
+        w = 1.0 if weights is None else weights[i]
+        for r in range(len(bounds) - 1):
+            best = nearest[i, r]  # unsigned: no negative-index checks
+            squared = 0.0
+            if totals is None:
+                for f in range(n_features):
+                    diff = np.float64(xs[i, f]) - centers64[best, f]
+                    squared += diff * diff
+            else:  # one read of the row for the distance and the sums
+                for f in range(n_features):
+                    value = np.float64(xs[i, f])
+                    diff = value - centers64[best, f]
+                    squared += diff * diff
+                    totals.sums[best, f] += w * value
+                totals.counts[best] += w
+                totals.inertia[best] += w * squared
+            label = np.int64(best) - bounds[r]
+            if per_row is not None:
+                per_row.labels[i, r] = label
+                per_row.distances[i, r] = squared
+            if far is not None:
+                if w > 0 and squared > far.worst[r]:
+                    keep_far(far=far, run=r, squared=squared, row=first_row + i, label=label)
+
+
+@_compile
+def keep_far(far, run, squared, row, label):
+    """Put a row into the run's worst far-point slot (the nearest, then the latest
+    row): called for rows strictly farther than that slot, so ties keep the earlier
+    row, as :meth:`~dkmeans.kernels.FarPoints.select` does (one rule in two places:
+    ``test_far_point_slots_keep_what_far_points_select`` pins them together)."""
+    worst = 0
+    for slot in range(1, far.distances.shape[1]):
+        d, d_worst = far.distances[run, slot], far.distances[run, worst]
+        if d < d_worst or (d == d_worst and far.rows[run, slot] > far.rows[run, worst]):
+            worst = slot
+    far.distances[run, worst] = squared
+    far.rows[run, worst] = row
+    far.labels[run, worst] = label
+    far.worst[run] = far.distances[run].min()
+
+
+@_compile
+def merge_moments(xs, moments):
+    """Merge the per-feature moments of ``xs`` into ``moments`` (:class:`MomentSums`) in
+    place; None is compiled out.
+
+    Two passes over the (cached) sub-block, then Chan et al.'s pairwise update.
+    """
+    if moments is None:
+        return
+    n_rows, n_features = xs.shape
+    if n_rows == 0:
+        return
+    count, mean, m2 = moments.count, moments.mean, moments.m2
+    local_mean = np.zeros(n_features)
+    for i in range(n_rows):
+        for f in range(n_features):
+            local_mean[f] += xs[i, f]
+    local_mean /= n_rows
+    local_m2 = np.zeros(n_features)
+    for i in range(n_rows):
+        for f in range(n_features):
+            centred = xs[i, f] - local_mean[f]
+            local_m2[f] += centred * centred
+    total = count[0] + n_rows
+    for f in range(n_features):
+        delta = local_mean[f] - mean[f]
+        mean[f] += delta * (n_rows / total)
+        m2[f] += local_m2[f] + delta * delta * (count[0] * n_rows / total)
+    count[0] = total
+
+
+@_compile
+def assign_block(block, centres, out, screen, step, by_centers):
+    """The whole block in one compiled call: GEMM per sub-block, then the fused scan.
+
+    Runs without the GIL from start to end (numba's ``np.dot`` calls BLAS), so the
+    threads of a Dask worker never wait on each other between sub-blocks. ``block``
+    (:class:`BlockRows`) and ``centres`` (:class:`StackedCentres`) are read, ``out``
+    (:class:`PassOutputs`) filled in. With ``screen`` (:class:`Screen`, see
+    :func:`screen_rows`), only the rows whose centre may have changed go through the
+    GEMM and the scan (all rows of a sub-block where a quarter may have);
+    ``out.per_row`` then holds the rows' results of the last pass, and receives this
+    pass's. Without, ``by_centers`` chooses the GEMM's layout
+    (:func:`~dkmeans.kernels.gemm_by_centers`).
+    With ``block.shift``, every sub-block is first copied minus the shift
+    (:mod:`dkmeans.frame`) into a buffer that stays in cache, and everything is
+    computed from that copy.
+    """
+    x, bounds = block.x, centres.bounds
+    n_rows, n_features = x.shape
+    n_centers, rows = centres.gemm.shape[0], min(step, n_rows)
+    partial = np.empty(rows * n_centers, dtype=x.dtype)
+    nearest = np.empty((rows, len(bounds) - 1), dtype=np.uint64)
+    screened = 0 if screen is None else rows
+    # best value and index of every row; with bounds, also its second best and ||x||²
+    scan = Scan(
+        best_value=np.empty(rows, dtype=x.dtype),
+        best_index=np.empty(rows, dtype=np.int64),
+        second=np.empty(screened, dtype=x.dtype),
+        x_sq=np.empty(screened),
+    )
+    xg = np.empty((screened, n_features), dtype=x.dtype)
+    gathered = np.empty(screened, dtype=np.int64)
+    moved = np.empty((0 if block.shift is None else rows, n_features), dtype=x.dtype)
+    for start in range(0, n_rows, step):
+        stop = min(start + step, n_rows)
+        block_nearest = nearest[: stop - start]
+        xs = shifted_rows(x=x, start=start, stop=stop, shift=block.shift, buffer=moved)
+        if screen is None:
+            scan_nearest(
+                buffer=partial,
+                xs=xs,
+                by_centers=by_centers,
+                centres=centres,
+                nearest=block_nearest,
+                scan=scan,
+            )
+        else:
+            n = screen_rows(
+                start=start,
+                stop=stop,
+                bounds=bounds,
+                last=out.per_row,
+                screen=screen,
+                nearest=block_nearest,
+                gathered=gathered,
+            )
+            # few rows: the GEMM of a copy of them; most: all rows, as without bounds
+            if 4 * n < stop - start:
+                for g in range(n):
+                    xg[g] = xs[gathered[g] - start]
+                partial_t = sub_block_gemm(
+                    partial=partial, centers_gemm=centres.gemm, xs=xg[:n], by_centers=True
+                )
+            else:
+                n = stop - start
+                gathered[:n] = np.arange(start, stop)
+                partial_t = sub_block_gemm(
+                    partial=partial, centers_gemm=centres.gemm, xs=xs, by_centers=True
+                )
+            scan_nearest_two(
+                xs=xs,
+                partial_t=partial_t,
+                centres=centres,
+                gathered=gathered[:n],
+                start=start,
+                nearest=block_nearest,
+                screen=screen,
+                scan=scan,
+            )
+        accumulate_rows(
+            xs=xs,
+            weights=rows_of(block.weights, start, stop),
+            nearest=block_nearest,
+            centres=centres,
+            first_row=start,
+            per_row=per_row_of(out.per_row, start, stop),
+            totals=out.totals,
+            far=out.far,
+        )
+        merge_moments(xs=xs, moments=out.moments)
+
+
+@_compile
+def measure_candidates(buffer, xs, by_centers, centres, runs, nearest, scan):
+    """Fold the candidates ``centres`` (:class:`StackedCentres`) into the nearest so far
+    of every row of the sub-block ``xs``, run by run, from its GEMM
+    (:func:`sub_block_gemm` into ``buffer``). A candidate replaces a row's nearest
+    (``nearest``, :class:`NearestCandidates` of the sub-block's rows) only when strictly
+    nearer, so ties keep the lowest index.
+    """
+    bounds = centres.bounds
+    partial = sub_block_gemm(
+        partial=buffer, centers_gemm=centres.gemm, xs=xs, by_centers=by_centers
+    )
+    n_rows = xs.shape[0]
+    for r in range(len(bounds) - 1):
+        lo, hi = bounds[r], bounds[r + 1]
+        if hi == lo:
+            continue
+        argmin_run(partial=partial, by_centers=by_centers, centres=centres, lo=lo, hi=hi, scan=scan)
+        column = runs.columns[r]
+        for i in range(n_rows):
+            if scan.best_value[i] < nearest.partial[i, column]:
+                nearest.partial[i, column] = scan.best_value[i]
+                nearest.index[i, column] = runs.first_index[r] + scan.best_index[i]
+
+
+@_compile
+def measure_block(block, centres, runs, nearest, fresh, cost, counts, draws, step, by_centers):
+    """One pass of k-means|| over a block in one compiled call, without the GIL.
+
+    Per row sub-block of ``block`` (:class:`BlockRows`, no shift): one
+    GEMM against the new candidates of every run (``centres``,
+    :class:`StackedCentres`; ``runs``, :class:`CandidateRuns`), the rows'
+    nearest candidates (:func:`measure_candidates`), then per row and run its mass ``w * d²``
+    added to the run's ``cost``, and either its weight added to its nearest candidate's
+    count (``counts``, :class:`CandidateCounts`: the weighing pass) or its oversampling
+    key computed (``draws``, :class:`Draws`: a round). A row is kept in the draws' slots
+    while its key is at least the cost so far (the block's cost only grows, so a row
+    dropped here could never be kept). Returns False when a run keeps more rows than its
+    slots hold. ``counts`` or ``draws`` of None are compiled out. With ``fresh``,
+    ``nearest`` (:class:`NearestCandidates`) is scratch of one sub-block; otherwise it
+    holds the block's rows. ``by_centers`` chooses the GEMM's layout
+    (:func:`~dkmeans.kernels.gemm_by_centers`).
+    """
+    x, bounds, columns = block.x, centres.bounds, runs.columns
+    n_rows, n_features = x.shape
+    n_centers = centres.gemm.shape[0]
+    partial = np.empty(min(step, n_rows) * n_centers, dtype=x.dtype)
+    scan = Scan(
+        best_value=np.empty(min(step, n_rows)),
+        best_index=np.empty(min(step, n_rows), dtype=np.int64),
+        second=np.empty(0),
+        x_sq=np.empty(0),
+    )
+    for start in range(0, n_rows, step):
+        stop = min(start + step, n_rows)
+        if fresh:
+            rows = NearestCandidates(
+                partial=nearest.partial[: stop - start], index=nearest.index[: stop - start]
+            )
+            rows.partial[:] = np.inf
+            rows.index[:] = -1
+        else:
+            rows = NearestCandidates(
+                partial=nearest.partial[start:stop], index=nearest.index[start:stop]
+            )
+        measure_candidates(
+            buffer=partial,
+            xs=x[start:stop],
+            by_centers=by_centers,
+            centres=centres,
+            runs=runs,
+            nearest=rows,
+            scan=scan,
+        )
+        for i in range(stop - start):
+            w = weight_of(block.weights, start + i)
+            if not w > 0:
+                continue
+            x_sq = 0.0
+            for f in range(n_features):
+                value = np.float64(x[start + i, f])
+                x_sq += value * value
+            for r in range(len(bounds) - 1):
+                column = columns[r]
+                mass = w * max(rows.partial[i, column] + x_sq, 0.0)
+                cost[r] += mass
+                if counts is not None and rows.index[i, column] >= 0:
+                    counts.counts[counts.edges[r] + rows.index[i, column]] += w
+                if draws is None or not mass > 0:
+                    continue
+                row = np.uint64(draws.first_row + start + i)
+                u = uniform(draws.streams[r], row)
+                key = draws.oversampling[r] * mass / u
+                if key >= cost[r]:
+                    slots = draws.kept_rows.shape[1]
+                    if draws.n_kept[r] == slots:
+                        drop_below(draws=draws, run=r, threshold=cost[r])
+                        if draws.n_kept[r] == slots:
+                            return False
+                    draws.kept_rows[r, draws.n_kept[r]] = start + i
+                    draws.kept_keys[r, draws.n_kept[r]] = key
+                    draws.n_kept[r] += 1
+    return True
+
+
+@_compile
+def drop_below(draws, run, threshold):
+    """Keep only the run's kept rows (:class:`Draws`) whose key is at least ``threshold``."""
+    filled = 0
+    for slot in range(draws.n_kept[run]):
+        if draws.kept_keys[run, slot] >= threshold:
+            draws.kept_rows[run, filled] = draws.kept_rows[run, slot]
+            draws.kept_keys[run, filled] = draws.kept_keys[run, slot]
+            filled += 1
+    draws.n_kept[run] = filled
+
+
+@_compile
+def exponential_keys(weights, stream, row0, out):
+    """``out[i] = Exp(1) / w[i]`` of row ``row0 + i`` (``inf`` where ``w[i] <= 0``);
+    ``weights`` of None (all ones) are compiled out."""
+    for i in range(out.shape[0]):
+        w = 1.0 if weights is None else weights[i]
+        if w > 0:
+            out[i] = -np.log(uniform(stream, np.uint64(row0 + i))) / w
+        else:
+            out[i] = np.inf
