@@ -10,12 +10,16 @@ A kernel is called as ``kernel(block, weights, row_offset, block_index, *args,
 **kwargs)`` and returns an object with a ``combine(other)`` method; combining is done
 in a fixed tree over block positions, so the result never depends on which task
 finishes first.
+
+Passes run on dkmeans's own threads (:func:`own_threads`): an :class:`InMemorySource`'s
+blocks, and every pass, persist or read that dkmeans runs on Dask's threaded scheduler
+(:func:`own_pool`). dkmeans touches no other pool and no state of Dask's.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +34,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
+from dask.system import CPU_COUNT
 from dask.utils import funcname
 
 from .frame import check_values, shifted
@@ -60,28 +65,35 @@ class Source(Protocol):
         """The first ``n_rows`` rows, as stored (not shifted)."""
 
 
-#: Thread pools of :class:`InMemorySource`, by size, kept for the life of the process:
-#: starting threads for every pass cost a quarter of a pass over 250,000 rows.
-_POOLS: dict[int, ThreadPoolExecutor] = {}
+#: dkmeans's pools of threads, by size, with the process that started them.
+_POOLS: dict[int, tuple[int, ThreadPoolExecutor]] = {}
 
 
-def _forget_the_parents_threads() -> None:
-    """In a forked child, drop the thread pools made by the parent: ours, and those of
-    Dask's threaded scheduler, which would otherwise wait forever for threads that do not
-    exist in the child (a fit in a ``fork``-ed process after one in the parent hung)."""
-    _POOLS.clear()
-    dask.threaded.default_pool = None
-    dask.threaded.pools.clear()
-    dask.threaded.pools_lock = threading.Lock()
+def own_threads(threads: int) -> ThreadPoolExecutor:
+    """dkmeans's pool of ``threads`` threads.
+
+    Started on first use and kept for the life of the process (starting threads for every
+    pass cost a quarter of a pass over 250,000 rows), shut down at exit. A process
+    forked after it started inherits the pool but not its threads: there dkmeans leaves
+    the inherited pool alone and starts a pool of its own.
+    """
+    owner, pool = _POOLS.get(threads, (None, None))
+    if owner != os.getpid():
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="dkmeans")
+        _POOLS[threads] = (os.getpid(), pool)
+        atexit.register(pool.shutdown, wait=False)
+    return pool
 
 
-os.register_at_fork(after_in_child=_forget_the_parents_threads)
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    if threads not in _POOLS:
-        _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="dkmeans")
-    return _POOLS[threads]
+def own_pool(*collections: Any, scheduler: str | None = None) -> dict[str, Any]:
+    """Keyword arguments that make ``dask.compute`` or ``dask.persist`` of ``collections``
+    (with ``scheduler``) run on dkmeans's own threads where Dask would use its threaded
+    scheduler's process-wide pool; none for another scheduler, a client, or a ``pool``
+    in Dask's configuration. Dask's pool would hang a forked child that computes."""
+    chosen = dask.base.get_scheduler(scheduler=scheduler, collections=list(collections))
+    if chosen is not dask.threaded.get or dask.config.get("pool", None) is not None:
+        return {}
+    return {"pool": own_threads(dask.config.get("num_workers", None) or CPU_COUNT)}
 
 
 class RowMemory:
@@ -208,7 +220,7 @@ class InMemorySource:
 
         blocks = range(len(self.blocks))
         if self.threads > 1 and len(blocks) > 1:
-            return list(_pool(self.threads).map(block_result, blocks))
+            return list(own_threads(self.threads).map(block_result, blocks))
         return [block_result(i) for i in blocks]
 
     def map_reduce(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -382,9 +394,9 @@ class DaskSource:
         """``collection`` computed; on a distributed client, with its workers watched
         (:func:`dkmeans.watch.compute`) so that a pass fails instead of waiting forever."""
         client = distributed_client(self.x)
-        if client is None:
-            return dask.compute(collection)[0]
-        return watched_compute(client, collection, self.blocks, what)
+        if client is not None:
+            return watched_compute(client, collection, self.blocks, what)
+        return dask.compute(collection, **own_pool(collection))[0]
 
     def head(self, n_rows: int) -> np.ndarray:
         return self.compute(self.x[:n_rows], f"the read of the first {n_rows} rows")

@@ -16,7 +16,7 @@ import dask.array as da
 import numpy as np
 
 from .frame import MAX_MAGNITUDE
-from .graph import DaskSource, InMemorySource, Source
+from .graph import DaskSource, InMemorySource, Source, own_pool
 from .resources import client_active, local_threads, should_persist
 
 
@@ -69,7 +69,7 @@ def make_source(
     weights = X.weights
     if X.array is not None:
         if isinstance(weights, da.Array):
-            weights = weights.compute(scheduler="threads")
+            weights = weights.compute(scheduler="threads", **own_pool(scheduler="threads"))
         return InMemorySource.of_array(
             X.array, weights, chunks=X.chunks, threads=local_threads(), shift=shift
         )
@@ -77,7 +77,7 @@ def make_source(
     if isinstance(weights, np.ndarray):
         weights = da.from_array(weights, chunks=(X.chunks,))
     if should_persist(persist, data):
-        data, weights = dask.persist(data, weights)
+        data, weights = dask.persist(data, weights, **own_pool(data, weights))
         if not client_active():
             return InMemorySource(
                 _blocks(data),
@@ -91,7 +91,8 @@ def make_source(
 
 def _blocks(array: da.Array) -> tuple[np.ndarray, ...]:
     """The blocks of a Dask array persisted in this process's memory."""
-    return dask.compute(*array.to_delayed().ravel(), scheduler="threads")
+    blocks = array.to_delayed().ravel()
+    return dask.compute(*blocks, scheduler="threads", **own_pool(scheduler="threads"))
 
 
 def usable_rows(rows: np.ndarray) -> np.ndarray:

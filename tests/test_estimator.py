@@ -359,6 +359,20 @@ def test_fit_in_a_forked_child_after_fits_in_the_parent():
     assert queue.get(timeout=5) == expected
 
 
+def test_fits_leave_dasks_pools_alone():
+    # dkmeans runs on its own threads: Dask's threaded scheduler starts no pool of its own
+    script = """
+import dask.array as da, dask.threaded, numpy as np
+from dkmeans import KMeans
+X = np.random.default_rng(0).standard_normal((20_000, 4))
+for data in (X, da.from_array(X, chunks=5000)):
+    KMeans(3, n_init=2, random_state=0).fit(data).predict(data)
+assert dask.threaded.default_pool is None and not dask.threaded.pools
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def test_feature_names_out_and_pandas_output(blobs):
     pd = pytest.importorskip("pandas")
     X = blobs[0]
