@@ -41,10 +41,10 @@ from threadpoolctl import threadpool_limits
 
 from dkmeans.blobs import CODECS
 from dkmeans.cli import count, reuse_freed_memory
-from dkmeans.graph import DaskSource
 from dkmeans.io import check_data, to_dask_array
 from dkmeans.kernels import pass_statistics
 from dkmeans.resources import blas_threads
+from dkmeans.sources import DaskSource
 
 RESULTS = Path(__file__).parent / "results"
 DKMEANS = [sys.executable, "-m", "dkmeans.cli"]

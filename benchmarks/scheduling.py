@@ -31,8 +31,8 @@ import numpy as np
 from distributed import Client, LocalCluster, wait
 from threadpoolctl import threadpool_limits
 
-from dkmeans.graph import SPLIT_EVERY, DaskSource, combine_all
 from dkmeans.kernels import pass_statistics
+from dkmeans.sources import SPLIT_EVERY, DaskSource, combine_all
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -7,7 +7,7 @@ data sets that ship inside scikit-learn (no download).
 For every row, the mean over ``--seeds`` seeds of
 
 - the *seeding cost*: the inertia of the initial centres, before Lloyd (dkmeans's
-  ``kmeans_parallel`` and ``kmeans_plusplus`` on a :class:`~dkmeans.graph.DaskSource`,
+  ``kmeans_parallel`` and ``kmeans_plusplus`` on a :class:`~dkmeans.sources.DaskSource`,
   scikit-learn's ``kmeans_plusplus``);
 - the *final inertia* after Lloyd with ``n_init=1`` (``tol=1e-4``, ``max_iter=300``).
 
@@ -33,8 +33,8 @@ from sklearn.cluster import KMeans as SklearnKMeans
 from sklearn.cluster import kmeans_plusplus as sklearn_plusplus
 
 import dkmeans
-from dkmeans.graph import DaskSource
 from dkmeans.seeding import kmeans_parallel, kmeans_plusplus
+from dkmeans.sources import DaskSource
 
 from .compare import RESULTS, brute_force_inertia
 

@@ -35,7 +35,6 @@ from .frame import (
     choose_shift,
     shifted,
 )
-from .graph import Source
 from .inputs import Input, make_source, usable_rows
 from .io import (
     check_data,
@@ -48,6 +47,7 @@ from .kernels import center_distances, nearest_centers, pass_statistics
 from .lloyd import IterationReport, LloydResult, lloyd
 from .resources import limit_blas
 from .seeding import initial_centers
+from .sources import Source
 
 Init = Literal["k-means||", "k-means++", "random"]
 #: ``init(X, n_clusters, random_state=...)`` returning (n_clusters, n_features) centres.

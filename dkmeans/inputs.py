@@ -16,8 +16,8 @@ import dask.array as da
 import numpy as np
 
 from .frame import MAX_MAGNITUDE
-from .graph import DaskSource, InMemorySource, Source, own_pool
 from .resources import client_active, local_threads, should_persist
+from .sources import DaskSource, InMemorySource, Source, own_pool
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Everything here takes one in-memory block of samples (rows x features) and returns
 small statistics whose size does not depend on the number of rows. Nothing here
-knows about Dask graphs: the sources (:mod:`dkmeans.graph`) map these kernels over
+knows about Dask graphs: the sources (:mod:`dkmeans.sources`) map these kernels over
 blocks and combine their results in a tree with the ``combine`` methods. The per-row
 loops run compiled (:mod:`dkmeans.loops`) or as the vectorised NumPy twins here, as
 :mod:`dkmeans.engine` says.
@@ -21,17 +21,17 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from . import engine, loops
-from .graph import RowMemory
 from .loops import (
     BlockRows,
     FarSlots,
     MomentSums,
     PassOutputs,
     RowResults,
-    Screen,
     StackedCentres,
     Totals,
 )
+from .row_memory import DistanceBounds
+from .statistics import FarPoints, Moments, PassStats
 
 #: Elements (rows x (centres + features)) of one row sub-block. Chosen by measurement
 #: (250,000 x 32 float32 rows, k=16, one thread, 2-core EPYC with 1 MiB L2 per core):
@@ -401,175 +401,6 @@ def min_squared_distances(
             if hi > lo:
                 out[rows, r] = np.maximum(partial[:, lo:hi].min(axis=1) + x_sq, 0)
     return out
-
-
-@dataclass(frozen=True)
-class FarPoints:
-    """The points farthest from their centre within one run, for empty-cluster relocation.
-
-    Kept sorted by decreasing distance, ties by increasing global row index, so that
-    combining partial results in any tree shape gives the same answer.
-    """
-
-    rows: np.ndarray  # (m, d) float64
-    distances: np.ndarray  # (m,) squared distance to the own centre
-    labels: np.ndarray  # (m,) index of the own centre within the run
-    weights: np.ndarray  # (m,)
-    index: np.ndarray  # (m,) global row index
-    capacity: int
-
-    @classmethod
-    def select(
-        cls,
-        rows: np.ndarray,
-        distances: np.ndarray,
-        labels: np.ndarray,
-        weights: np.ndarray,
-        index: np.ndarray,
-        capacity: int,
-    ) -> FarPoints:
-        """Keep the ``capacity`` farthest of the given points."""
-        keep = weights > 0
-        if capacity == 0:
-            keep[:] = False
-        elif np.count_nonzero(keep) > capacity:
-            # only rows at or above the capacity-th largest distance of the rows with
-            # weight can be chosen
-            eligible = distances if keep.all() else np.where(keep, distances, -np.inf)
-            threshold = np.partition(eligible, len(eligible) - capacity)[-capacity]
-            keep &= distances >= threshold
-        order = np.lexsort((index[keep], -distances[keep]))[:capacity]
-        pick = np.flatnonzero(keep)[order]
-        return cls(
-            np.asarray(rows[pick], dtype=np.float64),
-            distances[pick],
-            labels[pick],
-            weights[pick],
-            index[pick],
-            capacity,
-        )
-
-    def combine(self, other: FarPoints) -> FarPoints:
-        return FarPoints.select(
-            np.concatenate([self.rows, other.rows]),
-            np.concatenate([self.distances, other.distances]),
-            np.concatenate([self.labels, other.labels]),
-            np.concatenate([self.weights, other.weights]),
-            np.concatenate([self.index, other.index]),
-            self.capacity,
-        )
-
-
-@dataclass(frozen=True)
-class Moments:
-    """Per-feature count, mean and sum of squared deviations (Chan et al.'s parallel form)."""
-
-    count: float
-    mean: np.ndarray  # (d,) float64
-    m2: np.ndarray  # (d,) float64
-
-    @classmethod
-    def of(cls, x: np.ndarray) -> Moments:
-        mean = x.mean(axis=0, dtype=np.float64)
-        centred = x - mean
-        return cls(float(len(x)), mean, np.einsum("ij,ij->j", centred, centred))
-
-    def combine(self, other: Moments) -> Moments:
-        count = self.count + other.count
-        if count == 0:
-            return self
-        delta = other.mean - self.mean
-        mean = self.mean + delta * (other.count / count)
-        m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / count)
-        return Moments(count, mean, m2)
-
-    @property
-    def variance(self) -> np.ndarray:
-        """Population variance of every feature (as ``np.var``)."""
-        return self.m2 / self.count
-
-
-@dataclass(frozen=True)
-class DistanceBounds:
-    """What a Lloyd pass may skip: the rows' distances of the last pass and how far
-    every centre has moved since (see :func:`~dkmeans.loops.screen_rows`).
-
-    Attributes
-    ----------
-    memory : RowMemory
-        Per block (:func:`distance_bounds_memory`): the rows' centres, squared
-        distances to them, and lower bounds on the distance to every other centre.
-    drift : ndarray of shape (K,)
-        Distance every stacked centre moved since the last pass.
-    """
-
-    memory: RowMemory
-    drift: np.ndarray
-
-    def screen(
-        self, lower: np.ndarray, centers: np.ndarray, bounds: np.ndarray, dtype: np.dtype
-    ) -> Screen:
-        """The bounds of a pass as the compiled screening reads them."""
-        norms_sq = np.einsum("ij,ij->i", centers, centers)
-        runs = list(zip(bounds[:-1], bounds[1:], strict=True))
-        max_drift = np.array([self.drift[lo:hi].max(initial=0.0) for lo, hi in runs])
-        max_sq = np.array([norms_sq[lo:hi].max(initial=0.0) for lo, hi in runs])
-        # rounding of a GEMM value against ||x - c||² - ||x||², with room to spare
-        eps = 2 * (centers.shape[1] + 4) * np.finfo(dtype).eps
-        return Screen(
-            lower=lower,
-            drift=self.drift,
-            max_drift=max_drift,
-            centers_norm=np.sqrt(norms_sq),
-            max_sq=max_sq,
-            eps=float(eps),
-        )
-
-
-def distance_bounds_memory(n_runs: int) -> RowMemory:
-    """Per block: the rows' centres (-1 before the first pass), squared distances to
-    them, and lower bounds on the distance to every other centre, for ``n_runs`` runs."""
-    return RowMemory(
-        lambda n_rows: (
-            np.full((n_rows, n_runs), -1, dtype=np.int64),
-            np.zeros((n_rows, n_runs)),
-            np.full((n_rows, n_runs), -np.inf),
-        )
-    )
-
-
-@dataclass(frozen=True)
-class PassStats:
-    """Statistics of one pass over the data under fixed stacked centres.
-
-    Attributes
-    ----------
-    sums : ndarray of shape (K, d), float64
-        Weighted sum of the rows nearest to every centre.
-    counts : ndarray of shape (K,), float64
-        Total weight of the rows nearest to every centre.
-    cluster_inertia : ndarray of shape (K,), float64
-        Weighted squared distances of those rows to their centre; a run's inertia is
-        the sum over its centres.
-    far : tuple of FarPoints, one per run
-    moments : Moments or None
-        Per-feature moments of the data, when asked for.
-    """
-
-    sums: np.ndarray
-    counts: np.ndarray
-    cluster_inertia: np.ndarray
-    far: tuple[FarPoints, ...]
-    moments: Moments | None
-
-    def combine(self, other: PassStats) -> PassStats:
-        return PassStats(
-            self.sums + other.sums,
-            self.counts + other.counts,
-            self.cluster_inertia + other.cluster_inertia,
-            tuple(a.combine(b) for a, b in zip(self.far, other.far, strict=True)),
-            None if self.moments is None else self.moments.combine(other.moments),
-        )
 
 
 def pass_statistics(

@@ -1,4 +1,4 @@
-"""Lloyd's algorithm over a :class:`~dkmeans.graph.Source`, several runs at once.
+"""Lloyd's algorithm over a :class:`~dkmeans.sources.Source`, several runs at once.
 
 Semantics follow scikit-learn's ``KMeans(algorithm="lloyd")``: a run stops when its
 centres stop changing or when the squared centre shift is at most ``tol`` times the
@@ -17,16 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .graph import InMemorySource, RowMemory, Source
 from .io import ZERO_WEIGHTS
-from .kernels import (
-    DistanceBounds,
-    FarPoints,
-    PassStats,
-    distance_bounds_memory,
-    pass_statistics,
-)
+from .kernels import pass_statistics
 from .resources import may_remember
+from .row_memory import DistanceBounds, RowMemory, distance_bounds_memory
+from .sources import InMemorySource, Source
+from .statistics import FarPoints, PassStats
 
 #: Bytes of distance bounds kept per row and run (centre, distance, lower bound).
 BOUNDS_BYTES_PER_ROW_AND_RUN = 24

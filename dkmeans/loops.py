@@ -429,7 +429,7 @@ def accumulate_rows(xs, weights, nearest, centres, first_row, per_row, totals, f
 def keep_far(far, run, squared, row, label):
     """Put a row into the run's worst far-point slot (the nearest, then the latest
     row): called for rows strictly farther than that slot, so ties keep the earlier
-    row, as :meth:`~dkmeans.kernels.FarPoints.select` does (one rule in two places:
+    row, as :meth:`~dkmeans.statistics.FarPoints.select` does (one rule in two places:
     ``test_far_point_slots_keep_what_far_points_select`` pins them together)."""
     worst = 0
     for slot in range(1, far.distances.shape[1]):

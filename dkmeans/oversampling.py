@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import engine, kernels, loops
-from .graph import RowMemory
 from .kernels import gemm_operands, sub_block_rows
 from .loops import (
     BlockRows,
@@ -30,7 +29,8 @@ from .loops import (
     NearestCandidates,
     StackedCentres,
 )
-from .sampling import PerRun
+from .row_memory import RowMemory
+from .statistics import PerRun
 from .streams import Purpose, row_uniforms, stream_key
 
 #: Bytes remembered per row and run: the float64 distance and the int32 index.

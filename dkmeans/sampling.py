@@ -17,6 +17,7 @@ import numpy as np
 
 from . import engine, loops
 from .kernels import min_squared_distances
+from .statistics import PerRun
 from .streams import Purpose, row_uniforms, stream_key
 
 
@@ -36,13 +37,6 @@ def exponential_keys(weights: np.ndarray | None, stream: np.uint64, row_offset: 
 
 def _weights(weights: np.ndarray | None, n_rows: int) -> np.ndarray:
     return np.ones(n_rows) if weights is None else np.asarray(weights, dtype=np.float64)
-
-
-class PerRun(tuple):
-    """Partial results of several runs sharing one pass, combined run by run."""
-
-    def combine(self, other: PerRun) -> PerRun:
-        return PerRun(a.combine(b) for a, b in zip(self, other, strict=True))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Initial centres: ``"random"``, greedy ``"k-means++"`` and scalable ``"k-means||"``.
 
-All three run over a :class:`~dkmeans.graph.Source`, so the same code seeds a
+All three run over a :class:`~dkmeans.sources.Source`, so the same code seeds a
 terabyte Dask array and the few thousand weighted candidates of k-means||.
 
 Passes over the data (each one ``compute``):
@@ -20,7 +20,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .graph import InMemorySource, RowMemory, Source
 from .io import ZERO_WEIGHTS
 from .lloyd import lloyd, stack_centers
 from .oversampling import (
@@ -31,7 +30,9 @@ from .oversampling import (
     weigh_candidates,
 )
 from .resources import may_remember
+from .row_memory import RowMemory
 from .sampling import KeySample, plusplus_trials, smallest_keys
+from .sources import InMemorySource, Source
 
 #: Extra k-means|| rounds allowed when the candidates are fewer than k distinct points.
 MAX_EXTRA_ROUNDS = 20

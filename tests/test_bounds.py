@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dkmeans import resources
-from dkmeans.graph import InMemorySource
 from dkmeans.kernels import pass_statistics
 from dkmeans.lloyd import RowBounds, lloyd
+from dkmeans.sources import InMemorySource
 
 
 @st.composite

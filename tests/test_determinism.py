@@ -39,7 +39,7 @@ from threadpoolctl import threadpool_limits
 
 import dkmeans.io
 from dkmeans import KMeans
-from dkmeans.graph import SPLIT_EVERY
+from dkmeans.sources import SPLIT_EVERY
 
 #: Rows and block rows of the matrix data: 10 blocks, the last one of 50 rows.
 N_ROWS, BLOCK_ROWS = 2300, 250

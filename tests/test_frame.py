@@ -14,9 +14,9 @@ from sklearn.metrics import adjusted_rand_score
 import dkmeans
 from dkmeans import KMeans
 from dkmeans.frame import MAX_MAGNITUDE, check_values, choose_shift
-from dkmeans.graph import InMemorySource
 from dkmeans.kernels import pass_statistics
 from dkmeans.lloyd import lloyd
+from dkmeans.sources import InMemorySource
 
 from .helpers import brute_force_inertia
 

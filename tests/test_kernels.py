@@ -10,15 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dkmeans import engine, kernels, loops
-from dkmeans.kernels import (
-    FarPoints,
-    Moments,
-    PassStats,
-    cluster_sums,
-    nearest_centers,
-    pass_statistics,
-)
+from dkmeans.kernels import cluster_sums, nearest_centers, pass_statistics
 from dkmeans.oversampling import Candidates, oversample, weigh_candidates
+from dkmeans.statistics import FarPoints, Moments, PassStats
 
 
 def brute_force(x, centers, bounds, weights):

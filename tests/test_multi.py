@@ -9,8 +9,8 @@ from sklearn.metrics import silhouette_score as sklearn_silhouette
 
 import dkmeans
 from dkmeans import KMeans
-from dkmeans.graph import DaskSource
 from dkmeans.lloyd import lloyd
+from dkmeans.sources import DaskSource
 
 from .helpers import count_computes
 

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dkmeans import resources, seeding
-from dkmeans.graph import DaskSource, InMemorySource
 from dkmeans.oversampling import Candidates, nearest_candidates, oversample, weigh_candidates
+from dkmeans.sources import DaskSource, InMemorySource
 
 
 @st.composite

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dkmeans import engine, loops
-from dkmeans.graph import DaskSource, InMemorySource
 from dkmeans.oversampling import Candidates, oversample
 from dkmeans.seeding import kmeans_parallel, kmeans_plusplus, random_centers
+from dkmeans.sources import DaskSource, InMemorySource
 from dkmeans.streams import Purpose, row_uniforms, stream_key
 
 

@@ -15,8 +15,8 @@ from sklearn.cluster import KMeans as SklearnKMeans
 from sklearn.exceptions import ConvergenceWarning
 
 from dkmeans import KMeans
-from dkmeans.graph import DaskSource, InMemorySource
 from dkmeans.seeding import kmeans_parallel, kmeans_plusplus, random_centers
+from dkmeans.sources import DaskSource, InMemorySource
 
 from .helpers import brute_force_inertia, counting_store
 

@@ -12,9 +12,9 @@ from sklearn.exceptions import NotFittedError
 
 import dkmeans
 from dkmeans import InvalidParameterError, KMeans
-from dkmeans.graph import DaskSource
 from dkmeans.kernels import pass_statistics
 from dkmeans.lloyd import lloyd
+from dkmeans.sources import DaskSource
 
 from .helpers import brute_force_inertia, count_computes
 

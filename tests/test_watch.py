@@ -25,8 +25,8 @@ from distributed import Client, LocalCluster, get_task_stream
 
 from dkmeans import KMeans, watch
 from dkmeans.cli import error_message
-from dkmeans.graph import DaskSource
 from dkmeans.kernels import pass_statistics
+from dkmeans.sources import DaskSource
 
 LIMIT = "600MiB"
 MiB = 2**20

@@ -7,7 +7,7 @@ block for the few weighted candidates of k-means||). Algorithms are written once
 against :class:`Source` and never see the difference.
 
 A kernel is called as ``kernel(block, weights, row_offset, block_index, *args,
-**kwargs)`` and returns an object with a ``combine(other)`` method; combining is done
+**kwargs)`` and returns a :class:`~dkmeans.statistics.Combinable`; combining is done
 in a fixed tree over block positions, so the result never depends on which task
 finishes first.
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial, reduce
@@ -38,6 +37,7 @@ from dask.system import CPU_COUNT
 from dask.utils import funcname
 
 from .frame import check_values, shifted
+from .statistics import Combinable
 from .watch import Blocks, check_worker_memory, distributed_client
 from .watch import compute as watched_compute
 
@@ -96,30 +96,7 @@ def own_pool(*collections: Any, scheduler: str | None = None) -> dict[str, Any]:
     return {"pool": own_threads(dask.config.get("num_workers", None) or CPU_COUNT)}
 
 
-class RowMemory:
-    """Arrays about the rows of every block, kept in this process between passes.
-
-    ``make(n_rows)`` returns a block's arrays on its first pass; kernels then read and
-    write them in place. Only for sources whose kernels run in this process
-    (``Source.in_process``): every block is processed by one task per pass.
-    """
-
-    def __init__(self, make: Callable[[int], tuple[np.ndarray, ...]]) -> None:
-        self.make = make
-        self.blocks: dict[int, tuple[np.ndarray, ...]] = {}
-        self.token = uuid.uuid4().hex
-
-    def __dask_tokenize__(self) -> str:
-        return self.token  # never hash (or pickle) the arrays to name a task
-
-    def of_block(self, block_index: int, n_rows: int) -> tuple[np.ndarray, ...]:
-        """The block's arrays."""
-        if block_index not in self.blocks:
-            self.blocks[block_index] = self.make(n_rows)
-        return self.blocks[block_index]
-
-
-def combine_all(parts: Sequence[Any]) -> Any:
+def combine_all(parts: Sequence[Combinable]) -> Combinable:
     """Combine partial results left to right (used inside one tree node)."""
     return reduce(lambda a, b: a.combine(b), parts)
 

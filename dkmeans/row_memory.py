@@ -1,0 +1,90 @@
+"""What a process remembers about the rows of its blocks between passes.
+
+Only where the kernels run in this process (``Source.in_process``): every block is
+processed by one task per pass, so its arrays can be kept and updated in place.
+:class:`RowMemory` holds them; Lloyd's distance bounds (Hamerly) are one use, the
+k-means|| rounds' nearest candidates (:func:`dkmeans.oversampling.nearest_candidates`)
+another.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .loops import Screen
+
+
+class RowMemory:
+    """Arrays about the rows of every block, kept in this process between passes.
+
+    ``make(n_rows)`` returns a block's arrays on its first pass; kernels then read and
+    write them in place. Only for sources whose kernels run in this process
+    (``Source.in_process``): every block is processed by one task per pass.
+    """
+
+    def __init__(self, make: Callable[[int], tuple[np.ndarray, ...]]) -> None:
+        self.make = make
+        self.blocks: dict[int, tuple[np.ndarray, ...]] = {}
+        self.token = uuid.uuid4().hex
+
+    def __dask_tokenize__(self) -> str:
+        return self.token  # never hash (or pickle) the arrays to name a task
+
+    def of_block(self, block_index: int, n_rows: int) -> tuple[np.ndarray, ...]:
+        """The block's arrays."""
+        if block_index not in self.blocks:
+            self.blocks[block_index] = self.make(n_rows)
+        return self.blocks[block_index]
+
+
+@dataclass(frozen=True)
+class DistanceBounds:
+    """What a Lloyd pass may skip: the rows' distances of the last pass and how far
+    every centre has moved since (see :func:`~dkmeans.loops.screen_rows`).
+
+    Attributes
+    ----------
+    memory : RowMemory
+        Per block (:func:`distance_bounds_memory`): the rows' centres, squared
+        distances to them, and lower bounds on the distance to every other centre.
+    drift : ndarray of shape (K,)
+        Distance every stacked centre moved since the last pass.
+    """
+
+    memory: RowMemory
+    drift: np.ndarray
+
+    def screen(
+        self, lower: np.ndarray, centers: np.ndarray, bounds: np.ndarray, dtype: np.dtype
+    ) -> Screen:
+        """The bounds of a pass as the compiled screening reads them."""
+        norms_sq = np.einsum("ij,ij->i", centers, centers)
+        runs = list(zip(bounds[:-1], bounds[1:], strict=True))
+        max_drift = np.array([self.drift[lo:hi].max(initial=0.0) for lo, hi in runs])
+        max_sq = np.array([norms_sq[lo:hi].max(initial=0.0) for lo, hi in runs])
+        # rounding of a GEMM value against ||x - c||² - ||x||², with room to spare
+        eps = 2 * (centers.shape[1] + 4) * np.finfo(dtype).eps
+        return Screen(
+            lower=lower,
+            drift=self.drift,
+            max_drift=max_drift,
+            centers_norm=np.sqrt(norms_sq),
+            max_sq=max_sq,
+            eps=float(eps),
+        )
+
+
+def distance_bounds_memory(n_runs: int) -> RowMemory:
+    """Per block: the rows' centres (-1 before the first pass), squared distances to
+    them, and lower bounds on the distance to every other centre, for ``n_runs`` runs."""
+    return RowMemory(
+        lambda n_rows: (
+            np.full((n_rows, n_runs), -1, dtype=np.int64),
+            np.zeros((n_rows, n_runs)),
+            np.full((n_rows, n_runs), -np.inf),
+        )
+    )

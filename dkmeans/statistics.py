@@ -1,0 +1,151 @@
+"""Partial results of a pass that combine: what every block kernel returns.
+
+A kernel returns, for its block, a small object whose size does not depend on the
+number of rows; the sources (:mod:`dkmeans.sources`) combine these in a fixed tree over
+the blocks with :meth:`Combinable.combine`. Combining is associative, and ties are
+broken by global row index, so the result depends neither on the tree's shape nor on
+which block finished first. The Lloyd pass's statistics live here; the samplers'
+(:mod:`dkmeans.sampling`, :mod:`dkmeans.oversampling`) live with their kernels and
+follow the same protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Self
+
+import numpy as np
+
+
+class Combinable(Protocol):
+    """The partial result of a pass over some blocks."""
+
+    def combine(self, other: Self) -> Self:
+        """The result of both parts' blocks (``self``'s rows before ``other``'s)."""
+
+
+class PerRun(tuple):
+    """Partial results of several runs sharing one pass, combined run by run."""
+
+    def combine(self, other: PerRun) -> PerRun:
+        return PerRun(a.combine(b) for a, b in zip(self, other, strict=True))
+
+
+@dataclass(frozen=True)
+class FarPoints:
+    """The points farthest from their centre within one run, for empty-cluster relocation.
+
+    Kept sorted by decreasing distance, ties by increasing global row index, so that
+    combining partial results in any tree shape gives the same answer.
+    """
+
+    rows: np.ndarray  # (m, d) float64
+    distances: np.ndarray  # (m,) squared distance to the own centre
+    labels: np.ndarray  # (m,) index of the own centre within the run
+    weights: np.ndarray  # (m,)
+    index: np.ndarray  # (m,) global row index
+    capacity: int
+
+    @classmethod
+    def select(
+        cls,
+        rows: np.ndarray,
+        distances: np.ndarray,
+        labels: np.ndarray,
+        weights: np.ndarray,
+        index: np.ndarray,
+        capacity: int,
+    ) -> FarPoints:
+        """Keep the ``capacity`` farthest of the given points."""
+        keep = weights > 0
+        if capacity == 0:
+            keep[:] = False
+        elif np.count_nonzero(keep) > capacity:
+            # only rows at or above the capacity-th largest distance of the rows with
+            # weight can be chosen
+            eligible = distances if keep.all() else np.where(keep, distances, -np.inf)
+            threshold = np.partition(eligible, len(eligible) - capacity)[-capacity]
+            keep &= distances >= threshold
+        order = np.lexsort((index[keep], -distances[keep]))[:capacity]
+        pick = np.flatnonzero(keep)[order]
+        return cls(
+            np.asarray(rows[pick], dtype=np.float64),
+            distances[pick],
+            labels[pick],
+            weights[pick],
+            index[pick],
+            capacity,
+        )
+
+    def combine(self, other: FarPoints) -> FarPoints:
+        return FarPoints.select(
+            np.concatenate([self.rows, other.rows]),
+            np.concatenate([self.distances, other.distances]),
+            np.concatenate([self.labels, other.labels]),
+            np.concatenate([self.weights, other.weights]),
+            np.concatenate([self.index, other.index]),
+            self.capacity,
+        )
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Per-feature count, mean and sum of squared deviations (Chan et al.'s parallel form)."""
+
+    count: float
+    mean: np.ndarray  # (d,) float64
+    m2: np.ndarray  # (d,) float64
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> Moments:
+        mean = x.mean(axis=0, dtype=np.float64)
+        centred = x - mean
+        return cls(float(len(x)), mean, np.einsum("ij,ij->j", centred, centred))
+
+    def combine(self, other: Moments) -> Moments:
+        count = self.count + other.count
+        if count == 0:
+            return self
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / count)
+        m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / count)
+        return Moments(count, mean, m2)
+
+    @property
+    def variance(self) -> np.ndarray:
+        """Population variance of every feature (as ``np.var``)."""
+        return self.m2 / self.count
+
+
+@dataclass(frozen=True)
+class PassStats:
+    """Statistics of one pass over the data under fixed stacked centres.
+
+    Attributes
+    ----------
+    sums : ndarray of shape (K, d), float64
+        Weighted sum of the rows nearest to every centre.
+    counts : ndarray of shape (K,), float64
+        Total weight of the rows nearest to every centre.
+    cluster_inertia : ndarray of shape (K,), float64
+        Weighted squared distances of those rows to their centre; a run's inertia is
+        the sum over its centres.
+    far : tuple of FarPoints, one per run
+    moments : Moments or None
+        Per-feature moments of the data, when asked for.
+    """
+
+    sums: np.ndarray
+    counts: np.ndarray
+    cluster_inertia: np.ndarray
+    far: tuple[FarPoints, ...]
+    moments: Moments | None
+
+    def combine(self, other: PassStats) -> PassStats:
+        return PassStats(
+            self.sums + other.sums,
+            self.counts + other.counts,
+            self.cluster_inertia + other.cluster_inertia,
+            tuple(a.combine(b) for a, b in zip(self.far, other.far, strict=True)),
+            None if self.moments is None else self.moments.combine(other.moments),
+        )
