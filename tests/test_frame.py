@@ -107,7 +107,7 @@ def test_predict_far_from_the_origin_equals_a_float64_brute_force(
     centers = km.cluster_centers_
     expected, gap = brute_force_nearest(X, centers)
     # a row whose two nearest centres are within rounding of a tie may go either way
-    resolution = np.finfo(dtype).eps * 64 * spread**2 * n_features
+    resolution = float(np.finfo(dtype).eps) * 64 * spread**2 * n_features
     clear = gap > resolution
     for labels in (km.predict(X), np.asarray(km.predict(da.from_array(X, chunks=150)))):
         np.testing.assert_array_equal(labels[clear], expected[clear])
