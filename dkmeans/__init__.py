@@ -1,6 +1,6 @@
 """dkmeans: k-means clustering for arrays of any size, on Dask."""
 
-from .cluster import connect
+from .connect import connect
 from .elbow import elbow
 from .estimator import KMeans
 from .exceptions import InvalidParameterError

@@ -146,7 +146,7 @@ def compute_context(args: argparse.Namespace) -> Iterator[None]:
     progress bar on stderr for every long pass over the data on local threads."""
     with ExitStack() as stack:
         if args.cluster is not None:
-            from .cluster import connect
+            from .connect import connect
 
             client = stack.enter_context(connect(args.cluster))
             print(f"dkmeans: dashboard at {client.dashboard_link}", file=sys.stderr)

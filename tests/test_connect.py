@@ -21,7 +21,7 @@ import yaml
 from distributed import Client, LocalCluster
 
 import dkmeans
-from dkmeans.cluster import (
+from dkmeans.connect import (
     KINDS,
     ClusterConfigError,
     client_security,
