@@ -33,7 +33,6 @@ from .frame import (
     centers_in_user_frame,
     check_values,
     choose_shift,
-    shifted,
 )
 from .inputs import Input, make_source, usable_rows
 from .io import (
@@ -47,7 +46,7 @@ from .kernels import center_distances, nearest_centers, pass_statistics
 from .lloyd import IterationReport, LloydResult, lloyd
 from .resources import limit_blas
 from .seeding import initial_centers
-from .sources import Source
+from .sources import Source, prepared_kernel
 
 Init = Literal["k-means||", "k-means++", "random"]
 #: ``init(X, n_clusters, random_state=...)`` returning (n_clusters, n_features) centres.
@@ -283,7 +282,9 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
                 self, X, accept_sparse=False, dtype=[np.float64, np.float32], order="C", reset=reset
             )
             lazy, chunks = None, numpy_row_chunks(len(array), array.shape[1] * array.itemsize)
-            check_values(array)
+            if array.dtype == np.float64:
+                # validate_data refused NaN and infinity; float32 cannot overflow here
+                check_values(array)
         weights = check_sample_weight(sample_weight, len(array if lazy is None else lazy), chunks)
         return Input(array, lazy, chunks, weights)
 
@@ -441,7 +442,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         shift = self._shift_for(X.dtype)
         centers = centers_in_frame(self.cluster_centers_, shift)
         if X.array is None:
-            return X.lazy.map_blocks(_in_frame, kernel, centers, shift, True, **map_kwargs)
+            return X.lazy.map_blocks(_in_frame, kernel, centers, shift, **map_kwargs)
         return np.concatenate(make_source(X, shift=shift).map_blocks(_rows_kernel, kernel, centers))
 
     def _labels(self, X: Input) -> np.ndarray | da.Array:
@@ -573,15 +574,15 @@ def _in_frame(
     kernel: Callable[..., np.ndarray],
     centers: np.ndarray,
     shift: np.ndarray | None,
-    check: bool,
     block_info: dict | None = None,
 ) -> np.ndarray:
-    """``kernel`` on one block of lazy data in the frame of ``shift``, after checking
-    the block's values when ``check`` (lazy data is checked as it is read)."""
-    if check:
-        where = block_info[0]
-        check_values(block, where["array-location"][0][0], where["chunk-location"][0])
-    return kernel(shifted(block, shift), centers)
+    """``kernel`` on one block of lazy data as a source runs it: in the frame of
+    ``shift``, the block's values checked as it is read."""
+    where = block_info[0]
+    run = prepared_kernel(_rows_kernel, shift, check=True)
+    return run(
+        block, None, where["array-location"][0][0], where["chunk-location"][0], kernel, centers
+    )
 
 
 def _rows_kernel(
