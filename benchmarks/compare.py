@@ -48,7 +48,8 @@ import dkmeans
 import dkmeans.engine
 import dkmeans.resources
 
-RESULTS = Path(__file__).parent / "results"
+from .measures import RESULTS, brute_force_inertia, initial_centers, make_data, versions
+
 #: Rows per Dask block for the "dask" container (the issue's 250k-row blocks).
 DASK_BLOCK_ROWS = 250_000
 
@@ -195,39 +196,6 @@ def available_peers() -> tuple[list[Peer], list[str]]:
     )
     peers.append(Peer("read pass", ReadPass, feed="dask", reference=True))
     return peers, notes
-
-
-def make_data(n: int, d: int, k: int, dtype: str, seed: int = 0) -> np.ndarray:
-    """A Gaussian mixture of ``k`` unit-variance clusters, generated block by block."""
-    rng = np.random.default_rng(seed)
-    means = rng.normal(scale=4.0, size=(k, d))
-    x = np.empty((n, d), dtype=dtype)
-    for start in range(0, n, DASK_BLOCK_ROWS):
-        rows = slice(start, min(start + DASK_BLOCK_ROWS, n))
-        labels = rng.integers(k, size=rows.stop - rows.start)
-        x[rows] = means[labels] + rng.standard_normal((len(labels), d))
-    return x
-
-
-def initial_centers(x: Any, k: int, seed: int = 1) -> np.ndarray:
-    """``k`` distinct random rows (of an array or a Zarr array), float64."""
-    rows = np.random.default_rng(seed).choice(x.shape[0], size=k, replace=False)
-    return np.stack([x[int(row)] for row in np.sort(rows)]).astype(np.float64)
-
-
-def brute_force_inertia(x: Any, centers: np.ndarray, chunk: int = 262_144) -> float:
-    """Sum of squared distances to the nearest centre, in float64, independent of dkmeans.
-
-    The nearest centre comes from a float64 GEMM expansion, its distance from ``x - c``.
-    """
-    centers = np.asarray(centers, dtype=np.float64)
-    centers_sq = (centers**2).sum(axis=1)
-    total = 0.0
-    for start in range(0, x.shape[0], chunk):
-        xs = np.asarray(x[start : start + chunk], dtype=np.float64)
-        nearest = (centers_sq - 2 * xs @ centers.T).argmin(axis=1)
-        total += float(((xs - centers[nearest]) ** 2).sum())
-    return total
 
 
 @contextmanager
@@ -540,7 +508,7 @@ def main(argv: list[str] | None = None) -> None:
     record = {
         "suite": args.suite,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "versions": _versions(),
+        "versions": versions(("dkmeans", "numpy", "dask", "scikit-learn", "dask-ml", "numba")),
         "notes": notes,
         "timings": [asdict(t) for t in timings],
         "scaling": [asdict(p) for p in points],
@@ -548,18 +516,6 @@ def main(argv: list[str] | None = None) -> None:
     stem.with_suffix(".json").write_text(json.dumps(record, indent=2))
     plot(timings, points, stem.with_suffix(".png"))
     print(f"\nwrote {stem}.json and {stem}.png")
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for package in ("dkmeans", "numpy", "dask", "scikit-learn", "dask-ml", "numba"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "not installed"
-    return found
 
 
 if __name__ == "__main__":

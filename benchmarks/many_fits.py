@@ -35,7 +35,8 @@ from dkmeans import KMeans, elbow
 from dkmeans.blobs import CODECS
 from dkmeans.cli import count, reuse_freed_memory
 
-from .out_of_core import RESULTS, make_store, read_pass
+from .measures import RESULTS
+from .out_of_core import make_store, read_pass
 
 
 def seconds(action: Callable[[], object]) -> float:

@@ -46,7 +46,8 @@ from dkmeans.kernels import pass_statistics
 from dkmeans.resources import blas_threads
 from dkmeans.sources import DaskSource
 
-RESULTS = Path(__file__).parent / "results"
+from .measures import RESULTS
+
 DKMEANS = [sys.executable, "-m", "dkmeans.cli"]
 
 

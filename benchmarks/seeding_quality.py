@@ -36,7 +36,7 @@ import dkmeans
 from dkmeans.seeding import kmeans_parallel, kmeans_plusplus
 from dkmeans.sources import DaskSource
 
-from .compare import RESULTS, brute_force_inertia
+from .measures import RESULTS, brute_force_inertia
 
 #: Rows per Dask block: several blocks even for the mixtures, as in real use.
 BLOCK_ROWS = 20_000

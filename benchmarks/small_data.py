@@ -27,7 +27,7 @@ from sklearn.datasets import make_blobs
 
 from dkmeans import KMeans
 
-from .out_of_core import RESULTS
+from .measures import RESULTS, brute_force_inertia
 
 #: (name, rows, features, k, whether the data has clusters)
 SHAPES = [
@@ -42,10 +42,6 @@ def data(rows: int, features: int, k: int, clustered: bool) -> np.ndarray:
     if clustered:
         return make_blobs(rows, n_features=features, centers=k, random_state=0)[0]
     return np.random.default_rng(0).normal(size=(rows, features))
-
-
-def brute_force_inertia(X: np.ndarray, centers: np.ndarray) -> float:
-    return float(((X[:, None, :] - centers[None]) ** 2).sum(-1).min(1).sum())
 
 
 def main() -> None:
