@@ -54,9 +54,18 @@ def choose_shift(sample: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
     return median.astype(dtype)
 
 
+def computing_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype that rows stored in ``dtype`` are computed in: float16 rows are widened
+    to float32 (one block or cached sub-block at a time, never the whole data)."""
+    return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
+
+
 def shifted(block: np.ndarray, shift: np.ndarray | None) -> np.ndarray:
-    """``block`` in the frame of ``shift`` (the block itself without one)."""
-    return block if shift is None else block - shift
+    """``block`` in the frame of ``shift`` (the block itself without one), in its
+    :func:`computing_dtype`."""
+    if shift is None:
+        return block
+    return np.subtract(block, shift, dtype=computing_dtype(block.dtype))
 
 
 def centers_in_frame(centers: np.ndarray, shift: np.ndarray | None) -> np.ndarray:

@@ -61,6 +61,8 @@ def open_zarr_array(
     ValueError
         If nothing is there, or if the path holds a group (the message lists the
         group's arrays).
+    TypeError
+        If the array holds bfloat16 (Zarr 3 has no such data type; see :data:`BFLOAT16`).
     ImportError
         If the URL needs a package that is not installed (the message says which).
     dkmeans.fs.StorageAccessError
@@ -75,6 +77,8 @@ def open_zarr_array(
     except ImportError as error:
         raise ImportError(_missing_package_message(path, error)) from error
     except (ValueError, KeyError, TypeError, AttributeError) as error:
+        if "bfloat16" in str(error):  # Zarr 3 knows no such data type
+            raise TypeError(f"{path!r}: {BFLOAT16}") from error
         # zarr's reaction to metadata that is not JSON or lacks keys names no file
         raise ValueError(_damaged_metadata_message(path, error)) from error
     if isinstance(node, zarr.Group):
@@ -207,6 +211,9 @@ def _from_numpy(x: np.ndarray) -> da.Array:
 def check_data(X: da.Array, *, min_samples: int = 1, merge_rows: bool = True) -> da.Array:
     """Validate shape and dtype; return X as floating point with sensible row blocks.
 
+    Floating-point data keeps its dtype (float16 too: the kernels widen it one cached
+    sub-block at a time); integers and booleans become float64.
+
     With ``merge_rows=False`` the row blocks are kept as they are: in-memory data is
     cut into at least :data:`MIN_NUMPY_BLOCKS` blocks on purpose, and merging them
     would leave threads idle.
@@ -216,8 +223,8 @@ def check_data(X: da.Array, *, min_samples: int = 1, merge_rows: bool = True) ->
     ValueError
         For arrays that are not 2-D, are empty, or hold complex values.
     TypeError
-        For non-numeric data (strings, objects), or blocks that are not NumPy arrays
-        (sparse matrices).
+        For non-numeric data (strings, objects), bfloat16, or blocks that are not NumPy
+        arrays (sparse matrices).
     """
     if X.ndim != 2:
         raise ValueError(
@@ -240,15 +247,25 @@ def check_data(X: da.Array, *, min_samples: int = 1, merge_rows: bool = True) ->
             "data is not supported; densify the blocks, e.g. X.map_blocks(lambda b: b.toarray())"
         )
     kind = X.dtype.kind
+    if X.dtype.name == "bfloat16":
+        raise TypeError(BFLOAT16)
     if kind == "c":
         raise ValueError(
             "Complex data not supported; cluster the real and imaginary parts as features"
         )
     if kind not in "biuf":
         raise TypeError(f"X must hold numbers, got dtype {X.dtype}; convert it to float first")
-    if kind != "f" or X.dtype.itemsize < 4:
+    if kind != "f":
         X = X.astype(np.float64)
     return rechunk_rows(X) if merge_rows else X
+
+
+#: Why bfloat16 data is refused (NumPy arrays of ``ml_dtypes.bfloat16``, Zarr stores).
+BFLOAT16 = (
+    "bfloat16 data is not supported: NumPy has no bfloat16 (it needs the ml_dtypes "
+    "package) and Zarr 3 has no bfloat16 data type to store it; store the values as "
+    "float16 (read at the same bytes) or float32"
+)
 
 
 def block_rows(

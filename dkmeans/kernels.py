@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from functools import cache
 
 import numpy as np
 
 from . import engine, loops
+from .frame import computing_dtype
 from .loops import (
     BlockRows,
     FarSlots,
@@ -65,7 +67,31 @@ FLOAT32_GEMM_MAX_CENTER = 1e15
 
 
 def _float_dtype(x: np.ndarray) -> np.dtype:
-    return x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+    """The dtype the kernels compute a block in: float32 or float64 as stored, float32 for
+    float16 rows (widened one cached sub-block at a time), float64 for anything else."""
+    dtype = computing_dtype(x.dtype)
+    return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
+
+
+@cache
+def _float16_values(dtype: np.dtype) -> np.ndarray:
+    """The value in ``dtype`` of every float16 bit pattern: the compiled loops widen float16
+    rows (seen as uint16: numba has no float16) through this 256 KiB table."""
+    return np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(dtype)
+
+
+def block_rows(
+    x: np.ndarray, weights: np.ndarray | None, shift: np.ndarray | None, dtype: np.dtype
+) -> BlockRows:
+    """A block as the compiled loops read it, for a GEMM in ``dtype``: float16 rows stay
+    float16 (their bits, with the table that widens them), other rows in ``dtype``."""
+    half = x.dtype == np.float16
+    return BlockRows(
+        x=np.ascontiguousarray(x).view(np.uint16) if half else np.ascontiguousarray(x, dtype),
+        weights=None if weights is None else np.ascontiguousarray(weights, dtype=np.float64),
+        shift=None if shift is None else np.asarray(shift, dtype=dtype),
+        widen=_float16_values(np.dtype(dtype)) if half else None,
+    )
 
 
 def _gemm_dtype(x: np.ndarray, centers: np.ndarray) -> np.dtype:
@@ -286,13 +312,7 @@ def _assign(
         per_row = True
     if compiled:
         loops.assign_block(
-            block=BlockRows(
-                x=np.ascontiguousarray(x, dtype=dtype),
-                weights=None
-                if weights is None
-                else np.ascontiguousarray(weights, dtype=np.float64),
-                shift=shift,
-            ),
+            block=block_rows(x, weights, shift, dtype),
             centres=centres,
             out=PassOutputs(
                 per_row=out.per_row if per_row else None,

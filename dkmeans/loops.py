@@ -61,9 +61,13 @@ class StackedCentres(NamedTuple):
 class BlockRows(NamedTuple):
     """One block's rows (inputs)."""
 
-    x: np.ndarray  # (n, d) in the GEMM dtype, C-contiguous
+    x: np.ndarray  # (n, d) in the GEMM dtype, or the bits of float16 values; C-contiguous
     weights: np.ndarray | None  # (n,) float64; None: all ones (compiled out)
-    shift: np.ndarray | None  # (d,) in x's dtype: rows seen minus it; None: as stored
+    shift: np.ndarray | None  # (d,) in the GEMM dtype: rows seen minus it; None: as stored
+    #: (65536,) the GEMM-dtype value of every float16 bit pattern when ``x`` holds float16
+    #: rows as uint16 (numba has no float16): rows are widened per cached sub-block;
+    #: None: ``x`` is in the GEMM dtype (compiled out)
+    widen: np.ndarray | None
 
 
 class RowResults(NamedTuple):
@@ -210,6 +214,39 @@ def shifted_rows(x, start, stop, shift, buffer):
         for f in range(x.shape[1]):
             buffer[i, f] = x[start + i, f] - shift[f]
     return buffer[: stop - start]
+
+
+@_compile
+def widened_rows(x, start, stop, shift, widen, buffer):
+    """Rows ``start:stop`` of the float16 bits ``x`` widened through the table ``widen``
+    (:class:`BlockRows`), minus ``shift`` unless None, into ``buffer``."""
+    for i in range(stop - start):
+        for f in range(x.shape[1]):
+            value = widen[x[start + i, f]]
+            buffer[i, f] = value if shift is None else value - shift[f]
+    return buffer[: stop - start]
+
+
+def rows_seen(x, start, stop, shift, widen, buffer):
+    """Rows ``start:stop`` of a block as the kernels see them: :func:`widened_rows` for
+    float16 bits (``widen``), else :func:`shifted_rows`."""
+    if widen is None:
+        return shifted_rows(x, start, stop, shift, buffer)
+    return widened_rows(x, start, stop, shift, widen, buffer)
+
+
+if numba is not None:
+    # numba prunes a branch on an argument only when it is None: the two kinds of rows
+    # return arrays of different dtypes, so the compiled loops choose by type
+    @numba.extending.overload(rows_seen, jit_options={"nogil": True})
+    def _rows_seen_by_type(x, start, stop, shift, widen, buffer):
+        if isinstance(widen, numba.types.NoneType):
+            return lambda x, start, stop, shift, widen, buffer: shifted_rows(
+                x, start, stop, shift, buffer
+            )
+        return lambda x, start, stop, shift, widen, buffer: widened_rows(
+            x, start, stop, shift, widen, buffer
+        )
 
 
 @_compile
@@ -486,30 +523,34 @@ def assign_block(block, centres, out, screen, step, by_centers):
     ``out.per_row`` then holds the rows' results of the last pass, and receives this
     pass's. Without, ``by_centers`` chooses the GEMM's layout
     (:func:`~dkmeans.kernels.gemm_by_centers`).
-    With ``block.shift``, every sub-block is first copied minus the shift
-    (:mod:`dkmeans.frame`) into a buffer that stays in cache, and everything is
-    computed from that copy.
+    With ``block.shift`` or ``block.widen`` (float16 rows), every sub-block is first
+    copied, widened and minus the shift (:mod:`dkmeans.frame`), into a buffer that stays
+    in cache, and everything is computed from that copy.
     """
     x, bounds = block.x, centres.bounds
     n_rows, n_features = x.shape
     n_centers, rows = centres.gemm.shape[0], min(step, n_rows)
-    partial = np.empty(rows * n_centers, dtype=x.dtype)
+    dtype = centres.gemm.dtype
+    partial = np.empty(rows * n_centers, dtype=dtype)
     nearest = np.empty((rows, len(bounds) - 1), dtype=np.uint64)
     screened = 0 if screen is None else rows
     # best value and index of every row; with bounds, also its second best and ||x||²
     scan = Scan(
-        best_value=np.empty(rows, dtype=x.dtype),
+        best_value=np.empty(rows, dtype=dtype),
         best_index=np.empty(rows, dtype=np.int64),
-        second=np.empty(screened, dtype=x.dtype),
+        second=np.empty(screened, dtype=dtype),
         x_sq=np.empty(screened),
     )
-    xg = np.empty((screened, n_features), dtype=x.dtype)
+    xg = np.empty((screened, n_features), dtype=dtype)
     gathered = np.empty(screened, dtype=np.int64)
-    moved = np.empty((0 if block.shift is None else rows, n_features), dtype=x.dtype)
+    copied = block.shift is not None or block.widen is not None
+    moved = np.empty((rows if copied else 0, n_features), dtype=dtype)
     for start in range(0, n_rows, step):
         stop = min(start + step, n_rows)
         block_nearest = nearest[: stop - start]
-        xs = shifted_rows(x=x, start=start, stop=stop, shift=block.shift, buffer=moved)
+        xs = rows_seen(
+            x=x, start=start, stop=stop, shift=block.shift, widen=block.widen, buffer=moved
+        )
         if screen is None:
             scan_nearest(
                 buffer=partial,
@@ -594,8 +635,8 @@ def measure_candidates(buffer, xs, by_centers, centres, runs, nearest, scan):
 def measure_block(block, centres, runs, nearest, fresh, cost, counts, draws, step, by_centers):
     """One pass of k-means|| over a block in one compiled call, without the GIL.
 
-    Per row sub-block of ``block`` (:class:`BlockRows`, no shift): one
-    GEMM against the new candidates of every run (``centres``,
+    Per row sub-block of ``block`` (:class:`BlockRows`, no shift; float16 rows are
+    widened into a cached copy): one GEMM against the new candidates of every run (``centres``,
     :class:`StackedCentres`; ``runs``, :class:`CandidateRuns`), the rows'
     nearest candidates (:func:`measure_candidates`), then per row and run its mass ``w * d²``
     added to the run's ``cost``, and either its weight added to its nearest candidate's
@@ -610,8 +651,9 @@ def measure_block(block, centres, runs, nearest, fresh, cost, counts, draws, ste
     """
     x, bounds, columns = block.x, centres.bounds, runs.columns
     n_rows, n_features = x.shape
-    n_centers = centres.gemm.shape[0]
-    partial = np.empty(min(step, n_rows) * n_centers, dtype=x.dtype)
+    n_centers, dtype = centres.gemm.shape[0], centres.gemm.dtype
+    partial = np.empty(min(step, n_rows) * n_centers, dtype=dtype)
+    widened = np.empty((0 if block.widen is None else min(step, n_rows), n_features), dtype)
     scan = Scan(
         best_value=np.empty(min(step, n_rows)),
         best_index=np.empty(min(step, n_rows), dtype=np.int64),
@@ -630,9 +672,10 @@ def measure_block(block, centres, runs, nearest, fresh, cost, counts, draws, ste
             rows = NearestCandidates(
                 partial=nearest.partial[start:stop], index=nearest.index[start:stop]
             )
+        xs = rows_seen(x=x, start=start, stop=stop, shift=None, widen=block.widen, buffer=widened)
         measure_candidates(
             buffer=partial,
-            xs=x[start:stop],
+            xs=xs,
             by_centers=by_centers,
             centres=centres,
             runs=runs,
@@ -645,7 +688,7 @@ def measure_block(block, centres, runs, nearest, fresh, cost, counts, draws, ste
                 continue
             x_sq = 0.0
             for f in range(n_features):
-                value = np.float64(x[start + i, f])
+                value = np.float64(xs[i, f])
                 x_sq += value * value
             for r in range(len(bounds) - 1):
                 column = columns[r]

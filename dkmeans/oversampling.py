@@ -20,9 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import engine, kernels, loops
-from .kernels import gemm_operands, sub_block_rows
+from .kernels import block_rows, gemm_operands, sub_block_rows
 from .loops import (
-    BlockRows,
     CandidateCounts,
     CandidateRuns,
     Draws,
@@ -159,11 +158,7 @@ def _measure_block(
     step = sub_block_rows(len(candidates.stacked), x.shape[1])
     nearest, index, fresh = candidates.nearest(block_index, len(x), min(step, len(x)))
     return loops.measure_block(
-        block=BlockRows(
-            x=np.ascontiguousarray(x, dtype=dtype),
-            weights=None if weights is None else np.ascontiguousarray(weights, dtype=np.float64),
-            shift=None,
-        ),
+        block=block_rows(x, weights, None, dtype),
         centres=StackedCentres(
             gemm=centers_gemm,
             squared_norms=centers_sq,
