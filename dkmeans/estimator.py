@@ -33,9 +33,11 @@ from .frame import (
     centers_in_user_frame,
     check_values,
     choose_shift,
+    computing_dtype,
 )
 from .inputs import Input, make_source, usable_rows
 from .io import (
+    BFLOAT16,
     check_data,
     check_sample_weight,
     is_lazy_input,
@@ -51,6 +53,8 @@ from .sources import Source, prepared_kernel
 Init = Literal["k-means||", "k-means++", "random"]
 #: ``init(X, n_clusters, random_state=...)`` returning (n_clusters, n_features) centres.
 InitCallable = Callable[..., Any]
+#: The floating dtypes NumPy input keeps (anything else becomes float64).
+FLOAT_DTYPES = [np.float64, np.float32, np.float16]
 #: Runs per k when ``n_init="auto"``: scikit-learn's numbers.
 AUTO_RUNS_RANDOM = 10
 
@@ -278,12 +282,15 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
                 )
             array, chunks = None, lazy.chunks[0]
         else:
+            if getattr(getattr(X, "dtype", None), "name", None) == "bfloat16":
+                raise TypeError(BFLOAT16)
             array = validate_data(
-                self, X, accept_sparse=False, dtype=[np.float64, np.float32], order="C", reset=reset
+                self, X, accept_sparse=False, dtype=FLOAT_DTYPES, order="C", reset=reset
             )
             lazy, chunks = None, numpy_row_chunks(len(array), array.shape[1] * array.itemsize)
             if array.dtype == np.float64:
-                # validate_data refused NaN and infinity; float32 cannot overflow here
+                # validate_data refused NaN and infinity; float32 and float16 cannot
+                # overflow here
                 check_values(array)
         weights = check_sample_weight(sample_weight, len(array if lazy is None else lazy), chunks)
         return Input(array, lazy, chunks, weights)
@@ -409,7 +416,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         )
 
     def _store_result(self, result: LloydResult, X: Input) -> None:
-        self.cluster_centers_ = result.centers.astype(X.dtype)
+        self.cluster_centers_ = result.centers.astype(computing_dtype(X.dtype))
         self.inertia_ = result.inertia
         self.n_iter_ = result.n_iter
         # NumPy in: computed here on threads, even when a distributed client is active
@@ -460,7 +467,10 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         check_is_fitted(self)
         X = self._check_X(X, reset=False)
         return self._map_rows(
-            center_distances, X, chunks=(X.chunks, (self.n_clusters,)), dtype=X.dtype
+            center_distances,
+            X,
+            chunks=(X.chunks, (self.n_clusters,)),
+            dtype=computing_dtype(X.dtype),
         )
 
     def fit_predict(
