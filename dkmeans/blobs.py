@@ -72,7 +72,7 @@ def make_blobs(
         Rows per chunk; default about 32 MiB per chunk.
     seed : int
         Seed of the centres and of every chunk.
-    dtype : {"float32", "float64"}
+    dtype : {"float16", "float32", "float64"}
     cluster_std : float
         Standard deviation of every blob.
     codec : {"none", "zstd", "blosc-lz4", "blosc-zstd"}

@@ -218,9 +218,14 @@ def run_predict(args: argparse.Namespace) -> int:
     """Label a Zarr store with the centres of a ``dkmeans fit --out`` result."""
     from .estimator import KMeans
     from .io import open_zarr_array
-    from .store import claim_output, read_centers, write_labels
+    from .store import claim_output, read_centers, write_labels, write_nearest
 
     centers = read_centers(args.model)
+    if not 1 <= args.n_nearest <= len(centers):
+        raise UserError(
+            f"--n-nearest must be from 1 to the model's {len(centers)} centres, "
+            f"got {args.n_nearest}"
+        )
     data = open_zarr_array(args.store)
     km = KMeans(n_clusters=len(centers))
     km.cluster_centers_, km.n_features_in_ = centers, centers.shape[1]
@@ -229,8 +234,12 @@ def run_predict(args: argparse.Namespace) -> int:
         claim_output(args.out, overwrite=args.overwrite, inputs=inputs) as output,
         compute_context(args),
     ):
-        write_labels(output, km.predict(data), data)
-    print(f"wrote {args.out}: labels of {data.shape[0]:,} samples")
+        if args.n_nearest == 1:
+            write_labels(output, km.predict(data), data)
+        else:
+            write_nearest(output, *km.nearest_centers(data, n_nearest=args.n_nearest), data)
+    what = "labels" if args.n_nearest == 1 else f"the {args.n_nearest} nearest centres"
+    print(f"wrote {args.out}: {what} of {data.shape[0]:,} samples")
     return 0
 
 
@@ -303,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     blobs.add_argument("--centers", type=count, required=True)
     blobs.add_argument("--chunk-rows", type=count, default=None)
     blobs.add_argument("--seed", type=int, default=0)
-    blobs.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    blobs.add_argument("--dtype", choices=["float16", "float32", "float64"], default="float32")
     blobs.add_argument(
         "--codec", choices=list(CODECS), default="none", help="chunk compressor (default: none)"
     )
@@ -323,6 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model", metavar="MODEL.zarr", help="output of dkmeans fit --out")
     predict.add_argument("store", metavar="STORE", help="Zarr array path or URL (group/array)")
     predict.add_argument("--out", metavar="LABELS.zarr", required=True)
+    predict.add_argument(
+        "--n-nearest",
+        metavar="M",
+        type=count,
+        default=1,
+        help="M > 1: write a group with arrays labels (n, M) and distances (n, M), "
+        "the M nearest centres of every row, nearest first",
+    )
     add_output_options(predict, overwrite=True, json=False)
 
     elbow = command("elbow", run_elbow, "inertia against k, all k fitted with shared passes")

@@ -44,7 +44,7 @@ from .io import (
     numpy_row_chunks,
     to_dask_array,
 )
-from .kernels import center_distances, nearest_centers, pass_statistics
+from .kernels import center_distances, nearest_centers, pass_statistics, ranked_centers
 from .lloyd import IterationReport, LloydResult, lloyd
 from .resources import limit_blas
 from .seeding import initial_centers
@@ -473,6 +473,51 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             dtype=computing_dtype(X.dtype),
         )
 
+    def nearest_centers(
+        self, X: Any, n_nearest: int = 1
+    ) -> tuple[np.ndarray, np.ndarray] | tuple[da.Array, da.Array]:
+        """The ``n_nearest`` nearest centres of every sample, nearest first.
+
+        Parameters
+        ----------
+        X : array-like, dask array, zarr.Array, xarray.DataArray or str
+            Samples of shape (n_samples, n_features), as for :meth:`predict`.
+        n_nearest : int, default=1
+            Centres per sample, from 1 to ``n_clusters``.
+
+        Returns
+        -------
+        indices : ndarray or dask.array.Array of shape (n_samples, n_nearest), int32
+            The centres, nearest first; ``indices[:, 0]`` is :meth:`predict`'s label.
+            Centres at equal distance come lowest index first (two within float
+            rounding of a tie may come in either order).
+        distances : ndarray or dask.array.Array of shape (n_samples, n_nearest), float32
+            The distances to them, as :meth:`transform` measures (Euclidean, or
+            ``1 - cos`` for the cosine metric).
+
+        NumPy input gives NumPy arrays; any other input two lazy Dask arrays that share
+        one pass over X (compute or store them together).
+        """
+        check_is_fitted(self)
+        if not (
+            isinstance(n_nearest, numbers.Integral)
+            and not isinstance(n_nearest, bool)
+            and 1 <= n_nearest <= self.n_clusters
+        ):
+            raise InvalidParameterError(
+                f"n_nearest must be an int from 1 to n_clusters={self.n_clusters}, "
+                f"got {n_nearest!r}"
+            )
+        X = self._check_X(X, reset=False)
+        packed = self._map_rows(
+            partial(_ranked_packed, n_nearest=int(n_nearest)),
+            X,
+            chunks=(X.chunks, (2 * n_nearest,)),
+            dtype=np.float64,
+        )
+        distances = np.sqrt(packed[:, n_nearest:])
+        return packed[:, :n_nearest].astype(np.int32), distances.astype(np.float32)
+
     def fit_predict(
         self, X: Any, y: Any = None, sample_weight: Any = None
     ) -> np.ndarray | da.Array:
@@ -600,6 +645,13 @@ def _rows_kernel(
 ) -> np.ndarray:
     """``kernel(block, centers)`` with a source's kernel signature."""
     return kernel(block, centers)
+
+
+def _ranked_packed(block: np.ndarray, centers: np.ndarray, n_nearest: int) -> np.ndarray:
+    """:func:`~dkmeans.kernels.ranked_centers` of a block as one float64 array (the
+    indices, then the squared distances), so that both come from one lazy pass."""
+    indices, squared = ranked_centers(block, centers, n_nearest)
+    return np.concatenate([indices, squared], axis=1)
 
 
 def _nearest_labels(block: np.ndarray, centers: np.ndarray) -> np.ndarray:

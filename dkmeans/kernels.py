@@ -513,3 +513,70 @@ def center_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
         squared += np.einsum("ij,ij->i", xs, xs)[:, None]
         out[rows] = np.sqrt(np.maximum(squared, 0))
     return out
+
+
+def smallest_first(values: np.ndarray, n_smallest: int) -> np.ndarray:
+    """Columns of the ``n_smallest`` smallest values of every row, smallest first; equal
+    values in column order (so the first is ``values.argmin(axis=1)``).
+
+    Parameters
+    ----------
+    values : ndarray of shape (rows, K), no NaN
+    n_smallest : int, 1 to K
+
+    Returns
+    -------
+    ndarray of shape (rows, n_smallest), int64
+    """
+    n_rows, n_columns = values.shape
+    if n_smallest < n_columns:
+        # a partition, then the ties at its edge: the first columns among them
+        edge = np.partition(values, n_smallest - 1, axis=1)[:, n_smallest - 1 : n_smallest]
+        below, tied = values < edge, values == edge
+        room = n_smallest - below.sum(axis=1, keepdims=True)
+        chosen = below | (tied & (np.cumsum(tied, axis=1) <= room))
+        columns = np.nonzero(chosen)[1].reshape(n_rows, n_smallest)
+    else:
+        columns = np.broadcast_to(np.arange(n_columns), values.shape)
+    order = np.argsort(np.take_along_axis(values, columns, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(columns, order, axis=1)
+
+
+def ranked_centers(
+    x: np.ndarray, centers: np.ndarray, n_nearest: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n_nearest`` nearest centres of every row, nearest first.
+
+    Ranked by the GEMM expansion in the GEMM dtype, as :func:`nearest_centers` ranks
+    them (ties: the lowest index), so the first is the row's label; two centres within
+    the GEMM's rounding of a tie may come in either order. The distances to the chosen
+    centres are computed directly in float64, one cached sub-block of rows at a time.
+
+    Parameters
+    ----------
+    x : ndarray of shape (rows, d)
+    centers : ndarray of shape (K, d)
+    n_nearest : int, 1 to K
+
+    Returns
+    -------
+    indices : ndarray of shape (rows, n_nearest), int32
+    squared : ndarray of shape (rows, n_nearest), float64
+        Squared Euclidean distances to those centres.
+    """
+    dtype, centers_gemm, centers_sq = gemm_operands(x, centers)
+    squared_norms = centers_sq.astype(dtype)  # added in the GEMM dtype, as the scan adds it
+    centers64 = np.asarray(centers, dtype=np.float64)
+    indices = np.empty((len(x), n_nearest), dtype=np.int32)
+    squared = np.empty((len(x), n_nearest))
+    for rows in _sub_blocks(len(x), sub_block_rows(len(centers), x.shape[1])):
+        xs = np.ascontiguousarray(x[rows], dtype=dtype)
+        partial = (centers_gemm @ xs.T).T
+        partial += squared_norms
+        nearest = smallest_first(partial, n_nearest)
+        indices[rows] = nearest
+        xs64 = xs.astype(np.float64)
+        for j in range(n_nearest):
+            diff = xs64 - centers64[nearest[:, j]]
+            squared[rows, j] = np.einsum("ij,ij->i", diff, diff)
+    return indices, squared

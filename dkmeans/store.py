@@ -4,7 +4,9 @@ A fit result is a Zarr group with the arrays ``cluster_centers`` (k, d) and
 ``labels`` (n,) int32, chunked like the input's rows, and the attributes
 ``inertia``, ``n_iter``, ``n_clusters``, ``params``, ``dkmeans_version`` and
 ``dkmeans_result = "fit"``; ``dkmeans predict --out`` writes an int32 array with the
-attributes ``dkmeans_result = "labels"`` and ``dkmeans_version``. These two
+attributes ``dkmeans_result = "labels"`` and ``dkmeans_version`` (with ``--n-nearest``
+M > 1, a group with these attributes and the arrays ``labels`` (n, M) int32 and
+``distances`` (n, M) float32, chunked like the input's rows). These two
 attributes in the root ``zarr.json`` are how dkmeans recognises its own results: it
 replaces (with ``overwrite``) nothing else, and never an output that is, lies inside
 or contains one of the command's inputs.
@@ -56,6 +58,8 @@ from .io import ZARR_METADATA, open_zarr_array, to_dask_array
 
 CENTERS = "cluster_centers"
 LABELS = "labels"
+#: The distances of ``dkmeans predict --n-nearest``'s output group.
+DISTANCES = "distances"
 #: Attribute of a result's root ``zarr.json`` naming what dkmeans wrote there.
 RESULT_ATTRIBUTE = "dkmeans_result"
 #: File inside an output (or a temporary output) that is not complete yet.
@@ -502,20 +506,29 @@ def _row_chunks(X: Any) -> int:
     return int(to_dask_array(X).chunks[0][0])
 
 
+def _row_target(
+    store: str, name: str | None, values: da.Array | np.ndarray, row_chunks: int, dtype: type
+) -> tuple[da.Array, zarr.Array]:
+    """An array ``name`` of ``store`` for ``values`` (one row per sample) in ``dtype``,
+    chunked like the input's rows, and ``values`` in blocks of whole chunks of it."""
+    values = da.asarray(values).astype(dtype)
+    target = zarr.create_array(
+        store=store,
+        name=name,
+        shape=values.shape,
+        dtype=dtype,
+        chunks=(max(1, min(row_chunks, len(values))), *values.shape[1:]),
+    )
+    if any(size % target.chunks[0] for size in values.chunks[0][:-1]):
+        values = values.rechunk(target.chunks)  # blocks must hold whole chunks: no shared writes
+    return values, target
+
+
 def _store_labels(
     store: str, name: str | None, labels: da.Array | np.ndarray, row_chunks: int
 ) -> zarr.Array:
     """Write labels as an int32 array ``name`` of ``store``, one task per block of rows."""
-    labels = da.asarray(labels).astype(np.int32)
-    target = zarr.create_array(
-        store=store,
-        name=name,
-        shape=labels.shape,
-        dtype=np.int32,
-        chunks=(max(1, min(row_chunks, len(labels))),),
-    )
-    if any(size % target.chunks[0] for size in labels.chunks[0][:-1]):
-        labels = labels.rechunk(target.chunks)  # blocks must hold whole chunks: no shared writes
+    labels, target = _row_target(store, name, labels, row_chunks, np.int32)
     da.store(labels, target, lock=False)
     return target
 
@@ -584,6 +597,32 @@ def write_labels(
         _store_labels(temporary, None, labels, row_chunks).attrs.update(_signature("labels"))
 
 
+def write_nearest(
+    path: str | os.PathLike | ClaimedOutput,
+    indices: da.Array | np.ndarray,
+    distances: da.Array | np.ndarray,
+    X: Any,
+    *,
+    overwrite: bool = False,
+) -> None:
+    """Write the nearest centres of every row of ``X`` (``KMeans.nearest_centers``) as a
+    Zarr group, atomically: arrays ``labels`` (n, m) int32 and ``distances`` (n, m)
+    float32, chunked like X's rows, written in one pass over X.
+
+    Raises
+    ------
+    OutputExistsError, OutputBusyError, OutputNotWritableError
+        See :func:`claim_output`.
+    """
+    row_chunks = _row_chunks(X)
+    with atomic_output(path, overwrite=overwrite) as temporary:
+        group = zarr.open_group(temporary, mode="a")  # the folder holds only our marker
+        labels, labels_target = _row_target(temporary, LABELS, indices, row_chunks, np.int32)
+        near, near_target = _row_target(temporary, DISTANCES, distances, row_chunks, np.float32)
+        da.store([labels, near], [labels_target, near_target], lock=False)
+        group.attrs.update(_signature("labels"))
+
+
 def read_centers(path: str | os.PathLike) -> np.ndarray:
     """The ``cluster_centers`` (k, d) of a complete result written by :func:`write_result`.
 
@@ -616,3 +655,21 @@ def read_centers(path: str | os.PathLike) -> np.ndarray:
             f"(shape {centers.shape}, dtype {centers.dtype})"
         )
     return centers
+
+
+def read_metric(path: str | os.PathLike) -> str:
+    """The ``metric`` a fit result was fitted with (its ``params``); ``"euclidean"`` for
+    results written before dkmeans had the parameter. Call after :func:`read_centers`.
+
+    Raises
+    ------
+    ValueError
+        If the recorded metric is not one dkmeans knows.
+    """
+    path = os.fspath(path)
+    with storage_errors(path):
+        params = zarr.open_group(path, mode="r").attrs.get("params", {})
+    metric = params.get("metric", "euclidean") if isinstance(params, dict) else "euclidean"
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"the fit result {path!r} records an unknown metric {metric!r}")
+    return metric
