@@ -202,17 +202,23 @@ def write_data(shape: Shape, kind: str, folder: Path) -> Files:
     return files
 
 
-def run_fit(run: Run, files: Files, threads: int) -> None:
-    """Run one fit process and fill ``run`` with what it reports (or its error)."""
+def run_fit(run: Run, files: Files, threads: int, timeout: float | None) -> None:
+    """Run one fit process and fill ``run`` with what it reports (or its error); a process
+    still running after ``timeout`` seconds is killed."""
     spec = Spec(
         library=run.library, mode=run.mode, data=str(files.data), store=str(files.store),
         centers=str(files.centers), out=str(files.out), iterations=tuple(run.iterations),
         seed=run.repeat, threads=threads,
     )  # fmt: skip
     command = [sys.executable, "-m", "benchmarks.fit_process", json.dumps(asdict(spec))]
-    done = subprocess.run(
-        command, capture_output=True, text=True, env=environment(threads), cwd=REPOSITORY
-    )
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, env=environment(threads), cwd=REPOSITORY,
+            timeout=timeout,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        run.error = f"killed after {timeout:g} s (--timeout)"
+        return
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
         run.error = lines[-1]
@@ -241,7 +247,7 @@ def run_case(
             for library in libraries:
                 run = Run(shape.name, shape.n, shape.d, shape.k, kind, library, mode, repeat,
                           iterations)  # fmt: skip
-                run_fit(run, files, args.threads)
+                run_fit(run, files, args.threads, args.timeout)
                 print(describe(run), flush=True)
                 runs.append(run)
     return runs
@@ -429,6 +435,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS / "shapes.json",
                         help="JSON file; the chart goes beside it (.png)")  # fmt: skip
     parser.add_argument("--scratch", type=Path, default=None, help="folder for the data")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="kill a fit process after this many seconds")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         args.shapes = [parse_shape(s).scaled(args.scale) for s in args.shapes.split(",")]
@@ -442,6 +450,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--scale must be in (0, 1], not {args.scale}")
     if args.repeats < 1 or args.threads < 1:
         parser.error("--repeats and --threads must be at least 1")
+    if args.timeout is not None and args.timeout <= 0:
+        parser.error(f"--timeout must be positive, not {args.timeout}")
     too_small = [s for s in args.shapes if s.n < 2 * s.k]
     if too_small:
         parser.error(
