@@ -165,6 +165,7 @@ def kmeans_params(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
         "max_iter": args.max_iter,
         "tol": args.tol,
         "random_state": args.seed,
+        "metric": args.metric,
         "persist": {"auto": "auto", "true": True, "false": False}[args.persist],
         "verbose": not args.quiet,
         **extra,
@@ -218,7 +219,7 @@ def run_predict(args: argparse.Namespace) -> int:
     """Label a Zarr store with the centres of a ``dkmeans fit --out`` result."""
     from .estimator import KMeans
     from .io import open_zarr_array
-    from .store import claim_output, read_centers, write_labels, write_nearest
+    from .store import claim_output, read_centers, read_metric, write_labels, write_nearest
 
     centers = read_centers(args.model)
     if not 1 <= args.n_nearest <= len(centers):
@@ -227,7 +228,7 @@ def run_predict(args: argparse.Namespace) -> int:
             f"got {args.n_nearest}"
         )
     data = open_zarr_array(args.store)
-    km = KMeans(n_clusters=len(centers))
+    km = KMeans(n_clusters=len(centers), metric=read_metric(args.model))
     km.cluster_centers_, km.n_features_in_ = centers, centers.shape[1]
     inputs = [args.store, args.model]
     with (
@@ -359,6 +360,12 @@ def add_kmeans_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-iter", type=count, default=300)
     parser.add_argument("--tol", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: fresh)")
+    parser.add_argument(
+        "--metric",
+        choices=["euclidean", "cosine"],
+        default="euclidean",
+        help="cosine: spherical k-means, rows compared by direction",
+    )
     parser.add_argument(
         "--persist",
         choices=["auto", "true", "false"],

@@ -26,6 +26,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .checkpoint import Checkpoint
+from .cosine import METRICS, Metric, cosine_distances, inertia_per_squared_distance, unit_centers
 from .exceptions import InvalidParameterError
 from .frame import (
     SAMPLE_ROWS,
@@ -146,16 +147,24 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         parameters and data resumes from it and ends with the same result as an
         uninterrupted fit; one with other parameters or data is refused. A fit
         stopped during initialisation redoes the initialisation's passes.
+    metric : {"euclidean", "cosine"}, default="euclidean"
+        How rows are compared. ``"cosine"`` is spherical k-means: rows are compared by
+        direction (each is divided by its norm as it is read; X is not copied), a
+        centre is the normalised weighted mean of its rows, ``inertia_`` is
+        ``Σ w (1 - cos(x, c))``, ``predict`` picks the most similar centre and
+        ``transform`` gives cosine distances ``1 - cos``. A row of zeros has no
+        direction: it raises a ``ValueError`` naming it.
 
     Attributes
     ----------
     cluster_centers_ : ndarray of shape (n_clusters, n_features)
-        Centres, in the floating dtype of X.
+        Centres, in the floating dtype of X (unit vectors for ``metric="cosine"``).
     labels_ : ndarray or dask.array.Array of shape (n_samples,)
         Labels of the training data: NumPy for NumPy input, a lazy Dask array
         otherwise.
     inertia_ : float
-        Sum over samples of (weight times) the squared distance to the nearest centre.
+        Sum over samples of (weight times) the squared distance to the nearest centre;
+        for ``metric="cosine"``, of the cosine distance ``1 - cos``.
     n_iter_ : int
         Lloyd iterations run by the best run.
     n_features_in_ : int
@@ -205,6 +214,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         persist: Literal["auto"] | bool = "auto",
         verbose: bool = False,
         checkpoint: str | os.PathLike | None = None,
+        metric: Metric = "euclidean",
     ) -> None:
         self.n_clusters = n_clusters
         self.init = init
@@ -217,6 +227,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         self.persist = persist
         self.verbose = verbose
         self.checkpoint = checkpoint
+        self.metric = metric
 
     # validation -------------------------------------------------------------------
 
@@ -263,6 +274,11 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
                 "The 'checkpoint' parameter of KMeans must be a path or None. "
                 f"Got {self.checkpoint!r} instead."
             )
+        if not (isinstance(self.metric, str) and self.metric in METRICS):
+            raise InvalidParameterError(
+                "The 'metric' parameter of KMeans must be a str among "
+                f"{{'euclidean', 'cosine'}}. Got {self.metric!r} instead."
+            )
         if self.checkpoint is not None and callable(self.init):
             raise InvalidParameterError(
                 "A checkpoint needs 'init' to be a str or an array: a callable init cannot "
@@ -296,10 +312,20 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         return Input(array, lazy, chunks, weights)
 
     def _check_init(self, n_features: int) -> np.ndarray | None:
-        """The explicit initial centres as float64, or None for a method or a callable."""
+        """The explicit initial centres as float64 (unit vectors for the cosine metric),
+        or None for a method or a callable."""
         if isinstance(self.init, str) or callable(self.init):
             return None
-        return _checked_centers(self.init, self.n_clusters, n_features)
+        return self._in_metric(_checked_centers(self.init, self.n_clusters, n_features))
+
+    def _in_metric(self, centers: np.ndarray) -> np.ndarray:
+        """Centres given by the user as the metric needs them: unit vectors for cosine."""
+        if self.metric != "cosine":
+            return centers
+        try:
+            return unit_centers(centers)
+        except ValueError as error:
+            raise InvalidParameterError(f"The initial {error}") from None
 
     def _n_runs(self) -> int:
         """Runs per k: ``n_init``, "auto" resolved as scikit-learn resolves it; explicit
@@ -321,7 +347,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     def _called_init(self, X: np.ndarray | da.Array, k: int, seed: int) -> np.ndarray:
         """The centres a callable ``init`` returns for one run, checked, as float64."""
         centers = self.init(X, k, random_state=np.random.RandomState(seed))
-        return _checked_centers(centers, k, X.shape[1])
+        return self._in_metric(_checked_centers(centers, k, X.shape[1]))
 
     @property
     def _n_features_out(self) -> int:
@@ -380,6 +406,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             np.array([seed for _, seed in runs]),
             oversampling_factor=self.oversampling_factor,
             init_rounds=self.init_rounds,
+            metric=self.metric,
         )
 
     def _open_checkpoint(self, X: Input, k_values: list[int]) -> Checkpoint | None:
@@ -434,7 +461,10 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
 
     def _shift_for(self, dtype: np.dtype) -> np.ndarray | None:
         """The frame that distances to the fitted centres are computed in: the fit's, or
-        one chosen from the centres themselves when they were set by hand."""
+        one chosen from the centres themselves when they were set by hand; none for the
+        cosine metric (a shift would change the rows' directions)."""
+        if self.metric == "cosine":
+            return None
         shift = (
             self._shift if hasattr(self, "_shift") else choose_shift(self.cluster_centers_, dtype)
         )
@@ -445,12 +475,13 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     ) -> np.ndarray | da.Array:
         """``kernel(rows, centres)`` over the rows, in the fit's frame: NumPy for NumPy
         input (block by block on threads); else a lazy Dask array whose blocks are
-        checked as they are read."""
-        shift = self._shift_for(X.dtype)
+        checked as they are read. For the cosine metric the kernel sees unit rows."""
+        shift, unit = self._shift_for(X.dtype), self.metric == "cosine"
         centers = centers_in_frame(self.cluster_centers_, shift)
         if X.array is None:
-            return X.lazy.map_blocks(_in_frame, kernel, centers, shift, **map_kwargs)
-        return np.concatenate(make_source(X, shift=shift).map_blocks(_rows_kernel, kernel, centers))
+            return X.lazy.map_blocks(_in_frame, kernel, centers, shift, unit, **map_kwargs)
+        source = make_source(X, shift=shift, unit=unit)
+        return np.concatenate(source.map_blocks(_rows_kernel, kernel, centers))
 
     def _labels(self, X: Input) -> np.ndarray | da.Array:
         return self._map_rows(
@@ -463,11 +494,12 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         return self._labels(self._check_X(X, reset=False))
 
     def transform(self, X: Any) -> np.ndarray | da.Array:
-        """Euclidean distance of every sample to every centre, shape (n_samples, n_clusters)."""
+        """Distance of every sample to every centre, shape (n_samples, n_clusters):
+        Euclidean, or ``1 - cos`` for the cosine metric."""
         check_is_fitted(self)
         X = self._check_X(X, reset=False)
         return self._map_rows(
-            center_distances,
+            cosine_distances if self.metric == "cosine" else center_distances,
             X,
             chunks=(X.chunks, (self.n_clusters,)),
             dtype=computing_dtype(X.dtype),
@@ -515,7 +547,9 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
             chunks=(X.chunks, (2 * n_nearest,)),
             dtype=np.float64,
         )
-        distances = np.sqrt(packed[:, n_nearest:])
+        squared = packed[:, n_nearest:]
+        # unit rows and centres: 1 - cos is half the squared distance
+        distances = squared / 2 if self.metric == "cosine" else np.sqrt(squared)
         return packed[:, :n_nearest].astype(np.int32), distances.astype(np.float32)
 
     def fit_predict(
@@ -536,11 +570,11 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         X = self._check_X(X, reset=False, sample_weight=sample_weight)
         shift = self._shift_for(X.dtype)
         centers = centers_in_frame(self.cluster_centers_, shift)
-        source = make_source(X, shift=shift)
+        source = make_source(X, shift=shift, unit=self.metric == "cosine")
         stats = source.map_reduce(
             pass_statistics, centers, np.array([0, len(centers)]), far_capacity=0
         )
-        return -float(stats.cluster_inertia.sum())
+        return -float(stats.cluster_inertia.sum()) * inertia_per_squared_distance(self.metric)
 
 
 def _checked_centers(centers: Any, k: int, n_features: int) -> np.ndarray:
@@ -597,8 +631,11 @@ def fit_runs(params: KMeans, X: Any, k_values: list[int], sample_weight: Any = N
     n_init = params._n_runs()
     checkpoint = params._open_checkpoint(X, k_values)
     saved = None if checkpoint is None else checkpoint.load()
-    source = make_source(X, persist=params.persist)
-    source.shift = shift = choose_shift(usable_rows(source.head(SAMPLE_ROWS)), X.dtype)
+    cosine = params.metric == "cosine"
+    source = make_source(X, persist=params.persist, unit=cosine)
+    # unit rows have no frame: a shift would change their directions
+    shift = None if cosine else choose_shift(usable_rows(source.head(SAMPLE_ROWS)), X.dtype)
+    source.shift = shift
     params._shift = shift
     seeds, initial, resume = (params._seeds(n_init), None, None) if saved is None else saved
     # run i * n_init + j is (k_values[i], seeds[j]), in the order of the initial centres
@@ -615,6 +652,7 @@ def fit_runs(params: KMeans, X: Any, k_values: list[int], sample_weight: Any = N
             on_iteration=params._report if params.verbose else None,
             resume=resume,
             on_pass=save,
+            metric=params.metric,
         )
     best: dict[int, LloydResult] = {}
     for (k, _), result in zip(runs, results, strict=True):
@@ -629,12 +667,13 @@ def _in_frame(
     kernel: Callable[..., np.ndarray],
     centers: np.ndarray,
     shift: np.ndarray | None,
+    unit: bool,
     block_info: dict | None = None,
 ) -> np.ndarray:
     """``kernel`` on one block of lazy data as a source runs it: in the frame of
-    ``shift``, the block's values checked as it is read."""
+    ``shift`` or on unit rows, the block's values checked as it is read."""
     where = block_info[0]
-    run = prepared_kernel(_rows_kernel, shift, check=True)
+    run = prepared_kernel(_rows_kernel, shift, check=True, unit=unit)
     return run(
         block, None, where["array-location"][0][0], where["chunk-location"][0], kernel, centers
     )

@@ -56,9 +56,14 @@ class Input:
 
 
 def make_source(
-    X: Input, *, shift: np.ndarray | None = None, persist: Literal["auto"] | bool = False
+    X: Input,
+    *,
+    shift: np.ndarray | None = None,
+    unit: bool = False,
+    persist: Literal["auto"] | bool = False,
 ) -> Source:
-    """The source a pass runs over, in the frame of ``shift`` (:mod:`dkmeans.frame`).
+    """The source a pass runs over, in the frame of ``shift`` (:mod:`dkmeans.frame`), or
+    on rows divided by their norms with ``unit`` (:mod:`dkmeans.cosine`).
 
     NumPy data runs on a pool of threads on the client without a task graph; lazy data is
     persisted (``persist``, see :func:`~dkmeans.resources.should_persist`) in cluster
@@ -71,7 +76,7 @@ def make_source(
         if isinstance(weights, da.Array):
             weights = weights.compute(scheduler="threads", **own_pool(scheduler="threads"))
         return InMemorySource.of_array(
-            X.array, weights, chunks=X.chunks, threads=local_threads(), shift=shift
+            X.array, weights, chunks=X.chunks, threads=local_threads(), shift=shift, unit=unit
         )
     data = X.lazy
     if isinstance(weights, np.ndarray):
@@ -85,8 +90,9 @@ def make_source(
                 threads=local_threads(),
                 check_finite=True,
                 shift=shift,
+                unit=unit,
             )
-    return DaskSource(data, weights, check_finite=True, shift=shift)
+    return DaskSource(data, weights, check_finite=True, shift=shift, unit=unit)
 
 
 def _blocks(array: da.Array) -> tuple[np.ndarray, ...]:

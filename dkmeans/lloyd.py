@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cosine import Metric, inertia_per_squared_distance, unit_centers
 from .io import ZERO_WEIGHTS
 from .kernels import pass_statistics
 from .resources import may_remember
@@ -98,13 +99,19 @@ def relocate_empty_clusters(sums: np.ndarray, counts: np.ndarray, far: FarPoints
 
 
 def updated_centers(
-    centers: np.ndarray, sums: np.ndarray, counts: np.ndarray, far: FarPoints
+    centers: np.ndarray,
+    sums: np.ndarray,
+    counts: np.ndarray,
+    far: FarPoints,
+    metric: Metric = "euclidean",
 ) -> np.ndarray:
     """New centres from one pass's sums and counts, after empty-cluster relocation.
 
     A cluster still empty after relocation is placed on the centre of the heaviest
     cluster (the first one of the largest weight), as scikit-learn places it; without
-    any weight at all the centres stay where they are.
+    any weight at all the centres stay where they are. For ``metric="cosine"`` the
+    means are scaled to unit norm (a cluster whose unit rows cancel out keeps its
+    centre).
     """
     sums, counts = sums.copy(), counts.copy()
     relocate_empty_clusters(sums, counts, far)
@@ -113,7 +120,7 @@ def updated_centers(
     new[nonempty] = sums[nonempty] / counts[nonempty, None]
     if nonempty.any():
         new[~nonempty] = new[np.argmax(counts)]
-    return new
+    return unit_centers(new, fallback=centers) if metric == "cosine" else new
 
 
 @dataclass
@@ -189,6 +196,7 @@ def lloyd(
     on_iteration: Callable[[IterationReport], None] | None = None,
     resume: LloydState | None = None,
     on_pass: Callable[[LloydState], None] | None = None,
+    metric: Metric = "euclidean",
 ) -> list[LloydResult]:
     """Run Lloyd's algorithm from each set of initial centres, sharing passes.
 
@@ -208,6 +216,10 @@ def lloyd(
         Continue from this state (saved by ``on_pass``) instead of the initial centres.
     on_pass : callable, optional
         Called with the current :class:`LloydState` after every pass.
+    metric : {"euclidean", "cosine"}
+        ``"cosine"``: spherical k-means. The source must show the kernels unit rows
+        and the initial centres must be unit vectors; centres stay unit vectors and the
+        inertia is ``Σ w (1 - cos)`` (:mod:`dkmeans.cosine`).
 
     Returns
     -------
@@ -216,11 +228,11 @@ def lloyd(
     state = LloydState.start(initial_centers) if resume is None else resume
     row_bounds = RowBounds(source, len(state.centers))
     while state.iteration < max_iter and state.active:
-        _iterate(source, state, tol, on_iteration, row_bounds)
+        _iterate(source, state, tol, on_iteration, row_bounds, metric)
         if on_pass is not None:
             on_pass(state)
     if state.results is None:
-        _finalize(source, state, row_bounds)
+        _finalize(source, state, row_bounds, metric)
         if on_pass is not None:
             on_pass(state)
     return state.results
@@ -232,9 +244,11 @@ def _iterate(
     tol: float,
     on_iteration: Callable[[IterationReport], None] | None,
     row_bounds: RowBounds,
+    metric: Metric,
 ) -> None:
     """One Lloyd iteration of every active run: one pass over the data."""
     active = state.active
+    per_squared = inertia_per_squared_distance(metric)
     started = time.perf_counter()
     stacked, bounds = stack_centers([state.centers[r] for r in active])
     stats = source.map_reduce(
@@ -255,9 +269,9 @@ def _iterate(
     for j, r in enumerate(active):
         lo, hi = bounds[j], bounds[j + 1]
         old = state.centers[r]
-        new = updated_centers(old, stats.sums[lo:hi], stats.counts[lo:hi], stats.far[j])
+        new = updated_centers(old, stats.sums[lo:hi], stats.counts[lo:hi], stats.far[j], metric)
         shift = float(((new - old) ** 2).sum())
-        inertia = float(stats.cluster_inertia[lo:hi].sum())
+        inertia = float(stats.cluster_inertia[lo:hi].sum()) * per_squared
         state.n_iter[r] = state.iteration
         if on_iteration is not None:
             on_iteration(IterationReport(r, state.iteration, inertia, shift, seconds))
@@ -271,7 +285,7 @@ def _iterate(
         state.centers[r] = new
 
 
-def _finalize(source: Source, state: LloydState, row_bounds: RowBounds) -> None:
+def _finalize(source: Source, state: LloydState, row_bounds: RowBounds, metric: Metric) -> None:
     """One more pass (shared) for the runs whose inertia is not yet known for their
     final centres."""
     pending = [r for r in range(len(state.centers)) if r not in state.final]
@@ -286,7 +300,7 @@ def _finalize(source: Source, state: LloydState, row_bounds: RowBounds) -> None:
     check_finite_statistics(stats, source.passes)
     for j, r in enumerate(pending):
         lo, hi = bounds[j], bounds[j + 1]
-        inertia = float(stats.cluster_inertia[lo:hi].sum())
+        inertia = float(stats.cluster_inertia[lo:hi].sum()) * inertia_per_squared_distance(metric)
         counts = stats.counts[lo:hi].copy()
         state.final[r] = LloydResult(state.centers[r], inertia, state.n_iter[r], counts)
         state.stopped[r] = True

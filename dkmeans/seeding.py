@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .cosine import Metric
 from .io import ZERO_WEIGHTS
 from .lloyd import lloyd, stack_centers
 from .oversampling import (
@@ -111,6 +112,7 @@ def kmeans_parallel(
     *,
     oversampling_factor: float = 2.0,
     init_rounds: int = 5,
+    metric: Metric = "euclidean",
 ) -> list[np.ndarray]:
     """Scalable k-means|| (Bahmani et al., VLDB 2012) for several runs at once.
 
@@ -122,6 +124,8 @@ def kmeans_parallel(
     k-means++ followed by weighted Lloyd. Where the passes run in this process and
     the rows' nearest candidates fit in memory (:func:`remembered_nearest`), each pass
     measures only the candidates drawn since the last one; the result is the same.
+    With ``metric="cosine"`` the source shows unit rows and the reclustering's Lloyd is
+    spherical, so the centres are unit vectors.
 
     Returns
     -------
@@ -168,7 +172,11 @@ def kmeans_parallel(
         sample_round(short, init_rounds + extra)
     return [
         _recluster(
-            candidates[r][weights[r] > 0], weights[r][weights[r] > 0], n_clusters[r], int(seed)
+            candidates[r][weights[r] > 0],
+            weights[r][weights[r] > 0],
+            n_clusters[r],
+            int(seed),
+            metric,
         )
         for r, seed in enumerate(seeds)
     ]
@@ -235,7 +243,11 @@ def weighted_plusplus(
 
 
 def _recluster(
-    candidates: np.ndarray, weights: np.ndarray, n_clusters: int, seed: int
+    candidates: np.ndarray,
+    weights: np.ndarray,
+    n_clusters: int,
+    seed: int,
+    metric: Metric = "euclidean",
 ) -> np.ndarray:
     """Weighted k-means++ then weighted Lloyd on the candidates, on the client; the
     best of :data:`RECLUSTER_RESTARTS` restarts (lowest weighted candidate cost)."""
@@ -246,7 +258,7 @@ def _recluster(
         np.iinfo(np.int32).max, size=RECLUSTER_RESTARTS
     )
     initial = [weighted_plusplus(candidates, weights, n_clusters, int(s)) for s in restart_seeds]
-    results = lloyd(small, initial)
+    results = lloyd(small, initial, metric=metric)
     return min(results, key=lambda result: result.inertia).centers
 
 
@@ -258,8 +270,10 @@ def initial_centers(
     *,
     oversampling_factor: float = 2.0,
     init_rounds: int = 5,
+    metric: Metric = "euclidean",
 ) -> list[np.ndarray]:
-    """Initial centres of every run by the named method (see the module docstring)."""
+    """Initial centres of every run by the named method (see the module docstring); for
+    ``metric="cosine"`` the source shows unit rows and the centres are unit vectors."""
     if init == "random":
         return random_centers(source, n_clusters, seeds)
     if init == "k-means++":
@@ -267,5 +281,10 @@ def initial_centers(
             kmeans_plusplus(source, k, int(seed)) for k, seed in zip(n_clusters, seeds, strict=True)
         ]
     return kmeans_parallel(
-        source, n_clusters, seeds, oversampling_factor=oversampling_factor, init_rounds=init_rounds
+        source,
+        n_clusters,
+        seeds,
+        oversampling_factor=oversampling_factor,
+        init_rounds=init_rounds,
+        metric=metric,
     )

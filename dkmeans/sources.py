@@ -36,6 +36,7 @@ from dask.highlevelgraph import HighLevelGraph
 from dask.system import CPU_COUNT
 from dask.utils import funcname
 
+from .cosine import unit_rows
 from .frame import check_values, shifted
 from .statistics import Combinable
 from .watch import Blocks, check_worker_memory, distributed_client
@@ -57,6 +58,8 @@ class Source(Protocol):
     in_process: bool
     #: Kernels see every block minus this (:mod:`dkmeans.frame`); None: as stored.
     shift: np.ndarray | None
+    #: Kernels see every row divided by its norm (:mod:`dkmeans.cosine`).
+    unit: bool
 
     def map_reduce(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``kernel`` on every block and return the combined result."""
@@ -133,6 +136,8 @@ class InMemorySource:
         (for data not validated yet).
     shift : ndarray of shape (d,), optional
         Kernels see every block minus ``shift`` (:mod:`dkmeans.frame`).
+    unit : bool
+        Kernels see every row divided by its norm (:mod:`dkmeans.cosine`).
     """
 
     def __init__(
@@ -144,6 +149,7 @@ class InMemorySource:
         split_every: int = SPLIT_EVERY,
         check_finite: bool = False,
         shift: np.ndarray | None = None,
+        unit: bool = False,
     ) -> None:
         self.blocks = list(blocks)
         self.weight_blocks = None if weight_blocks is None else list(weight_blocks)
@@ -154,6 +160,7 @@ class InMemorySource:
         self.threads, self.split_every = threads, split_every
         self.check_finite = check_finite
         self.shift = shift
+        self.unit = unit
         self.passes = 0
         self.in_process = True
 
@@ -166,6 +173,7 @@ class InMemorySource:
         chunks: Sequence[int] | None = None,
         threads: int = 1,
         shift: np.ndarray | None = None,
+        unit: bool = False,
     ) -> InMemorySource:
         """A NumPy array cut into blocks of ``chunks`` rows (default: one block), as views."""
         offsets = row_offsets(tuple(chunks) if chunks is not None else (len(x),))
@@ -175,6 +183,7 @@ class InMemorySource:
             None if weights is None else [weights[r] for r in rows],
             threads=threads,
             shift=shift,
+            unit=unit,
         )
 
     def head(self, n_rows: int) -> np.ndarray:
@@ -189,7 +198,9 @@ class InMemorySource:
     def map_blocks(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
         """``kernel`` on every block (in the source's frame), on the pool of threads; the
         results in block order."""
-        kernel = prepared_kernel(kernel, self.shift, self.check_finite and self.passes == 0)
+        kernel = prepared_kernel(
+            kernel, self.shift, self.check_finite and self.passes == 0, unit=self.unit
+        )
 
         def block_result(i: int) -> Any:
             weights = None if self.weight_blocks is None else self.weight_blocks[i]
@@ -240,12 +251,39 @@ class Shifted:
         return ("Shifted", tokenize(self.kernel), tokenize(self.shift))
 
 
+class UnitRows:
+    """A kernel that sees its block's rows divided by their norms (:mod:`dkmeans.cosine`),
+    one block at a time, so no normalised copy of X is ever made; a row without a
+    direction (norm zero or not finite) raises, named."""
+
+    def __init__(self, kernel: Callable[..., Any]) -> None:
+        self.kernel = kernel
+
+    def __call__(self, block, weights, row_offset: int, block_index: int, *args, **kwargs):
+        return self.kernel(
+            unit_rows(block, row_offset, block_index),
+            weights,
+            row_offset,
+            block_index,
+            *args,
+            **kwargs,
+        )
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        return ("UnitRows", tokenize(self.kernel))
+
+
 def prepared_kernel(
-    kernel: Callable[..., Any], shift: np.ndarray | None, check: bool
+    kernel: Callable[..., Any], shift: np.ndarray | None, check: bool, *, unit: bool = False
 ) -> Callable[..., Any]:
-    """``kernel`` as a source runs it: in the frame of ``shift``, after checking the
+    """``kernel`` as a source runs it: in the frame of ``shift``, or on unit rows with
+    ``unit`` (never both: a shift would change the rows' directions), after checking the
     block's values when ``check``. A kernel with a true ``takes_shift`` attribute gets
     ``shift=`` and applies it itself; any other sees every block minus ``shift``."""
+    if unit and shift is not None:
+        raise ValueError("unit rows have no shift: a shift would change their directions")
+    if unit:
+        kernel = UnitRows(kernel)
     if shift is not None and getattr(kernel, "takes_shift", False):
         kernel = partial(kernel, shift=shift)  # it shifts its cached sub-blocks itself
     elif shift is not None:
@@ -277,6 +315,8 @@ class DaskSource:
         Check every block's values during the first pass.
     shift : ndarray of shape (d,), optional
         Kernels see every block minus ``shift`` (:mod:`dkmeans.frame`).
+    unit : bool
+        Kernels see every row divided by its norm (:mod:`dkmeans.cosine`).
 
     Raises
     ------
@@ -296,6 +336,7 @@ class DaskSource:
         on_pass: Callable[[int], None] | None = None,
         check_finite: bool = False,
         shift: np.ndarray | None = None,
+        unit: bool = False,
     ) -> None:
         if x.numblocks[1] != 1:
             raise ValueError("DaskSource needs one chunk across features; rechunk first")
@@ -308,6 +349,7 @@ class DaskSource:
         self.passes = 0
         self.check_finite = check_finite
         self.shift = shift
+        self.unit = unit
         self.row_offsets = row_offsets(x.chunks[0])
         self.blocks = Blocks.of(x)
         client = distributed_client(x)
@@ -379,7 +421,9 @@ class DaskSource:
         return self.compute(self.x[:n_rows], f"the read of the first {n_rows} rows")
 
     def map_reduce(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        kernel = prepared_kernel(kernel, self.shift, self.check_finite and self.passes == 0)
+        kernel = prepared_kernel(
+            kernel, self.shift, self.check_finite and self.passes == 0, unit=self.unit
+        )
         what = f"pass {self.passes + 1} ({kernel_name(kernel)})"
         result = self.compute(self.graph(kernel, *args, **kwargs), what)
         self.passes += 1
