@@ -10,6 +10,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from distributed import Client, LocalCluster
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.base import clone
@@ -286,3 +287,52 @@ def test_cli_fit_and_predict_with_metric_cosine(X, tmp_path, monkeypatch, capsys
         main([*fit, "--metric", "manhattan"])
     assert refused.value.code == 2
     assert "invalid choice: 'manhattan'" in capsys.readouterr().err
+
+
+def test_nearest_centers_rank_by_cosine_distance(X):
+    km = KMeans(K, metric="cosine", random_state=0).fit(X)
+    indices, distances = km.nearest_centers(da.from_array(X, chunks=250), n_nearest=3)
+    indices, distances = dask.compute(indices, distances)
+    expected = 1 - unit(X) @ unit(km.cluster_centers_).T
+    order = np.argsort(expected, axis=1, kind="stable")[:, :3]
+    np.testing.assert_array_equal(indices, order)
+    np.testing.assert_allclose(distances, np.take_along_axis(expected, order, 1), atol=1e-6)
+    first, _ = km.nearest_centers(X, n_nearest=1)
+    np.testing.assert_array_equal(first[:, 0], km.predict(X))
+
+
+def test_float16_rows_cluster_like_their_float32_values(X):
+    half = X.astype(np.float16)
+    single = half.astype(np.float32)
+    fits = [
+        KMeans(K, metric="cosine", random_state=0).fit(rows)
+        for rows in (half, da.from_array(half, chunks=200), single)
+    ]
+    for km in fits[:2]:
+        assert km.cluster_centers_.dtype == np.float32
+        np.testing.assert_allclose(km.cluster_centers_, fits[2].cluster_centers_, atol=1e-6)
+        np.testing.assert_array_equal(computed(km.labels_), fits[2].labels_)
+        assert km.inertia_ == pytest.approx(fits[2].inertia_, rel=1e-6)
+
+
+def test_distributed_fit_equals_threaded_fit_and_names_a_zero_row(X, tmp_path):
+    """Worker processes normalise their blocks as the client's threads do: the same bits
+    (full passes, persist=False); a zero row is named from the worker."""
+    path = str(tmp_path / "x.zarr")
+    zarr.create_array(store=path, data=X, chunks=(100, X.shape[1]))
+    bad = X.copy()
+    bad[321] = 0
+    bad_path = str(tmp_path / "bad.zarr")
+    zarr.create_array(store=bad_path, data=bad, chunks=(100, X.shape[1]))
+    params = {"metric": "cosine", "random_state": 2, "persist": False}
+    threaded = KMeans(K, **params).fit(path)
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster),
+    ):
+        distributed = KMeans(K, **params).fit(path)
+        with pytest.raises(ValueError, match=r"row 321 of X in block \d+ is all zeros"):
+            KMeans(K, **params).fit(bad_path)
+    np.testing.assert_array_equal(distributed.cluster_centers_, threaded.cluster_centers_)
+    assert distributed.inertia_ == threaded.inertia_
+    assert distributed.n_iter_ == threaded.n_iter_
