@@ -21,12 +21,26 @@ from .cosine import Metric, inertia_per_squared_distance, unit_centers
 from .io import ZERO_WEIGHTS
 from .kernels import pass_statistics
 from .resources import may_remember
-from .row_memory import DistanceBounds, RowMemory, distance_bounds_memory
+from .row_memory import DistanceBounds, RowMemory, distance_bounds_memory, skipped_fraction
 from .sources import InMemorySource, Source
 from .statistics import FarPoints, PassStats
 
 #: Bytes of distance bounds kept per row and run (centre, distance, lower bound).
 BOUNDS_BYTES_PER_ROW_AND_RUN = 24
+#: Distance bounds are kept when a pass multiplies at least this many row-centre-feature
+#: triples (n * K * d); below it, a pass costs about a millisecond and keeping the
+#: bounds costs more than the distances it skips.
+BOUNDS_MIN_WORK = 2**22
+#: A pass uses the bounds when the rows they let it skip save at least this many
+#: multiply-adds per row on average (skipped fraction times the centres of a run times
+#: d) and at least :data:`BOUNDS_MIN_SKIPPED` of the rows: a bounded pass that skips
+#: little costs more than a full one (it also finds every gathered row's second-nearest
+#: centre). With fewer centres times features than this, bounds are never kept.
+BOUNDS_MIN_SAVING = 256
+BOUNDS_MIN_SKIPPED = 0.15
+#: After this many full passes in a row (the bounds predicted too few skips), the next
+#: pass renews the bounds anyway: the centres may have settled since.
+BOUNDS_RENEWED_AFTER = 4
 
 
 @dataclass(frozen=True)
@@ -161,29 +175,48 @@ class RowBounds:
 
     Kept only for data in this process's memory (where the arithmetic is the cost; a
     pass that streams X is read-bound, and keeps its memory bounded) when the bounds
-    fit (:func:`~dkmeans.resources.may_remember`); a pass over another set of runs (one
-    has converged) starts new bounds.
+    fit (:func:`~dkmeans.resources.may_remember`) and can pay (:data:`BOUNDS_MIN_WORK`,
+    :data:`BOUNDS_MIN_SAVING`); a pass over another set of runs (one has converged)
+    starts new bounds. Every pass first predicts from a sample of the rows how many
+    its bounds would skip, and makes a full pass instead when too few
+    (structureless data, centres still moving far); the bounds stay valid across
+    such passes, measured against the centres they were last updated for.
     """
 
-    def __init__(self, source: Source, n_runs: int) -> None:
-        n_bytes = source.n_rows * n_runs * BOUNDS_BYTES_PER_ROW_AND_RUN
-        self.allowed = isinstance(source, InMemorySource) and may_remember(True, n_bytes)
+    def __init__(self, source: Source, initial_centers: Sequence[np.ndarray]) -> None:
+        n_bytes = source.n_rows * len(initial_centers) * BOUNDS_BYTES_PER_ROW_AND_RUN
+        centers_per_run = max(len(c) for c in initial_centers)
+        self.row_work = centers_per_run * source.n_features
+        self.allowed = (
+            isinstance(source, InMemorySource)
+            and self.row_work >= BOUNDS_MIN_SAVING
+            and source.n_rows * self.row_work * len(initial_centers) >= BOUNDS_MIN_WORK
+            and may_remember(True, n_bytes)
+        )
         self.runs: list[int] | None = None
         self.memory: RowMemory | None = None
-        self.previous: np.ndarray | None = None  # the stacked centres of the last pass
+        self.previous: np.ndarray | None = None  # the centres the bounds belong to
+        self.full_passes = 0  # full passes since the bounds were last updated
 
     def for_pass(
-        self, runs: list[int], stacked: np.ndarray, *, last: bool = False
+        self, runs: list[int], stacked: np.ndarray, bounds: np.ndarray, *, last: bool = False
     ) -> DistanceBounds | None:
-        """The bounds for a pass of ``runs`` with these stacked centres. New bounds cost
-        more than a plain pass and pay off from the next one, so the ``last`` pass only
+        """The bounds for a pass of ``runs`` with these stacked centres (run ``r`` owns
+        ``stacked[bounds[r]:bounds[r + 1]]``), or None for a full pass. New bounds cost
+        more than a full pass and pay off from the next one, so the ``last`` pass only
         uses bounds it already has."""
         if not self.allowed or (last and runs != self.runs):
             return None
         if runs != self.runs:
             self.runs, self.memory, self.previous = runs, distance_bounds_memory(len(runs)), stacked
+            self.full_passes = 0
         drift = np.sqrt(((stacked - self.previous) ** 2).sum(axis=1))
-        self.previous = stacked
+        if self.memory.blocks and (last or self.full_passes < BOUNDS_RENEWED_AFTER):
+            skipped = skipped_fraction(self.memory, drift, bounds)
+            if skipped < BOUNDS_MIN_SKIPPED or skipped * self.row_work < BOUNDS_MIN_SAVING:
+                self.full_passes += 1
+                return None
+        self.previous, self.full_passes = stacked, 0
         return DistanceBounds(self.memory, drift)
 
 
@@ -226,7 +259,7 @@ def lloyd(
     list of LloydResult, one per run, in the order of ``initial_centers``.
     """
     state = LloydState.start(initial_centers) if resume is None else resume
-    row_bounds = RowBounds(source, len(state.centers))
+    row_bounds = RowBounds(source, state.centers)
     while state.iteration < max_iter and state.active:
         _iterate(source, state, tol, on_iteration, row_bounds, metric)
         if on_pass is not None:
@@ -256,7 +289,7 @@ def _iterate(
         stacked,
         bounds,
         with_moments=state.tol_abs is None,
-        distance_bounds=row_bounds.for_pass(active, stacked),
+        distance_bounds=row_bounds.for_pass(active, stacked, bounds),
     )
     check_finite_statistics(stats, source.passes)
     if state.tol_abs is None:
@@ -295,7 +328,7 @@ def _finalize(source: Source, state: LloydState, row_bounds: RowBounds, metric: 
         stacked,
         bounds,
         far_capacity=0,
-        distance_bounds=row_bounds.for_pass(pending, stacked, last=True),
+        distance_bounds=row_bounds.for_pass(pending, stacked, bounds, last=True),
     )
     check_finite_statistics(stats, source.passes)
     for j, r in enumerate(pending):

@@ -78,6 +78,34 @@ class DistanceBounds:
         )
 
 
+def skipped_fraction(
+    memory: RowMemory, drift: np.ndarray, bounds: np.ndarray, sample_every: int = 64
+) -> float:
+    """The fraction of rows the next pass may skip, from every ``sample_every``-th row:
+    those whose bounds, after the centres drift by ``drift``, stay apart in every run
+    (:func:`~dkmeans.loops.screen_rows`, without its allowance for rounding).
+
+    Parameters
+    ----------
+    memory : RowMemory
+        The rows' bounds (:func:`distance_bounds_memory`).
+    drift : ndarray of shape (K,)
+        How far every stacked centre has moved since the bounds were last updated.
+    bounds : ndarray of shape (R + 1,)
+        Run ``r`` owns stacked centres ``bounds[r]:bounds[r + 1]``.
+    """
+    max_drift = np.array([drift[lo:hi].max(initial=0.0) for lo, hi in zip(bounds, bounds[1:])])
+    skipped = sampled = 0
+    for labels, distances, lower in memory.blocks.values():
+        labels, distances = labels[::sample_every], distances[::sample_every]
+        lower = lower[::sample_every] - max_drift
+        measured = labels >= 0
+        upper = np.sqrt(distances) + drift[bounds[:-1] + np.where(measured, labels, 0)]
+        skipped += np.count_nonzero((measured & (upper < lower)).all(axis=1))
+        sampled += len(labels)
+    return skipped / sampled if sampled else 0.0
+
+
 def distance_bounds_memory(n_runs: int) -> RowMemory:
     """Per block: the rows' centres (-1 before the first pass), squared distances to
     them, and lower bounds on the distance to every other centre, for ``n_runs`` runs."""

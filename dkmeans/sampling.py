@@ -166,3 +166,26 @@ def plusplus_trials(
             index[t, finite] = row_offset + best[finite]
             rows[t, finite] = x[best[finite]]
     return TrialStats(mass.sum(axis=0), keys, index, rows)
+
+
+@dataclass(frozen=True)
+class WeightedRows:
+    """Rows with their weights, in global row order (small data gathered whole)."""
+
+    rows: np.ndarray  # (m, d) float64
+    weights: np.ndarray  # (m,)
+
+    def combine(self, other: WeightedRows) -> WeightedRows:
+        return WeightedRows(
+            np.concatenate([self.rows, other.rows]), np.concatenate([self.weights, other.weights])
+        )
+
+
+def weighted_rows(
+    x: np.ndarray, weights: np.ndarray | None, row_offset: int, block_index: int
+) -> WeightedRows:
+    """The block's rows of positive weight (partial: in the order of the rows)."""
+    del row_offset, block_index
+    w = _weights(weights, len(x))
+    keep = w > 0
+    return WeightedRows(np.asarray(x[keep], dtype=np.float64), w[keep])

@@ -12,6 +12,11 @@ Passes over the data (each one ``compute``):
   round's cost and its draws share the pass), one pass weighting the candidates.
   Runs of ``n_init`` share all of them, and a pass measures each row only against
   the candidates drawn since the last one when the rows can remember their nearest.
+
+Small data (at most :data:`SMALL_DATA_VALUES` values) takes 1 pass for ``k-means++``
+and ``k-means||`` alike: its rows are gathered and seeded by the greedy weighted
+k-means++ that reclusters k-means||'s candidates, applied to every row instead of a
+sample of them.
 """
 
 from __future__ import annotations
@@ -32,14 +37,21 @@ from .oversampling import (
 )
 from .resources import may_remember
 from .row_memory import RowMemory
-from .sampling import KeySample, plusplus_trials, smallest_keys
+from .sampling import KeySample, plusplus_trials, smallest_keys, weighted_rows
 from .sources import InMemorySource, Source
 
 #: Extra k-means|| rounds allowed when the candidates are fewer than k distinct points.
 MAX_EXTRA_ROUNDS = 20
-#: Independent k-means++ seedings of the (few, weighted) candidates; the best after
-#: Lloyd wins. They run on the client and cost no pass over the data.
+#: Most independent k-means++ seedings of the (few, weighted) candidates; the best
+#: after Lloyd wins. They run on the client and cost no pass over the data, but each
+#: costs about ``m (2 + ln k)`` distance rows of k centres for m candidates: fewer run
+#: where that exceeds a Lloyd pass over the data (:func:`recluster_restarts`).
 RECLUSTER_RESTARTS = 8
+#: Data of at most this many values (rows x features, 8 MiB in float64) is seeded for
+#: ``"k-means++"`` and ``"k-means||"`` by greedy k-means++ on all its rows, in memory:
+#: k-means|| exists to seed in few passes, and its seven passes and reclustering (or
+#: k-means++'s pass per centre) cost a small fit most of its time for no better centres.
+SMALL_DATA_VALUES = 2**20
 
 
 def _pad(centers: np.ndarray, n_clusters: int) -> np.ndarray:
@@ -171,15 +183,33 @@ def kmeans_parallel(
             break
         sample_round(short, init_rounds + extra)
     return [
-        _recluster(
+        recluster(
             candidates[r][weights[r] > 0],
             weights[r][weights[r] > 0],
             n_clusters[r],
             int(seed),
             metric,
+            restarts=recluster_restarts(
+                source.n_rows, int(np.count_nonzero(weights[r])), n_clusters[r]
+            ),
         )
         for r, seed in enumerate(seeds)
     ]
+
+
+def recluster_restarts(n_rows: int, n_candidates: int, n_clusters: int) -> int:
+    """Restarts of the reclustering that together cost about one Lloyd pass over the
+    data, between 1 and :data:`RECLUSTER_RESTARTS`.
+
+    One restart (greedy k-means++ with ``2 + ln k`` trials per centre, then Lloyd's
+    first iterations) computes about ``m (2 + ln k)`` rows of distances to k centres
+    for m candidates; a pass over the data computes ``n``. With few clusters the
+    candidates are few and every restart is cheap; at k = 1,024 on 200,000 rows they
+    number about 10,000 and one restart costs half a pass, where the spread between
+    restarts is a fraction of a percent of the final inertia.
+    """
+    per_restart = n_candidates * (2 + np.log(max(n_clusters, 1)))
+    return int(np.clip(n_rows // max(per_restart, 1.0), 1, RECLUSTER_RESTARTS))
 
 
 def remembered_nearest(source: Source, n_runs: int) -> RowMemory | None:
@@ -242,24 +272,38 @@ def weighted_plusplus(
     return _pad(points[chosen], n_clusters)
 
 
-def _recluster(
+def recluster(
     candidates: np.ndarray,
     weights: np.ndarray,
     n_clusters: int,
     seed: int,
     metric: Metric = "euclidean",
+    *,
+    restarts: int = RECLUSTER_RESTARTS,
 ) -> np.ndarray:
     """Weighted k-means++ then weighted Lloyd on the candidates, on the client; the
-    best of :data:`RECLUSTER_RESTARTS` restarts (lowest weighted candidate cost)."""
+    best of ``restarts`` restarts (lowest weighted candidate cost)."""
     if len(candidates) <= n_clusters:
         return _pad(candidates, n_clusters)
     small = InMemorySource.of_array(candidates, weights)
-    restart_seeds = np.random.default_rng(seed).integers(
-        np.iinfo(np.int32).max, size=RECLUSTER_RESTARTS
-    )
+    restart_seeds = np.random.default_rng(seed).integers(np.iinfo(np.int32).max, size=restarts)
     initial = [weighted_plusplus(candidates, weights, n_clusters, int(s)) for s in restart_seeds]
     results = lloyd(small, initial, metric=metric)
     return min(results, key=lambda result: result.inertia).centers
+
+
+def plusplus_on_all_rows(
+    source: Source, n_clusters: Sequence[int], seeds: Sequence[int]
+) -> list[np.ndarray]:
+    """Greedy weighted k-means++ of every run on all rows of small data, gathered in
+    one pass (:data:`SMALL_DATA_VALUES`); the result does not depend on the blocks."""
+    gathered = source.map_reduce(weighted_rows)
+    if len(gathered.rows) == 0:
+        raise ValueError(ZERO_WEIGHTS)
+    return [
+        weighted_plusplus(gathered.rows, gathered.weights, k, int(seed))
+        for k, seed in zip(n_clusters, seeds, strict=True)
+    ]
 
 
 def initial_centers(
@@ -276,6 +320,8 @@ def initial_centers(
     ``metric="cosine"`` the source shows unit rows and the centres are unit vectors."""
     if init == "random":
         return random_centers(source, n_clusters, seeds)
+    if source.n_rows * source.n_features <= SMALL_DATA_VALUES:
+        return plusplus_on_all_rows(source, n_clusters, seeds)
     if init == "k-means++":
         return [
             kmeans_plusplus(source, k, int(seed)) for k, seed in zip(n_clusters, seeds, strict=True)

@@ -7,9 +7,11 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dkmeans import lloyd as lloyd_module
 from dkmeans import resources
 from dkmeans.kernels import pass_statistics
 from dkmeans.lloyd import RowBounds, lloyd
+from dkmeans.row_memory import skipped_fraction
 from dkmeans.sources import InMemorySource
 
 
@@ -34,35 +36,88 @@ def lloyd_problems(draw):
     return x, tuple(int(c) for c in chunks), runs
 
 
+def bounds_on_any_data(monkeypatch, min_skipped: float = 0.0) -> None:
+    """Keep bounds even on tiny data, and use them when the last pass predicts at
+    least ``min_skipped`` of the rows to be skipped."""
+    monkeypatch.setattr(lloyd_module, "BOUNDS_MIN_WORK", 0)
+    monkeypatch.setattr(lloyd_module, "BOUNDS_MIN_SAVING", 0)
+    monkeypatch.setattr(lloyd_module, "BOUNDS_MIN_SKIPPED", min_skipped)
+
+
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(problem=lloyd_problems(), max_iter=st.integers(1, 8))
-def test_bounded_passes_equal_full_passes(problem, max_iter, monkeypatch):
+@given(
+    problem=lloyd_problems(),
+    max_iter=st.integers(1, 8),
+    min_skipped=st.sampled_from([0.0, 0.5, 0.9, 1.01]),
+)
+def test_bounded_passes_equal_full_passes(problem, max_iter, min_skipped, monkeypatch):
+    """Whether every pass uses the bounds, or some passes are full ones between passes
+    that use (and renew) them, the statistics are those of full passes."""
     x, chunks, runs = problem
 
     def fit():
         source = InMemorySource.of_array(x, chunks=chunks, threads=2)
         return lloyd(source, runs, max_iter=max_iter, tol=0)
 
+    bounds_on_any_data(monkeypatch, min_skipped)
     bounded = fit()
-    monkeypatch.setattr(resources, "ROW_MEMORY_FRACTION", 0.0)
-    full = fit()
     monkeypatch.undo()
+    full = fit()
     for a, b in zip(bounded, full, strict=True):
         np.testing.assert_array_equal(a.centers, b.centers)
         np.testing.assert_array_equal(a.counts, b.counts)
         assert a.inertia == b.inertia and a.n_iter == b.n_iter
 
 
-def test_bounds_skip_most_rows_once_the_centres_settle(blobs):
+def test_bounds_are_kept_only_where_they_can_pay(monkeypatch):
+    """A pass of fewer than BOUNDS_MIN_WORK row-centre-feature products takes about a
+    millisecond, and rows with fewer than BOUNDS_MIN_SAVING centre-feature products
+    save less than the screening costs: no bounds. Nor where they do not fit."""
+    rng = np.random.default_rng(0)
+    small, large = rng.normal(size=(3_000, 16)), rng.normal(size=(20_000, 32))
+    assert not RowBounds(InMemorySource.of_array(small), [small[:16]]).allowed
+    assert not RowBounds(InMemorySource.of_array(large[:, :2]), [large[:16, :2]]).allowed
+    assert RowBounds(InMemorySource.of_array(large), [large[:16], large[:8]]).allowed
+    monkeypatch.setattr(resources, "ROW_MEMORY_FRACTION", 0.0)
+    assert not RowBounds(InMemorySource.of_array(large), [large[:16]]).allowed
+
+
+def test_passes_use_the_bounds_only_while_they_skip_enough_rows():
+    """Structureless data whose centres move far: the bounds predict few skips, so the
+    passes are full ones, but for a renewal every BOUNDS_RENEWED_AFTER passes. Once the
+    centres stand still, every row is predicted skipped and the bounds are used."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40_000, 32))
+    centers = x[:16].copy()
+    source = InMemorySource.of_array(x, chunks=(15_000, 25_000))
+    row_bounds = RowBounds(source, [centers])
+    run_bounds = np.array([0, 16])
+    used = []
+    for step in range(12):
+        stacked = centers + (rng.normal(size=centers.shape) if step < 9 else 0.0)
+        distance_bounds = row_bounds.for_pass([0], stacked, run_bounds)
+        used.append(distance_bounds is not None)
+        source.map_reduce(pass_statistics, stacked, run_bounds, distance_bounds=distance_bounds)
+        if distance_bounds is not None:
+            centers = stacked
+    renewal = lloyd_module.BOUNDS_RENEWED_AFTER + 1
+    assert used[: renewal + 2] == [True] + [False] * (renewal - 1) + [True, False]
+    assert used[-2:] == [True, True]
+    assert skipped_fraction(row_bounds.memory, np.zeros(16), run_bounds) > 0.99
+    assert skipped_fraction(row_bounds.memory, np.full(16, 100.0), run_bounds) == 0.0
+
+
+def test_bounds_skip_most_rows_once_the_centres_settle(blobs, monkeypatch):
+    bounds_on_any_data(monkeypatch)
     x, centers = blobs
-    row_bounds = RowBounds(InMemorySource.of_array(x), 1)
+    row_bounds = RowBounds(InMemorySource.of_array(x), [centers])
     assert row_bounds.allowed
     drifted = centers + 0.01
     stacked = centers.astype(float)
     for step in (stacked, drifted):
-        distance_bounds = row_bounds.for_pass([0], step)
+        distance_bounds = row_bounds.for_pass([0], step, np.array([0, 5]))
         pass_statistics(x, None, 0, 0, step, np.array([0, 5]), distance_bounds=distance_bounds)
     labels, distances, lower = row_bounds.memory.blocks[0]
     # well-separated blobs: after a small drift every row's bounds stay apart
@@ -70,7 +125,7 @@ def test_bounds_skip_most_rows_once_the_centres_settle(blobs):
     assert (upper + 0.1 < lower[:, 0]).mean() > 0.95
 
 
-def test_bounded_and_full_passes_differ_only_at_near_ties() -> None:
+def test_bounded_and_full_passes_differ_only_at_near_ties(monkeypatch) -> None:
     """Where the GEMM rounds: float32 rows on the bisector of two centres are ties up to
     rounding, and the GEMM of a few gathered rows rounds some of them the other way than
     the GEMM of a full pass. Pass by pass, the bounded labels are the exact nearest
@@ -89,10 +144,12 @@ def test_bounded_and_full_passes_differ_only_at_near_ties() -> None:
     )
     x = x.astype(np.float32)
     x64, bounds = x.astype(np.float64), np.array([0, k])
-    row_bounds = RowBounds(InMemorySource.of_array(x), 1)
+    bounds_on_any_data(monkeypatch)
+    row_bounds = RowBounds(InMemorySource.of_array(x), [centers])
+    assert row_bounds.allowed
     differs = False
     for _ in range(3):
-        distance_bounds = row_bounds.for_pass([0], centers)
+        distance_bounds = row_bounds.for_pass([0], centers, bounds)
         bounded = pass_statistics(x, None, 0, 0, centers, bounds, distance_bounds=distance_bounds)
         full = pass_statistics(x, None, 0, 0, centers, bounds)
         # the kernels' allowance for the rounding of a float32 GEMM (DistanceBounds.screen)

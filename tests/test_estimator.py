@@ -214,7 +214,8 @@ def test_numpy_input_is_not_copied():
     import tracemalloc
 
     X = np.random.default_rng(0).standard_normal((200_000, 40)).astype(np.float32)  # 32 MB
-    KMeans(4, n_init=1, max_iter=3, random_state=0).fit(X[:1000])  # compiled kernels loaded
+    # the compiled kernels loaded (k-means||: more than SMALL_DATA_VALUES values)
+    KMeans(4, n_init=1, max_iter=3, random_state=0).fit(X[:30_000])
     tracemalloc.start()
     try:
         km = KMeans(4, n_init=1, max_iter=3, random_state=0).fit(X)

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.cluster import kmeans_plusplus
 
-from dkmeans.seeding import weighted_plusplus
+from dkmeans import seeding
+from dkmeans.seeding import recluster_restarts, weighted_plusplus
 
 
 def plusplus_by_hand(points, weights, n_clusters, seed):
@@ -92,3 +93,16 @@ def test_weighted_plusplus_seeds_as_well_as_scikit_learn(n_clusters):
         ]
     )
     assert ours <= 1.1 * theirs
+
+
+def test_restarts_of_the_reclustering_cost_about_one_pass():
+    """Every restart where the candidates are few next to the rows; one where a single
+    restart already costs more than a pass (m (2 + ln k) distance rows against n)."""
+    assert recluster_restarts(2_000_000, 160, 16) == seeding.RECLUSTER_RESTARTS
+    assert recluster_restarts(200_000, 10_000, 1_024) == 2
+    assert recluster_restarts(1_000_000, 164_000, 16_384) == 1
+    assert recluster_restarts(10, 10_000, 1_024) == 1
+    costs = [(n, m, k) for n in (10**4, 10**6) for m in (100, 10**4) for k in (4, 256)]
+    for n, m, k in costs:
+        restarts = recluster_restarts(n, m, k)
+        assert restarts == 1 or restarts * m * (2 + np.log(k)) <= n

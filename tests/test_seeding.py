@@ -14,8 +14,8 @@ import zarr
 from sklearn.cluster import KMeans as SklearnKMeans
 from sklearn.exceptions import ConvergenceWarning
 
-from dkmeans import KMeans
-from dkmeans.seeding import kmeans_parallel, kmeans_plusplus, random_centers
+from dkmeans import KMeans, seeding
+from dkmeans.seeding import kmeans_parallel, kmeans_plusplus, random_centers, weighted_plusplus
 from dkmeans.sources import DaskSource, InMemorySource
 
 from .helpers import brute_force_inertia, counting_store
@@ -178,7 +178,8 @@ def test_huge_oversampling_keeps_every_point(blobs):
 
 
 @pytest.mark.parametrize("k", [10, 50])
-def test_kmeans_parallel_is_as_good_as_kmeans_plusplus(k):
+def test_kmeans_parallel_is_as_good_as_kmeans_plusplus(k, monkeypatch):
+    monkeypatch.setattr(seeding, "SMALL_DATA_VALUES", 0)  # k-means|| even on small data
     X = gauss_mixture(6000, k, spread=10.0, seed=k)
     ours = [KMeans(k, random_state=seed).fit(X).inertia_ for seed in range(5)]
     theirs = [SklearnKMeans(k, n_init=1, random_state=seed).fit(X).inertia_ for seed in range(5)]
@@ -191,3 +192,24 @@ def test_runs_share_passes(blobs):
     assert source.passes == 4 + 2
     alone = kmeans_parallel(InMemorySource.of_array(blobs[0]), [3], [3], init_rounds=4)
     assert together[2].shape == alone[0].shape == (3, 4)
+
+
+@pytest.mark.parametrize("init", ["k-means||", "k-means++"])
+def test_small_data_is_seeded_by_kmeans_plusplus_on_all_rows_in_one_pass(init):
+    """At most SMALL_DATA_VALUES values: the greedy weighted k-means++ of k-means||'s
+    reclustering runs on every row, after one pass that gathers them; rows of weight 0
+    are never chosen; the blocks and the container do not matter."""
+    X = gauss_mixture(3000, 6, d=4, seed=3)
+    w = np.random.default_rng(0).integers(0, 3, size=len(X)).astype(float)
+    sources = [
+        InMemorySource.of_array(X, w),
+        InMemorySource.of_array(X, w, chunks=(1000, 700, 1300), threads=2),
+        DaskSource(da.from_array(X, chunks=(450, -1)), da.from_array(w, chunks=450)),
+    ]
+    expected = weighted_plusplus(X[w > 0], w[w > 0], 6, 11)
+    for source in sources:
+        (centers,) = seeding.initial_centers(source, init, [6], [11])
+        np.testing.assert_array_equal(centers, expected)
+        assert source.passes == 1
+    chosen = (X[:, None, :] == expected[None]).all(axis=2).any(axis=1)
+    assert chosen.sum() == 6 and (w[chosen] > 0).all()

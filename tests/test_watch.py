@@ -92,13 +92,15 @@ def fill_memory(dask_worker, fraction: float) -> None:
 
 def wait_until_worker(client: Client, status: str, below: float = 1.0) -> None:
     """Wait until the scheduler sees the worker in ``status``, using under ``below`` of
-    its memory limit."""
-    while True:
-        (worker,) = client.scheduler_info(n_workers=-1)["workers"].values()
-        used = worker["metrics"]["memory"] / worker["memory_limit"]
-        if worker["status"] == status and used < below:
-            return
+    its memory limit (a worker being restarted is briefly absent)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for worker in client.scheduler_info(n_workers=-1)["workers"].values():
+            used = worker["metrics"]["memory"] / worker["memory_limit"]
+            if worker["status"] == status and used < below:
+                return
         time.sleep(0.1)
+    raise TimeoutError(f"the worker did not become {status} (below {below:.0%} of its memory)")
 
 
 def test_paused_workers_fail_the_pass(small_workers, monkeypatch) -> None:
