@@ -5,6 +5,7 @@ from .elbow import elbow
 from .estimator import KMeans
 from .exceptions import InvalidParameterError
 from .metrics import silhouette_score
+from .minibatch_kmeans import MiniBatchKMeans
 from .plot import plot_clusters, plot_elbow
 
 __version__ = "0.1.0"
@@ -12,6 +13,7 @@ __version__ = "0.1.0"
 __all__ = [
     "InvalidParameterError",
     "KMeans",
+    "MiniBatchKMeans",
     "__version__",
     "connect",
     "elbow",

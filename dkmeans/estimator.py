@@ -66,10 +66,17 @@ def _interval(low: float, high: float | None, closed_low: bool = True) -> str:
 
 
 def _check_number(
-    name: str, value: Any, kind: type, low: float, closed_low: bool = True, *, or_str: str = ""
+    name: str,
+    value: Any,
+    kind: type,
+    low: float,
+    closed_low: bool = True,
+    *,
+    or_str: str = "",
+    owner: str = "KMeans",
 ) -> None:
     """Raise :class:`InvalidParameterError` unless ``value`` is a number of ``kind`` from
-    ``low`` up (or the one string ``or_str``)."""
+    ``low`` up (or the one string ``or_str``); the message names the estimator ``owner``."""
     if or_str and isinstance(value, str) and value == or_str:
         return
     integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -81,12 +88,279 @@ def _check_number(
         what = "an int" if kind is int else "a float"
         alternative = f"a str among {{{or_str!r}}} or " if or_str else ""
         raise InvalidParameterError(
-            f"The '{name}' parameter of KMeans must be {alternative}{what} "
+            f"The '{name}' parameter of {owner} must be {alternative}{what} "
             f"{_interval(low, None, closed_low)}. Got {value!r} instead."
         )
 
 
-class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, BaseEstimator):
+class CenterModel(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, BaseEstimator):
+    """What :class:`KMeans` and :class:`~dkmeans.MiniBatchKMeans` share: the validation of
+    their common parameters and of X, the initial centres given by the user, and
+    everything done with fitted centres (``predict``, ``transform``, ``score``; labels
+    follow the container rule: NumPy in, NumPy out, else lazy Dask).
+
+    A subclass sets ``cluster_centers_``, ``n_features_in_`` (through :meth:`_check_X`)
+    and ``_shift`` (the frame of its fit) when it fits.
+    """
+
+    #: Runs when ``n_init="auto"`` and the start is random (scikit-learn's numbers).
+    _auto_runs_random = AUTO_RUNS_RANDOM
+
+    # validation -------------------------------------------------------------------
+
+    def _validate_shared_params(self) -> None:
+        """Validate the parameters every centre model has, before any work."""
+        owner = type(self).__name__
+        _check_number("n_clusters", self.n_clusters, int, 1, owner=owner)
+        _check_number("n_init", self.n_init, int, 1, or_str="auto", owner=owner)
+        _check_number("max_iter", self.max_iter, int, 1, owner=owner)
+        _check_number("tol", self.tol, float, 0, owner=owner)
+        _check_number(
+            "oversampling_factor", self.oversampling_factor, float, 0, closed_low=False, owner=owner
+        )
+        _check_number("init_rounds", self.init_rounds, int, 1, owner=owner)
+        names = ("k-means||", "k-means++", "random")
+        if not (
+            (isinstance(self.init, str) and self.init in names)
+            or callable(self.init)
+            or (hasattr(self.init, "__array__") and not isinstance(self.init, str))
+            or isinstance(self.init, (list, tuple))
+        ):
+            raise InvalidParameterError(
+                f"The 'init' parameter of {owner} must be a str among "
+                "{'k-means||', 'k-means++', 'random'}, a callable or an array-like of shape "
+                f"(n_clusters, n_features). Got {self.init!r} instead."
+            )
+        if not (
+            self.random_state is None
+            or isinstance(
+                self.random_state, (numbers.Integral, np.random.RandomState, np.random.Generator)
+            )
+        ) or isinstance(self.random_state, bool):
+            raise InvalidParameterError(
+                f"The 'random_state' parameter of {owner} must be an int, a numpy Generator or "
+                f"RandomState, or None. Got {self.random_state!r} instead."
+            )
+        if not (self.persist == "auto" or isinstance(self.persist, (bool, np.bool_))):
+            raise InvalidParameterError(
+                f"The 'persist' parameter of {owner} must be 'auto', True or False. "
+                f"Got {self.persist!r} instead."
+            )
+        if not isinstance(self.verbose, (bool, numbers.Integral)):
+            raise InvalidParameterError(
+                f"The 'verbose' parameter of {owner} must be a bool. Got {self.verbose!r} instead."
+            )
+        if not (isinstance(self.metric, str) and self.metric in METRICS):
+            raise InvalidParameterError(
+                f"The 'metric' parameter of {owner} must be a str among "
+                "{'euclidean', 'cosine'}. "
+                f"Got {self.metric!r} instead."
+            )
+
+    def _check_X(self, X: Any, *, reset: bool, sample_weight: Any = None) -> Input:
+        """X (and its weights) validated once: NumPy stays NumPy, anything else is lazy."""
+        if is_lazy_input(X):
+            lazy = check_data(to_dask_array(X))
+            if reset:
+                self.n_features_in_ = lazy.shape[1]
+            elif lazy.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"X has {lazy.shape[1]} features, but {type(self).__name__} is expecting "
+                    f"{self.n_features_in_} features as input."
+                )
+            array, chunks = None, lazy.chunks[0]
+        else:
+            if getattr(getattr(X, "dtype", None), "name", None) == "bfloat16":
+                raise TypeError(BFLOAT16)
+            array = validate_data(
+                self, X, accept_sparse=False, dtype=FLOAT_DTYPES, order="C", reset=reset
+            )
+            lazy, chunks = None, numpy_row_chunks(len(array), array.shape[1] * array.itemsize)
+            if array.dtype == np.float64:
+                # validate_data refused NaN and infinity; float32 and float16 cannot
+                # overflow here
+                check_values(array)
+        weights = check_sample_weight(sample_weight, len(array if lazy is None else lazy), chunks)
+        return Input(array, lazy, chunks, weights)
+
+    def _check_init(self, n_features: int) -> np.ndarray | None:
+        """The explicit initial centres as float64 (unit vectors for the cosine metric),
+        or None for a method or a callable."""
+        if isinstance(self.init, str) or callable(self.init):
+            return None
+        return self._in_metric(_checked_centers(self.init, self.n_clusters, n_features))
+
+    def _in_metric(self, centers: np.ndarray) -> np.ndarray:
+        """Centres given by the user as the metric needs them: unit vectors for cosine."""
+        if self.metric != "cosine":
+            return centers
+        try:
+            return unit_centers(centers)
+        except ValueError as error:
+            raise InvalidParameterError(f"The initial {error}") from None
+
+    def _n_runs(self) -> int:
+        """Runs per k: ``n_init``, "auto" resolved as scikit-learn resolves it; explicit
+        centres make one run (with scikit-learn's warning if more were asked for)."""
+        by_name = isinstance(self.init, str)
+        if self.n_init == "auto":
+            random_start = (by_name and self.init == "random") or callable(self.init)
+            return self._auto_runs_random if random_start else 1
+        if not by_name and not callable(self.init) and self.n_init != 1:
+            warnings.warn(
+                "Explicit initial center position passed: performing only one init in "
+                f"{type(self).__name__} instead of n_init={self.n_init}.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return 1
+        return self.n_init
+
+    def _called_init(self, X: np.ndarray | da.Array, k: int, seed: int) -> np.ndarray:
+        """The centres a callable ``init`` returns for one run, checked, as float64."""
+        centers = self.init(X, k, random_state=np.random.RandomState(seed))
+        return self._in_metric(_checked_centers(centers, k, X.shape[1]))
+
+    @property
+    def _n_features_out(self) -> int:
+        """Columns of ``transform``'s output, for ``get_feature_names_out``."""
+        return self.cluster_centers_.shape[0]
+
+    def _seeds(self, n_runs: int) -> np.ndarray:
+        if isinstance(self.random_state, np.random.Generator):
+            return self.random_state.integers(np.iinfo(np.int32).max, size=n_runs)
+        return check_random_state(self.random_state).randint(np.iinfo(np.int32).max, size=n_runs)
+
+    def _warn_if_clusters_missing(self, counts: np.ndarray) -> None:
+        """scikit-learn's warning when fewer clusters than ``n_clusters`` have weight."""
+        distinct = int(np.count_nonzero(counts))
+        if distinct < self.n_clusters:
+            warnings.warn(
+                f"Number of distinct clusters ({distinct}) found smaller than "
+                f"n_clusters ({self.n_clusters}). Possibly due to duplicate points in X.",
+                ConvergenceWarning,
+                stacklevel=4,
+            )
+
+    # prediction -------------------------------------------------------------------
+
+    def _shift_for(self, dtype: np.dtype) -> np.ndarray | None:
+        """The frame that distances to the fitted centres are computed in: the fit's, or
+        one chosen from the centres themselves when they were set by hand; none for the
+        cosine metric (a shift would change the rows' directions)."""
+        if self.metric == "cosine":
+            return None
+        shift = (
+            self._shift if hasattr(self, "_shift") else choose_shift(self.cluster_centers_, dtype)
+        )
+        return None if shift is None else shift.astype(dtype)
+
+    def _map_rows(
+        self, kernel: Callable[..., np.ndarray], X: Input, **map_kwargs: Any
+    ) -> np.ndarray | da.Array:
+        """``kernel(rows, centres)`` over the rows, in the fit's frame: NumPy for NumPy
+        input (block by block on threads); else a lazy Dask array whose blocks are
+        checked as they are read. For the cosine metric the kernel sees unit rows."""
+        shift, unit = self._shift_for(X.dtype), self.metric == "cosine"
+        centers = centers_in_frame(self.cluster_centers_, shift)
+        if X.array is None:
+            return X.lazy.map_blocks(_in_frame, kernel, centers, shift, unit, **map_kwargs)
+        source = make_source(X, shift=shift, unit=unit)
+        return np.concatenate(source.map_blocks(_rows_kernel, kernel, centers))
+
+    def _labels(self, X: Input) -> np.ndarray | da.Array:
+        return self._map_rows(
+            _nearest_labels, X, drop_axis=1, dtype=np.int32, meta=np.empty(0, np.int32)
+        )
+
+    def predict(self, X: Any, sample_weight: Any = None) -> np.ndarray | da.Array:
+        """Index of the nearest centre of every sample (NumPy in, NumPy out; else lazy Dask)."""
+        check_is_fitted(self)
+        return self._labels(self._check_X(X, reset=False))
+
+    def transform(self, X: Any) -> np.ndarray | da.Array:
+        """Distance of every sample to every centre, shape (n_samples, n_clusters):
+        Euclidean, or ``1 - cos`` for the cosine metric."""
+        check_is_fitted(self)
+        X = self._check_X(X, reset=False)
+        kernel = cosine_distances if self.metric == "cosine" else center_distances
+        return self._map_rows(
+            kernel, X, chunks=(X.chunks, (self.n_clusters,)), dtype=computing_dtype(X.dtype)
+        )
+
+    def nearest_centers(
+        self, X: Any, n_nearest: int = 1
+    ) -> tuple[np.ndarray, np.ndarray] | tuple[da.Array, da.Array]:
+        """The ``n_nearest`` nearest centres of every sample, nearest first.
+
+        Parameters
+        ----------
+        X : array-like, dask array, zarr.Array, xarray.DataArray or str
+            Samples of shape (n_samples, n_features), as for :meth:`predict`.
+        n_nearest : int, default=1
+            Centres per sample, from 1 to ``n_clusters``.
+
+        Returns
+        -------
+        indices : ndarray or dask.array.Array of shape (n_samples, n_nearest), int32
+            The centres, nearest first; ``indices[:, 0]`` is :meth:`predict`'s label.
+            Centres at equal distance come lowest index first (two within float
+            rounding of a tie may come in either order).
+        distances : ndarray or dask.array.Array of shape (n_samples, n_nearest), float32
+            The distances to them, as :meth:`transform` measures (Euclidean, or
+            ``1 - cos`` for the cosine metric).
+
+        NumPy input gives NumPy arrays; any other input two lazy Dask arrays that share
+        one pass over X (compute or store them together).
+        """
+        check_is_fitted(self)
+        if not (
+            isinstance(n_nearest, numbers.Integral)
+            and not isinstance(n_nearest, bool)
+            and 1 <= n_nearest <= self.n_clusters
+        ):
+            raise InvalidParameterError(
+                f"n_nearest must be an int from 1 to n_clusters={self.n_clusters}, "
+                f"got {n_nearest!r}"
+            )
+        X = self._check_X(X, reset=False)
+        packed = self._map_rows(
+            partial(_ranked_packed, n_nearest=int(n_nearest)),
+            X,
+            chunks=(X.chunks, (2 * n_nearest,)),
+            dtype=np.float64,
+        )
+        squared = packed[:, n_nearest:]
+        # unit rows and centres: 1 - cos = ||x - c||² / 2
+        distances = squared / 2 if self.metric == "cosine" else np.sqrt(squared)
+        return packed[:, :n_nearest].astype(np.int32), distances.astype(np.float32)
+
+    def fit_predict(
+        self, X: Any, y: Any = None, sample_weight: Any = None
+    ) -> np.ndarray | da.Array:
+        """Fit and return ``labels_``."""
+        return self.fit(X, sample_weight=sample_weight).labels_
+
+    def fit_transform(
+        self, X: Any, y: Any = None, sample_weight: Any = None
+    ) -> np.ndarray | da.Array:
+        """Fit and return the distances of X to the centres."""
+        return self.fit(X, sample_weight=sample_weight).transform(X)
+
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
+        """Opposite of the inertia of X under the fitted centres."""
+        check_is_fitted(self)
+        X = self._check_X(X, reset=False, sample_weight=sample_weight)
+        shift = self._shift_for(X.dtype)
+        centers = centers_in_frame(self.cluster_centers_, shift)
+        source = make_source(X, shift=shift, unit=self.metric == "cosine")
+        stats = source.map_reduce(
+            pass_statistics, centers, np.array([0, len(centers)]), far_capacity=0
+        )
+        return -float(stats.cluster_inertia.sum()) * inertia_per_squared_distance(self.metric)
+
+
+class KMeans(CenterModel):
     """K-means clustering of arrays of any size, on Dask.
 
     Each Lloyd iteration is one pass over the row blocks of X: every block yields
@@ -232,132 +506,17 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
     # validation -------------------------------------------------------------------
 
     def _validate_params(self) -> None:
-        _check_number("n_clusters", self.n_clusters, int, 1)
-        _check_number("n_init", self.n_init, int, 1, or_str="auto")
-        _check_number("max_iter", self.max_iter, int, 1)
-        _check_number("tol", self.tol, float, 0)
-        _check_number("oversampling_factor", self.oversampling_factor, float, 0, closed_low=False)
-        _check_number("init_rounds", self.init_rounds, int, 1)
-        names = ("k-means||", "k-means++", "random")
-        if not (
-            (isinstance(self.init, str) and self.init in names)
-            or callable(self.init)
-            or (hasattr(self.init, "__array__") and not isinstance(self.init, str))
-            or isinstance(self.init, (list, tuple))
-        ):
-            raise InvalidParameterError(
-                "The 'init' parameter of KMeans must be a str among "
-                "{'k-means||', 'k-means++', 'random'}, a callable or an array-like of shape "
-                f"(n_clusters, n_features). Got {self.init!r} instead."
-            )
-        if not (
-            self.random_state is None
-            or isinstance(
-                self.random_state, (numbers.Integral, np.random.RandomState, np.random.Generator)
-            )
-        ) or isinstance(self.random_state, bool):
-            raise InvalidParameterError(
-                "The 'random_state' parameter of KMeans must be an int, a numpy Generator or "
-                f"RandomState, or None. Got {self.random_state!r} instead."
-            )
-        if not (self.persist == "auto" or isinstance(self.persist, (bool, np.bool_))):
-            raise InvalidParameterError(
-                "The 'persist' parameter of KMeans must be 'auto', True or False. "
-                f"Got {self.persist!r} instead."
-            )
-        if not isinstance(self.verbose, (bool, numbers.Integral)):
-            raise InvalidParameterError(
-                f"The 'verbose' parameter of KMeans must be a bool. Got {self.verbose!r} instead."
-            )
+        self._validate_shared_params()
         if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
             raise InvalidParameterError(
                 "The 'checkpoint' parameter of KMeans must be a path or None. "
                 f"Got {self.checkpoint!r} instead."
-            )
-        if not (isinstance(self.metric, str) and self.metric in METRICS):
-            raise InvalidParameterError(
-                "The 'metric' parameter of KMeans must be a str among "
-                f"{{'euclidean', 'cosine'}}. Got {self.metric!r} instead."
             )
         if self.checkpoint is not None and callable(self.init):
             raise InvalidParameterError(
                 "A checkpoint needs 'init' to be a str or an array: a callable init cannot "
                 "be recognised when the fit resumes."
             )
-
-    def _check_X(self, X: Any, *, reset: bool, sample_weight: Any = None) -> Input:
-        """X (and its weights) validated once: NumPy stays NumPy, anything else is lazy."""
-        if is_lazy_input(X):
-            lazy = check_data(to_dask_array(X))
-            if reset:
-                self.n_features_in_ = lazy.shape[1]
-            elif lazy.shape[1] != self.n_features_in_:
-                raise ValueError(
-                    f"X has {lazy.shape[1]} features, but KMeans is expecting "
-                    f"{self.n_features_in_} features as input."
-                )
-            array, chunks = None, lazy.chunks[0]
-        else:
-            if getattr(getattr(X, "dtype", None), "name", None) == "bfloat16":
-                raise TypeError(BFLOAT16)
-            array = validate_data(
-                self, X, accept_sparse=False, dtype=FLOAT_DTYPES, order="C", reset=reset
-            )
-            lazy, chunks = None, numpy_row_chunks(len(array), array.shape[1] * array.itemsize)
-            if array.dtype == np.float64:
-                # validate_data refused NaN and infinity; float32 and float16 cannot
-                # overflow here
-                check_values(array)
-        weights = check_sample_weight(sample_weight, len(array if lazy is None else lazy), chunks)
-        return Input(array, lazy, chunks, weights)
-
-    def _check_init(self, n_features: int) -> np.ndarray | None:
-        """The explicit initial centres as float64 (unit vectors for the cosine metric),
-        or None for a method or a callable."""
-        if isinstance(self.init, str) or callable(self.init):
-            return None
-        return self._in_metric(_checked_centers(self.init, self.n_clusters, n_features))
-
-    def _in_metric(self, centers: np.ndarray) -> np.ndarray:
-        """Centres given by the user as the metric needs them: unit vectors for cosine."""
-        if self.metric != "cosine":
-            return centers
-        try:
-            return unit_centers(centers)
-        except ValueError as error:
-            raise InvalidParameterError(f"The initial {error}") from None
-
-    def _n_runs(self) -> int:
-        """Runs per k: ``n_init``, "auto" resolved as scikit-learn resolves it; explicit
-        centres make one run (with scikit-learn's warning if more were asked for)."""
-        by_name = isinstance(self.init, str)
-        if self.n_init == "auto":
-            random_start = (by_name and self.init == "random") or callable(self.init)
-            return AUTO_RUNS_RANDOM if random_start else 1
-        if not by_name and not callable(self.init) and self.n_init != 1:
-            warnings.warn(
-                "Explicit initial center position passed: performing only one init in "
-                f"KMeans instead of n_init={self.n_init}.",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            return 1
-        return self.n_init
-
-    def _called_init(self, X: np.ndarray | da.Array, k: int, seed: int) -> np.ndarray:
-        """The centres a callable ``init`` returns for one run, checked, as float64."""
-        centers = self.init(X, k, random_state=np.random.RandomState(seed))
-        return self._in_metric(_checked_centers(centers, k, X.shape[1]))
-
-    @property
-    def _n_features_out(self) -> int:
-        """Columns of ``transform``'s output, for ``get_feature_names_out``."""
-        return self.cluster_centers_.shape[0]
-
-    def _seeds(self, n_runs: int) -> np.ndarray:
-        if isinstance(self.random_state, np.random.Generator):
-            return self.random_state.integers(np.iinfo(np.int32).max, size=n_runs)
-        return check_random_state(self.random_state).randint(np.iinfo(np.int32).max, size=n_runs)
 
     # fitting ----------------------------------------------------------------------
 
@@ -448,133 +607,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, Ba
         self.n_iter_ = result.n_iter
         # NumPy in: computed here on threads, even when a distributed client is active
         self.labels_ = self._labels(X)
-        distinct = int(np.count_nonzero(result.counts))
-        if distinct < self.n_clusters:
-            warnings.warn(
-                f"Number of distinct clusters ({distinct}) found smaller than "
-                f"n_clusters ({self.n_clusters}). Possibly due to duplicate points in X.",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
-
-    # prediction -------------------------------------------------------------------
-
-    def _shift_for(self, dtype: np.dtype) -> np.ndarray | None:
-        """The frame that distances to the fitted centres are computed in: the fit's, or
-        one chosen from the centres themselves when they were set by hand; none for the
-        cosine metric (a shift would change the rows' directions)."""
-        if self.metric == "cosine":
-            return None
-        shift = (
-            self._shift if hasattr(self, "_shift") else choose_shift(self.cluster_centers_, dtype)
-        )
-        return None if shift is None else shift.astype(dtype)
-
-    def _map_rows(
-        self, kernel: Callable[..., np.ndarray], X: Input, **map_kwargs: Any
-    ) -> np.ndarray | da.Array:
-        """``kernel(rows, centres)`` over the rows, in the fit's frame: NumPy for NumPy
-        input (block by block on threads); else a lazy Dask array whose blocks are
-        checked as they are read. For the cosine metric the kernel sees unit rows."""
-        shift, unit = self._shift_for(X.dtype), self.metric == "cosine"
-        centers = centers_in_frame(self.cluster_centers_, shift)
-        if X.array is None:
-            return X.lazy.map_blocks(_in_frame, kernel, centers, shift, unit, **map_kwargs)
-        source = make_source(X, shift=shift, unit=unit)
-        return np.concatenate(source.map_blocks(_rows_kernel, kernel, centers))
-
-    def _labels(self, X: Input) -> np.ndarray | da.Array:
-        return self._map_rows(
-            _nearest_labels, X, drop_axis=1, dtype=np.int32, meta=np.empty(0, np.int32)
-        )
-
-    def predict(self, X: Any, sample_weight: Any = None) -> np.ndarray | da.Array:
-        """Index of the nearest centre of every sample (NumPy in, NumPy out; else lazy Dask)."""
-        check_is_fitted(self)
-        return self._labels(self._check_X(X, reset=False))
-
-    def transform(self, X: Any) -> np.ndarray | da.Array:
-        """Distance of every sample to every centre, shape (n_samples, n_clusters):
-        Euclidean, or ``1 - cos`` for the cosine metric."""
-        check_is_fitted(self)
-        X = self._check_X(X, reset=False)
-        return self._map_rows(
-            cosine_distances if self.metric == "cosine" else center_distances,
-            X,
-            chunks=(X.chunks, (self.n_clusters,)),
-            dtype=computing_dtype(X.dtype),
-        )
-
-    def nearest_centers(
-        self, X: Any, n_nearest: int = 1
-    ) -> tuple[np.ndarray, np.ndarray] | tuple[da.Array, da.Array]:
-        """The ``n_nearest`` nearest centres of every sample, nearest first.
-
-        Parameters
-        ----------
-        X : array-like, dask array, zarr.Array, xarray.DataArray or str
-            Samples of shape (n_samples, n_features), as for :meth:`predict`.
-        n_nearest : int, default=1
-            Centres per sample, from 1 to ``n_clusters``.
-
-        Returns
-        -------
-        indices : ndarray or dask.array.Array of shape (n_samples, n_nearest), int32
-            The centres, nearest first; ``indices[:, 0]`` is :meth:`predict`'s label.
-            Centres at equal distance come lowest index first (two within float
-            rounding of a tie may come in either order).
-        distances : ndarray or dask.array.Array of shape (n_samples, n_nearest), float32
-            The distances to them, as :meth:`transform` measures (Euclidean, or
-            ``1 - cos`` for the cosine metric).
-
-        NumPy input gives NumPy arrays; any other input two lazy Dask arrays that share
-        one pass over X (compute or store them together).
-        """
-        check_is_fitted(self)
-        if not (
-            isinstance(n_nearest, numbers.Integral)
-            and not isinstance(n_nearest, bool)
-            and 1 <= n_nearest <= self.n_clusters
-        ):
-            raise InvalidParameterError(
-                f"n_nearest must be an int from 1 to n_clusters={self.n_clusters}, "
-                f"got {n_nearest!r}"
-            )
-        X = self._check_X(X, reset=False)
-        packed = self._map_rows(
-            partial(_ranked_packed, n_nearest=int(n_nearest)),
-            X,
-            chunks=(X.chunks, (2 * n_nearest,)),
-            dtype=np.float64,
-        )
-        squared = packed[:, n_nearest:]
-        # unit rows and centres: 1 - cos is half the squared distance
-        distances = squared / 2 if self.metric == "cosine" else np.sqrt(squared)
-        return packed[:, :n_nearest].astype(np.int32), distances.astype(np.float32)
-
-    def fit_predict(
-        self, X: Any, y: Any = None, sample_weight: Any = None
-    ) -> np.ndarray | da.Array:
-        """Fit and return ``labels_``."""
-        return self.fit(X, sample_weight=sample_weight).labels_
-
-    def fit_transform(
-        self, X: Any, y: Any = None, sample_weight: Any = None
-    ) -> np.ndarray | da.Array:
-        """Fit and return the distances of X to the centres."""
-        return self.fit(X, sample_weight=sample_weight).transform(X)
-
-    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
-        """Opposite of the inertia of X under the fitted centres."""
-        check_is_fitted(self)
-        X = self._check_X(X, reset=False, sample_weight=sample_weight)
-        shift = self._shift_for(X.dtype)
-        centers = centers_in_frame(self.cluster_centers_, shift)
-        source = make_source(X, shift=shift, unit=self.metric == "cosine")
-        stats = source.map_reduce(
-            pass_statistics, centers, np.array([0, len(centers)]), far_capacity=0
-        )
-        return -float(stats.cluster_inertia.sum()) * inertia_per_squared_distance(self.metric)
+        self._warn_if_clusters_missing(result.counts)
 
 
 def _checked_centers(centers: Any, k: int, n_features: int) -> np.ndarray:
