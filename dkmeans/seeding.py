@@ -47,6 +47,8 @@ MAX_EXTRA_ROUNDS = 20
 #: costs about ``m (2 + ln k)`` distance rows of k centres for m candidates: fewer run
 #: where that exceeds a Lloyd pass over the data (:func:`recluster_restarts`).
 RECLUSTER_RESTARTS = 8
+#: Fewest Lloyd iterations of the reclustering (:func:`recluster_iterations`).
+RECLUSTER_MIN_ITER = 5
 #: Data of at most this many values (rows x features, 8 MiB in float64) is seeded for
 #: ``"k-means++"`` and ``"k-means||"`` by greedy k-means++ on all its rows, in memory:
 #: k-means|| exists to seed in few passes, and its seven passes and reclustering (or
@@ -182,6 +184,7 @@ def kmeans_parallel(
         if not short or extra == MAX_EXTRA_ROUNDS:
             break
         sample_round(short, init_rounds + extra)
+    weighted = [int(np.count_nonzero(w)) for w in weights]  # candidates nearest to a row
     return [
         recluster(
             candidates[r][weights[r] > 0],
@@ -189,9 +192,8 @@ def kmeans_parallel(
             n_clusters[r],
             int(seed),
             metric,
-            restarts=recluster_restarts(
-                source.n_rows, int(np.count_nonzero(weights[r])), n_clusters[r]
-            ),
+            restarts=recluster_restarts(source.n_rows, weighted[r], n_clusters[r]),
+            max_iter=recluster_iterations(source.n_rows, weighted[r]),
         )
         for r, seed in enumerate(seeds)
     ]
@@ -210,6 +212,15 @@ def recluster_restarts(n_rows: int, n_candidates: int, n_clusters: int) -> int:
     """
     per_restart = n_candidates * (2 + np.log(max(n_clusters, 1)))
     return int(np.clip(n_rows // max(per_restart, 1.0), 1, RECLUSTER_RESTARTS))
+
+
+def recluster_iterations(n_rows: int, n_candidates: int) -> int:
+    """Most Lloyd iterations of the reclustering: together about one Lloyd pass over
+    the data (each costs ``m / n`` of one), between :data:`RECLUSTER_MIN_ITER` and
+    Lloyd's default of 300. Only very large k gets fewer than 300: at k = 16,384 on a
+    million rows the candidates number about 160,000, and Lloyd on them would otherwise
+    run for as long as on the data; Lloyd on the data then finishes the job."""
+    return int(np.clip(n_rows // max(n_candidates, 1), RECLUSTER_MIN_ITER, 300))
 
 
 def remembered_nearest(source: Source, n_runs: int) -> RowMemory | None:
@@ -280,15 +291,17 @@ def recluster(
     metric: Metric = "euclidean",
     *,
     restarts: int = RECLUSTER_RESTARTS,
+    max_iter: int = 300,
 ) -> np.ndarray:
-    """Weighted k-means++ then weighted Lloyd on the candidates, on the client; the
-    best of ``restarts`` restarts (lowest weighted candidate cost)."""
+    """Weighted k-means++ then weighted Lloyd (at most ``max_iter`` iterations) on the
+    candidates, on the client; the best of ``restarts`` restarts (lowest weighted
+    candidate cost)."""
     if len(candidates) <= n_clusters:
         return _pad(candidates, n_clusters)
     small = InMemorySource.of_array(candidates, weights)
     restart_seeds = np.random.default_rng(seed).integers(np.iinfo(np.int32).max, size=restarts)
     initial = [weighted_plusplus(candidates, weights, n_clusters, int(s)) for s in restart_seeds]
-    results = lloyd(small, initial, metric=metric)
+    results = lloyd(small, initial, max_iter=max_iter, metric=metric)
     return min(results, key=lambda result: result.inertia).centers
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from sklearn.cluster import kmeans_plusplus
 
 from dkmeans import seeding
-from dkmeans.seeding import recluster_restarts, weighted_plusplus
+from dkmeans.seeding import recluster_iterations, recluster_restarts, weighted_plusplus
 
 
 def plusplus_by_hand(points, weights, n_clusters, seed):
@@ -106,3 +106,10 @@ def test_restarts_of_the_reclustering_cost_about_one_pass():
     for n, m, k in costs:
         restarts = recluster_restarts(n, m, k)
         assert restarts == 1 or restarts * m * (2 + np.log(k)) <= n
+
+
+def test_lloyd_on_the_candidates_costs_about_one_pass():
+    assert recluster_iterations(2_000_000, 160) == 300
+    assert recluster_iterations(1_000_000, 164_000) == 6
+    assert recluster_iterations(1_000_000, 300_000) == seeding.RECLUSTER_MIN_ITER
+    assert recluster_iterations(1_000_000, 50_000) == 20
