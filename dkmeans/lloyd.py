@@ -38,6 +38,12 @@ BOUNDS_MIN_WORK = 2**22
 #: centre). With fewer centres times features than this, bounds are never kept.
 BOUNDS_MIN_SAVING = 256
 BOUNDS_MIN_SKIPPED = 0.15
+#: A pass that streams X from its store (not held in memory) keeps bounds only where its
+#: arithmetic outweighs the reading, with at least this many centres per run, and where
+#: the bounds take at most :data:`STREAMED_BOUNDS_FRACTION` of X's bytes (a streaming
+#: fit keeps its memory small).
+STREAMED_BOUNDS_MIN_CENTERS = 128
+STREAMED_BOUNDS_FRACTION = 0.125
 #: After this many full passes in a row (the bounds predicted too few skips), the next
 #: pass renews the bounds anyway: the centres may have settled since.
 BOUNDS_RENEWED_AFTER = 4
@@ -173,10 +179,12 @@ class LloydState:
 class RowBounds:
     """Distance bounds of the rows kept from pass to pass, for one set of runs.
 
-    Kept only for data in this process's memory (where the arithmetic is the cost; a
-    pass that streams X is read-bound, and keeps its memory bounded) when the bounds
-    fit (:func:`~dkmeans.resources.may_remember`) and can pay (:data:`BOUNDS_MIN_WORK`,
-    :data:`BOUNDS_MIN_SAVING`); a pass over another set of runs (one has converged)
+    Kept only where the kernels run in this process, when the bounds fit
+    (:func:`~dkmeans.resources.may_remember`) and can pay (:data:`BOUNDS_MIN_WORK`,
+    :data:`BOUNDS_MIN_SAVING`): for data in this process's memory, and for data
+    streamed from its store where the pass is compute-bound (many centres) and the
+    bounds are small next to X (:data:`STREAMED_BOUNDS_MIN_CENTERS`). A pass over
+    another set of runs (one has converged)
     starts new bounds. Every pass first predicts from a sample of the rows how many
     its bounds would skip, and makes a full pass instead when too few
     (structureless data, centres still moving far); the bounds stay valid across
@@ -187,8 +195,14 @@ class RowBounds:
         n_bytes = source.n_rows * len(initial_centers) * BOUNDS_BYTES_PER_ROW_AND_RUN
         centers_per_run = max(len(c) for c in initial_centers)
         self.row_work = centers_per_run * source.n_features
+        x_bytes = source.n_rows * source.n_features * np.dtype(source.dtype).itemsize
+        streamed_pays = (
+            centers_per_run >= STREAMED_BOUNDS_MIN_CENTERS
+            and n_bytes <= STREAMED_BOUNDS_FRACTION * x_bytes
+        )
         self.allowed = (
-            isinstance(source, InMemorySource)
+            source.in_process
+            and (isinstance(source, InMemorySource) or streamed_pays)
             and self.row_work >= BOUNDS_MIN_SAVING
             and source.n_rows * self.row_work * len(initial_centers) >= BOUNDS_MIN_WORK
             and may_remember(True, n_bytes)

@@ -63,9 +63,7 @@ class DistanceBounds:
     ) -> Screen:
         """The bounds of a pass as the compiled screening reads them."""
         norms_sq = np.einsum("ij,ij->i", centers, centers)
-        runs = list(zip(bounds[:-1], bounds[1:], strict=True))
-        max_drift = np.array([self.drift[lo:hi].max(initial=0.0) for lo, hi in runs])
-        max_sq = np.array([norms_sq[lo:hi].max(initial=0.0) for lo, hi in runs])
+        max_drift, max_sq = run_maxima(self.drift, bounds), run_maxima(norms_sq, bounds)
         # rounding of a GEMM value against ||x - c||² - ||x||², with room to spare
         eps = 2 * (centers.shape[1] + 4) * np.finfo(dtype).eps
         return Screen(
@@ -76,6 +74,13 @@ class DistanceBounds:
             max_sq=max_sq,
             eps=float(eps),
         )
+
+
+def run_maxima(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """The largest of ``values[bounds[r]:bounds[r + 1]]`` for every run ``r`` (0 if empty)."""
+    return np.array(
+        [values[lo:hi].max(initial=0.0) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    )
 
 
 def skipped_fraction(
@@ -94,7 +99,7 @@ def skipped_fraction(
     bounds : ndarray of shape (R + 1,)
         Run ``r`` owns stacked centres ``bounds[r]:bounds[r + 1]``.
     """
-    max_drift = np.array([drift[lo:hi].max(initial=0.0) for lo, hi in zip(bounds, bounds[1:])])
+    max_drift = run_maxima(drift, bounds)
     skipped = sampled = 0
     for labels, distances, lower in memory.blocks.values():
         labels, distances = labels[::sample_every], distances[::sample_every]

@@ -166,3 +166,42 @@ def test_bounded_and_full_passes_differ_only_at_near_ties(monkeypatch) -> None:
         differs |= not np.array_equal(bounded.counts, full.counts)
         centers = centers + rng.normal(size=centers.shape) * 1e-7
     assert differs
+
+
+def test_streamed_passes_keep_bounds_where_the_arithmetic_dominates(tmp_path, monkeypatch):
+    """A Zarr store streamed every pass keeps bounds in this process when a run has
+    many centres and the bounds are small next to X; the statistics are those of full
+    passes."""
+    import dask.array as da
+    import zarr
+
+    from dkmeans.sources import DaskSource
+
+    rng = np.random.default_rng(2)
+    clumps = rng.normal(size=(40, 64)) * 4
+    x = clumps[rng.integers(len(clumps), size=6_000)] + rng.normal(size=(6_000, 64))
+    store = zarr.create_array(
+        str(tmp_path / "x.zarr"), shape=x.shape, chunks=(1_000, 64), dtype="f8"
+    )
+    store[:] = x
+    runs = [x[rng.choice(len(x), 128, replace=False)]]
+
+    def source():
+        return DaskSource(da.from_zarr(str(tmp_path / "x.zarr")))
+
+    assert RowBounds(source(), runs).allowed
+    assert not RowBounds(source(), [runs[0][:64]]).allowed  # too few centres per run
+    narrow = DaskSource(da.from_array(x[:, :8].astype(np.float32), chunks=(1_000, 8)))
+    assert not RowBounds(narrow, [runs[0][:, :8]]).allowed  # bounds as big as X
+    made = []
+    original = lloyd_module.distance_bounds_memory
+    monkeypatch.setattr(
+        lloyd_module, "distance_bounds_memory", lambda n: made.append(n) or original(n)
+    )
+    bounded = lloyd(source(), runs, max_iter=6, tol=0)[0]
+    assert made  # the passes kept bounds
+    monkeypatch.setattr(lloyd_module, "STREAMED_BOUNDS_MIN_CENTERS", 10**9)
+    full = lloyd(source(), runs, max_iter=6, tol=0)[0]
+    np.testing.assert_array_equal(bounded.centers, full.centers)
+    np.testing.assert_array_equal(bounded.counts, full.counts)
+    assert bounded.inertia == full.inertia
