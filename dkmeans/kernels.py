@@ -53,7 +53,7 @@ MIN_SUB_BLOCK_ROWS = 256
 def sub_block_rows(n_centers: int, n_features: int) -> int:
     """Rows per sub-block so that its distance matrix and data stay in cache."""
     rows = SUB_BLOCK_ELEMENTS // max(n_centers + n_features, 1)
-    return int(np.clip(rows, MIN_SUB_BLOCK_ROWS, 16384))
+    return min(max(rows, MIN_SUB_BLOCK_ROWS), 16384)  # np.clip costs 50 us on scalars
 
 
 def _sub_blocks(n_rows: int, step: int) -> Iterator[slice]:
@@ -497,6 +497,26 @@ def pass_statistics(
 
 #: Sources pass their shift to this kernel instead of shifting its blocks.
 pass_statistics.takes_shift = True
+
+
+def cluster_totals(x: np.ndarray, weights: np.ndarray | None, centers: np.ndarray) -> Totals:
+    """Per-centre weighted sums, weights and inertia of the rows of ``x`` at their nearest
+    centre: :func:`pass_statistics` of one run without far points, for the small batches
+    of mini-batch k-means (a fixed cost of a few tens of microseconds less per call).
+
+    Parameters
+    ----------
+    x : ndarray of shape (rows, d)
+    weights : ndarray of shape (rows,) or None
+    centers : ndarray of shape (k, d)
+
+    Returns
+    -------
+    Totals
+        ``sums`` (k, d), ``counts`` (k,) and ``inertia`` (k,), float64.
+    """
+    out, _ = _assign(x, centers, np.array([0, len(centers)]), weights, accumulate=True)
+    return out.totals
 
 
 def center_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .batches import Rows, mini_batches, source_blocks
-from .kernels import pass_statistics
+from .kernels import cluster_totals
 from .sources import DaskSource, InMemorySource
 
 
@@ -88,12 +88,13 @@ def _reassign(state: MiniBatchState, batch: Rows, ratio: float) -> None:
     with probability proportional to weight), at most half a batch of them; their count
     becomes the smallest count of the others, so that they are not moved again at once."""
     low = state.counts < ratio * state.counts.max()
-    weights = np.ones(len(batch)) if batch.weights is None else batch.weights
-    rows_with_weight = int(np.count_nonzero(weights))
+    if not low.any() or low.all():
+        return
     if low.sum() > 0.5 * len(batch):
         low[np.argsort(state.counts, kind="stable")[int(0.5 * len(batch)) :]] = False
-    n_moved = min(int(low.sum()), rows_with_weight)
-    if n_moved == 0 or low.all():
+    weights = np.ones(len(batch)) if batch.weights is None else batch.weights
+    n_moved = min(int(low.sum()), int(np.count_nonzero(weights)))
+    if n_moved == 0:
         return
     low[np.flatnonzero(low)[n_moved:]] = False
     rows = state.rng.choice(len(batch), size=n_moved, replace=False, p=weights / weights.sum())
@@ -102,7 +103,11 @@ def _reassign(state: MiniBatchState, batch: Rows, ratio: float) -> None:
 
 
 def minibatch_step(
-    state: MiniBatchState, batch: Rows, *, batch_size: int, reassignment_ratio: float
+    state: MiniBatchState,
+    batch: Rows,
+    *,
+    batch_size: int,
+    reassignment_ratio: float,
 ) -> StepReport:
     """Update the centres with one batch (in place) and report it.
 
@@ -117,20 +122,19 @@ def minibatch_step(
     reassignment_ratio : float
         Centres whose count is below this fraction of the largest are reassigned.
     """
-    one_run = np.array([0, len(state.centers)])
-    stats = pass_statistics(batch.x, batch.weights, 0, 0, state.centers, one_run, far_capacity=0)
+    totals = cluster_totals(batch.x, batch.weights, state.centers)
+    given = np.flatnonzero(totals.counts)
     old = state.centers.copy()
-    given = stats.counts > 0
-    total = state.counts[given] + stats.counts[given]
-    state.centers[given] = (old[given] * state.counts[given, None] + stats.sums[given]) / total[
-        :, None
-    ]
+    total = state.counts[given] + totals.counts[given]
+    state.centers[given] = (
+        state.centers[given] * state.counts[given, None] + totals.sums[given]
+    ) / total[:, None]
     state.counts[given] = total
     if _reassign_due(state, batch_size) and reassignment_ratio > 0:
         _reassign(state, batch, reassignment_ratio)
     state.n_steps += 1
     shift = float(((state.centers - old) ** 2).sum())
-    return StepReport(float(stats.cluster_inertia.sum()), shift)
+    return StepReport(float(totals.inertia.sum()), shift)
 
 
 @dataclass

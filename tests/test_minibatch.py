@@ -3,6 +3,7 @@ the scikit-learn API, bounded memory on a streamed store, the same bits on every
 
 from __future__ import annotations
 
+import json
 import tracemalloc
 
 import dask
@@ -19,6 +20,7 @@ from sklearn.preprocessing import StandardScaler
 import dkmeans.io
 from dkmeans import InvalidParameterError, KMeans, MiniBatchKMeans
 from dkmeans.batches import Rows, mini_batches
+from dkmeans.cli import main
 from dkmeans.minibatch import MiniBatchState, minibatch_step
 
 from .helpers import brute_force_inertia
@@ -262,3 +264,19 @@ def test_same_bits_on_every_scheduler(mixture, tmp_path, cluster_client):
         np.testing.assert_array_equal(threads.cluster_centers_, other.cluster_centers_)
         assert threads.inertia_ == other.inertia_
         assert threads.n_steps_ == other.n_steps_
+
+
+def test_cli_fit_mini_batch_writes_the_result_store(mixture, tmp_path, capsys):
+    path = write_store(tmp_path / "x.zarr", mixture, 3000)
+    out = str(tmp_path / "result.zarr")
+    args = ["fit", path, "--n-clusters", "10", "--mini-batch", "--batch-size", "500"]
+    assert main([*args, "--seed", "0", "--json", "--quiet", "--out", out]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    same = MiniBatchKMeans(10, batch_size=500, n_init=1, random_state=0).fit(path)
+    assert summary["mini_batch"] and summary["n_steps"] == same.n_steps_
+    assert summary["inertia"] == same.inertia_ and summary["n_iter"] == same.n_iter_
+    result = zarr.open_group(out, mode="r")
+    np.testing.assert_array_equal(result["cluster_centers"][...], same.cluster_centers_)
+    np.testing.assert_array_equal(result["labels"][...], same.labels_.compute())
+    assert main(["fit", path, "--n-clusters", "10", "--batch-size", "500"]) == 2
+    assert "--batch-size needs --mini-batch" in capsys.readouterr().err

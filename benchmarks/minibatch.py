@@ -1,0 +1,201 @@
+"""MiniBatchKMeans: time per epoch and final inertia, in memory and out of core.
+
+In memory (``--n-samples`` x 32 float32, k = 16, a Gaussian mixture): dkmeans's and
+scikit-learn's ``MiniBatchKMeans`` from the same initial centres with the same
+``batch_size``, ``--epochs`` epochs without early stopping, alternating ``--repeats``
+times; medians of the time per epoch, and the final inertia of each recomputed by brute
+force (goal: dkmeans faster, inertia at most scikit-learn's). Then both with their
+defaults (early stopping), the same way.
+
+Out of core (the store of ``benchmarks/out_of_core.py``, made if missing): one epoch of
+``MiniBatchKMeans(persist=False)`` against a plain read-and-sum pass of the store,
+alternating (goal: at most 1.5x), and the inertia after ``--store-epochs`` epochs
+against ``KMeans`` run to convergence from the same initial centres (goal: at most
+1.02x).
+
+    python -m benchmarks.minibatch                                  # the full run
+    python -m benchmarks.minibatch --n-samples 200000 --store-samples 1e6 --repeats 1
+
+Results: a table on stdout and ``benchmarks/results/minibatch[-TAG].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zarr
+from sklearn.cluster import MiniBatchKMeans as ScikitLearnMiniBatchKMeans
+
+from dkmeans import KMeans, MiniBatchKMeans
+from dkmeans.cli import count, reuse_freed_memory
+
+from .measures import RESULTS, brute_force_inertia, initial_centers, make_data, versions
+from .out_of_core import make_store, read_pass
+
+K = 16
+
+
+def timed(function: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = function()
+    return time.perf_counter() - started, result
+
+
+def alternate(fits: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list]:
+    """Every fit ``repeats`` times, alternating: (seconds, fitted) of each run."""
+    runs: dict[str, list] = {name: [] for name in fits}
+    for _ in range(repeats):
+        for name, fit in fits.items():
+            runs[name].append(timed(fit))
+    return runs
+
+
+def in_memory(args: argparse.Namespace) -> dict[str, Any]:
+    X = make_data(args.n_samples, 32, K, "float32")
+    start = initial_centers(X, K)
+    fixed = dict(init=start, batch_size=args.batch_size, max_iter=args.epochs, tol=0.0)
+    epochs = {
+        "dkmeans": lambda: MiniBatchKMeans(
+            K, **fixed, max_no_improvement=None, random_state=0, compute_labels=False
+        ).fit(X),
+        "scikit-learn": lambda: ScikitLearnMiniBatchKMeans(
+            K, **fixed, max_no_improvement=None, random_state=0, compute_labels=False, n_init=1
+        ).fit(X),
+    }
+    defaults = {
+        "dkmeans": lambda: MiniBatchKMeans(K, batch_size=args.batch_size, random_state=0).fit(X),
+        "scikit-learn": lambda: ScikitLearnMiniBatchKMeans(
+            K, batch_size=args.batch_size, random_state=0
+        ).fit(X),
+    }
+    result: dict[str, Any] = {"shape": list(X.shape), "batch_size": args.batch_size}
+    for label, fits in (("fixed_epochs", epochs), ("defaults", defaults)):
+        runs = alternate(fits, args.repeats)
+        summary = {}
+        for name, measured in runs.items():
+            fitted = measured[-1][1]
+            median = statistics.median(s for s, _ in measured)
+            summary[name] = {
+                "seconds": [s for s, _ in measured],
+                "median_s": median,
+                "epochs": int(fitted.n_iter_),
+                "steps": int(fitted.n_steps_),
+                "inertia": brute_force_inertia(X, fitted.cluster_centers_),
+            }
+            if label == "fixed_epochs":
+                summary[name]["per_epoch_s"] = median / args.epochs
+        summary["time_ratio"] = summary["dkmeans"]["median_s"] / summary["scikit-learn"]["median_s"]
+        summary["inertia_ratio"] = (
+            summary["dkmeans"]["inertia"] / summary["scikit-learn"]["inertia"]
+        )
+        result[label] = summary
+    return result
+
+
+def out_of_core(args: argparse.Namespace) -> dict[str, Any]:
+    store = args.store or f"/tmp/dkmeans-bench/blobs-{args.store_samples}-none.zarr"
+    if not Path(store).exists():
+        make_store(
+            argparse.Namespace(
+                store=store, n_samples=args.store_samples, n_features=32, n_clusters=K
+            )
+        )
+    array = zarr.open_array(store, mode="r")
+    start = initial_centers(array, K)
+
+    def one_epoch() -> MiniBatchKMeans:
+        return MiniBatchKMeans(
+            K, init=start, batch_size=args.batch_size, max_iter=1, max_no_improvement=None,
+            persist=False, compute_labels=False, random_state=0,
+        ).fit(store)  # fmt: skip
+
+    read_pass(store)  # the page cache warmed alike for both
+    runs = alternate({"read_pass": lambda: read_pass(store), "epoch": one_epoch}, args.repeats)
+    reads = [s for s, _ in runs["read_pass"]]
+    epochs = [s for s, _ in runs["epoch"]]
+    seconds, fitted = timed(
+        lambda: MiniBatchKMeans(
+            K,
+            init=start,
+            batch_size=args.batch_size,
+            max_iter=args.store_epochs,
+            persist=False,
+            random_state=0,
+        ).fit(store)  # fmt: skip
+    )
+    lloyd_seconds, lloyd = timed(lambda: KMeans(K, init=start, persist=False).fit(store))
+    return {
+        "store": store,
+        "shape": list(array.shape),
+        "read_pass_s": reads,
+        "epoch_s": epochs,
+        "epoch_over_read": statistics.median(epochs) / statistics.median(reads),
+        "minibatch": {
+            "seconds": seconds,
+            "epochs": int(fitted.n_iter_),
+            "steps": int(fitted.n_steps_),
+            "inertia": fitted.inertia_,
+        },
+        "kmeans": {
+            "seconds": lloyd_seconds,
+            "n_iter": int(lloyd.n_iter_),
+            "inertia": lloyd.inertia_,
+        },
+        "inertia_ratio": fitted.inertia_ / lloyd.inertia_,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-samples", type=count, default=2_000_000)
+    parser.add_argument("--batch-size", type=count, default=1024)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--store", default=None, help="default: the out-of-core benchmark's")
+    parser.add_argument("--store-samples", type=count, default=32_000_000)
+    parser.add_argument("--store-epochs", type=int, default=2)
+    parser.add_argument("--tag", default="", help="suffix of the results file name")
+    args = parser.parse_args()
+    if args.store is None and args.store_samples == 32_000_000:
+        args.store = "/tmp/dkmeans-bench/blobs-32M-none.zarr"
+    reuse_freed_memory()
+    result = {
+        "cpus": os.cpu_count(),
+        "load_average_before": os.getloadavg(),
+        "versions": versions(("dkmeans", "scikit-learn", "numpy", "dask", "zarr")),
+        "in_memory": in_memory(args),
+        "out_of_core": out_of_core(args),
+        "load_average_after": os.getloadavg(),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"minibatch{'-' + args.tag if args.tag else ''}.json"
+    out.write_text(json.dumps(result, indent=2))
+    memory, store = result["in_memory"], result["out_of_core"]
+    fixed, defaults = memory["fixed_epochs"], memory["defaults"]
+    rows = [
+        ("in memory: dkmeans s/epoch", fixed["dkmeans"]["per_epoch_s"], ""),
+        ("in memory: scikit-learn s/epoch", fixed["scikit-learn"]["per_epoch_s"], ""),
+        ("in memory: time dkmeans / scikit-learn", fixed["time_ratio"], "< 1"),
+        ("in memory: inertia dkmeans / scikit-learn", fixed["inertia_ratio"], "<= 1"),
+        ("defaults: time dkmeans / scikit-learn", defaults["time_ratio"], ""),
+        ("defaults: inertia dkmeans / scikit-learn", defaults["inertia_ratio"], "<= 1"),
+        ("store: read pass, median (s)", statistics.median(store["read_pass_s"]), ""),
+        ("store: one epoch, median (s)", statistics.median(store["epoch_s"]), ""),
+        ("store: epoch / read pass", store["epoch_over_read"], "<= 1.5"),
+        ("store: inertia mini-batch / KMeans", store["inertia_ratio"], "<= 1.02"),
+    ]
+    print(f"{'measure':<44} {'value':>10} {'goal':>7}")
+    for name, value, goal in rows:
+        print(f"{name:<44} {value:10.4f} {goal:>7}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
