@@ -41,6 +41,15 @@ n_features = 3
 n_clusters = 4
 chunk_rows = 4_000
 """,
+    "04_clustering_embeddings.ipynb": """
+n_samples = 5_000
+n_features = 32
+n_topics = 6
+kappa = 7.0
+n_duplicates = 40
+chunk_rows = 1_000
+k_values = [2, 4, 6, 8, 12]
+""",
 }
 
 #: Seconds a cell may run before it counts as hung (the small parameters take seconds).
