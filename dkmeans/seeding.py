@@ -194,6 +194,7 @@ def kmeans_parallel(
             metric,
             restarts=recluster_restarts(source.n_rows, weighted[r], n_clusters[r]),
             max_iter=recluster_iterations(source.n_rows, weighted[r]),
+            greedy=greedy_reclustering_pays(source.n_rows, weighted[r], n_clusters[r]),
         )
         for r, seed in enumerate(seeds)
     ]
@@ -212,6 +213,17 @@ def recluster_restarts(n_rows: int, n_candidates: int, n_clusters: int) -> int:
     """
     per_restart = n_candidates * (2 + np.log(max(n_clusters, 1)))
     return int(np.clip(n_rows // max(per_restart, 1.0), 1, RECLUSTER_RESTARTS))
+
+
+def greedy_reclustering_pays(n_rows: int, n_candidates: int, n_clusters: int) -> bool:
+    """Whether greedy k-means++ on the candidates costs at most a Lloyd pass over the
+    data (see :func:`recluster_restarts`). Its k steps run one after another, each over
+    all m candidates, and m grows with k: at k = 16,384 on a million rows it would cost
+    two passes, at k = 65,536 more than six. Beyond that the reclustering starts from k
+    candidates drawn in proportion to their weight instead (the candidates are already
+    a D²-sample of the data) and leaves the rest to Lloyd, on the candidates and then on
+    the data: its cost stays that of Lloyd's iterations, m k d each."""
+    return n_candidates * (2 + np.log(max(n_clusters, 1))) <= n_rows
 
 
 def recluster_iterations(n_rows: int, n_candidates: int) -> int:
@@ -283,6 +295,16 @@ def weighted_plusplus(
     return _pad(points[chosen], n_clusters)
 
 
+def weighted_sample(
+    points: np.ndarray, weights: np.ndarray, n_clusters: int, seed: int
+) -> np.ndarray:
+    """``n_clusters`` distinct rows of ``points`` drawn without replacement with
+    probability proportional to their (positive) weight: the smallest keys
+    ``Exp(1) / w`` (Efraimidis & Spirakis), as float64."""
+    keys = np.random.default_rng(seed).exponential(size=len(points)) / weights
+    return np.asarray(points[np.argsort(keys, kind="stable")[:n_clusters]], dtype=np.float64)
+
+
 def recluster(
     candidates: np.ndarray,
     weights: np.ndarray,
@@ -292,15 +314,18 @@ def recluster(
     *,
     restarts: int = RECLUSTER_RESTARTS,
     max_iter: int = 300,
+    greedy: bool = True,
 ) -> np.ndarray:
-    """Weighted k-means++ then weighted Lloyd (at most ``max_iter`` iterations) on the
-    candidates, on the client; the best of ``restarts`` restarts (lowest weighted
-    candidate cost)."""
+    """Weighted k-means++ (or, unless ``greedy``, a weighted sample of k candidates:
+    :func:`greedy_reclustering_pays`) then weighted Lloyd (at most ``max_iter``
+    iterations) on the candidates, on the client; the best of ``restarts`` restarts
+    (lowest weighted candidate cost)."""
     if len(candidates) <= n_clusters:
         return _pad(candidates, n_clusters)
     small = InMemorySource.of_array(candidates, weights)
     restart_seeds = np.random.default_rng(seed).integers(np.iinfo(np.int32).max, size=restarts)
-    initial = [weighted_plusplus(candidates, weights, n_clusters, int(s)) for s in restart_seeds]
+    start = weighted_plusplus if greedy else weighted_sample
+    initial = [start(candidates, weights, n_clusters, int(s)) for s in restart_seeds]
     results = lloyd(small, initial, max_iter=max_iter, metric=metric)
     return min(results, key=lambda result: result.inertia).centers
 

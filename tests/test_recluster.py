@@ -9,7 +9,17 @@ from hypothesis import strategies as st
 from sklearn.cluster import kmeans_plusplus
 
 from dkmeans import seeding
-from dkmeans.seeding import recluster_iterations, recluster_restarts, weighted_plusplus
+from dkmeans.seeding import (
+    greedy_reclustering_pays,
+    kmeans_parallel,
+    recluster_iterations,
+    recluster_restarts,
+    weighted_plusplus,
+    weighted_sample,
+)
+from dkmeans.sources import InMemorySource
+
+from .helpers import brute_force_inertia
 
 
 def plusplus_by_hand(points, weights, n_clusters, seed):
@@ -113,3 +123,37 @@ def test_lloyd_on_the_candidates_costs_about_one_pass():
     assert recluster_iterations(1_000_000, 164_000) == 6
     assert recluster_iterations(1_000_000, 300_000) == seeding.RECLUSTER_MIN_ITER
     assert recluster_iterations(1_000_000, 50_000) == 20
+
+
+def test_weighted_sample_draws_distinct_rows_in_proportion_to_weight():
+    points = np.arange(10.0)[:, None]
+    weights = np.array([1.0, 9.0, *[1e-9] * 8])
+    heavy = [weighted_sample(points, weights, 1, seed)[0, 0] == 1.0 for seed in range(2000)]
+    assert abs(np.mean(heavy) - 0.9) < 0.03
+    drawn = weighted_sample(points, np.ones(10), 7, 3)
+    assert drawn.dtype == np.float64 and len(np.unique(drawn)) == 7
+
+
+def test_very_large_k_reclusters_from_a_weighted_sample(monkeypatch):
+    """Where greedy k-means++ on the candidates would cost more than a pass over the data
+    (m (2 + ln k) > n: k steps one after another, each over all candidates), the
+    reclustering starts from k candidates drawn by weight, and Lloyd on the candidates
+    refines them: no k-means++ step runs, and the centres are as good as scikit-learn's
+    greedy k-means++ seeding of the same data."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(scale=4.0, size=(200, 3))[rng.integers(200, size=4_000)]
+    X += rng.normal(size=X.shape)
+    assert not greedy_reclustering_pays(4_000, 2_000, 200)
+    assert greedy_reclustering_pays(200_000, 10_000, 1_024)
+
+    def no_plusplus(*args, **kwargs):
+        raise AssertionError("greedy k-means++ ran")
+
+    monkeypatch.setattr(seeding, "weighted_plusplus", no_plusplus)
+    (centers,) = kmeans_parallel(InMemorySource.of_array(X), [200], [0])
+    assert len(np.unique(centers, axis=0)) == 200
+    ours = brute_force_inertia(X, centers)
+    theirs = np.median(
+        [brute_force_inertia(X, kmeans_plusplus(X, 200, random_state=s)[0]) for s in range(3)]
+    )
+    assert ours <= 1.05 * theirs
