@@ -548,6 +548,15 @@ def smallest_first(values: np.ndarray, n_smallest: int) -> np.ndarray:
     -------
     ndarray of shape (rows, n_smallest), int64
     """
+    if engine.current() == "numba":
+        out = np.empty((len(values), n_smallest), dtype=np.int64)
+        loops.smallest_per_row(values=values, out=out)
+        return out
+    return _smallest_first_numpy(values, n_smallest)
+
+
+def _smallest_first_numpy(values: np.ndarray, n_smallest: int) -> np.ndarray:
+    """Vectorised NumPy twin of :func:`~dkmeans.loops.smallest_per_row`."""
     n_rows, n_columns = values.shape
     if n_smallest < n_columns:
         # a partition, then the ties at its edge: the first columns among them
@@ -591,12 +600,22 @@ def ranked_centers(
     squared = np.empty((len(x), n_nearest))
     for rows in _sub_blocks(len(x), sub_block_rows(len(centers), x.shape[1])):
         xs = np.ascontiguousarray(x[rows], dtype=dtype)
-        partial = (centers_gemm @ xs.T).T
-        partial += squared_norms
+        # laid out by centres as the NumPy engine's assignment; summed into rows by centres
+        partial = np.add((centers_gemm @ xs.T).T, squared_norms, order="C")
         nearest = smallest_first(partial, n_nearest)
         indices[rows] = nearest
-        xs64 = xs.astype(np.float64)
-        for j in range(n_nearest):
-            diff = xs64 - centers64[nearest[:, j]]
-            squared[rows, j] = np.einsum("ij,ij->i", diff, diff)
+        if engine.current() == "numba":
+            loops.chosen_distances(xs=xs, centers=centers64, chosen=nearest, out=squared[rows])
+        else:
+            _chosen_distances_numpy(xs, centers64, nearest, squared[rows])
     return indices, squared
+
+
+def _chosen_distances_numpy(
+    xs: np.ndarray, centers: np.ndarray, chosen: np.ndarray, out: np.ndarray
+) -> None:
+    """NumPy twin of :func:`~dkmeans.loops.chosen_distances`."""
+    xs64 = xs.astype(np.float64)
+    for j in range(chosen.shape[1]):
+        diff = xs64 - centers[chosen[:, j]]
+        out[:, j] = np.einsum("ij,ij->i", diff, diff)

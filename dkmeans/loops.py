@@ -735,3 +735,41 @@ def exponential_keys(weights, stream, row0, out):
             out[i] = -np.log(uniform(stream, np.uint64(row0 + i))) / w
         else:
             out[i] = np.inf
+
+
+@_compile
+def smallest_per_row(values, out):
+    """``out[i]``: the columns of the ``out.shape[1]`` smallest values of row ``i`` of
+    ``values``, smallest first, equal values in column order (the twin of
+    :func:`~dkmeans.kernels.smallest_first`). One pass along every row, inserting into its
+    short sorted list only the values smaller than the list's last."""
+    n_smallest = out.shape[1]
+    best = np.empty(n_smallest, dtype=values.dtype)
+    for i in range(values.shape[0]):
+        filled = 0
+        for j in range(values.shape[1]):
+            value = values[i, j]
+            if filled == n_smallest and not value < best[n_smallest - 1]:
+                continue
+            position = min(filled, n_smallest - 1)  # a new slot, or the last one's
+            while position > 0 and value < best[position - 1]:  # equal values stay before
+                best[position] = best[position - 1]
+                out[i, position] = out[i, position - 1]
+                position -= 1
+            best[position] = value
+            out[i, position] = j
+            filled = min(filled + 1, n_smallest)
+
+
+@_compile
+def chosen_distances(xs, centers, chosen, out):
+    """``out[i, j]``: the squared distance of row ``xs[i]`` to the centre ``chosen[i, j]``
+    of ``centers`` (float64), computed directly in float64."""
+    for i in range(xs.shape[0]):
+        for j in range(chosen.shape[1]):
+            centre = chosen[i, j]
+            total = 0.0
+            for f in range(xs.shape[1]):
+                diff = np.float64(xs[i, f]) - centers[centre, f]
+                total += diff * diff
+            out[i, j] = total
