@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .batches import Rows, mini_batches, source_blocks
+from .cosine import unit_centers
 from .kernels import cluster_totals
 from .sources import DaskSource, InMemorySource
 
@@ -46,6 +47,9 @@ class MiniBatchState:
         Seeds the reassignments' draws (``rng``) and the order of every epoch.
     rng : numpy Generator
         Draws the rows that reassigned centres move onto.
+    unit : bool
+        Spherical k-means (:mod:`dkmeans.cosine`): the rows are unit vectors, and every
+        updated centre is scaled back to unit norm.
     n_steps : int
         Batches processed.
     since_reassign : int
@@ -56,13 +60,14 @@ class MiniBatchState:
     counts: np.ndarray
     seed: int
     rng: np.random.Generator
+    unit: bool = False
     n_steps: int = 0
     since_reassign: int = 0
 
     @classmethod
-    def start(cls, centers: np.ndarray, seed: int) -> MiniBatchState:
+    def start(cls, centers: np.ndarray, seed: int, *, unit: bool = False) -> MiniBatchState:
         centers = np.array(centers, dtype=np.float64)
-        return cls(centers, np.zeros(len(centers)), seed, np.random.default_rng(seed))
+        return cls(centers, np.zeros(len(centers)), seed, np.random.default_rng(seed), unit)
 
 
 @dataclass(frozen=True)
@@ -126,9 +131,9 @@ def minibatch_step(
     given = np.flatnonzero(totals.counts)
     old = state.centers.copy()
     total = state.counts[given] + totals.counts[given]
-    state.centers[given] = (
-        state.centers[given] * state.counts[given, None] + totals.sums[given]
-    ) / total[:, None]
+    means = (state.centers[given] * state.counts[given, None] + totals.sums[given]) / total[:, None]
+    # a centre whose unit rows cancel out keeps its direction
+    state.centers[given] = unit_centers(means, fallback=old[given]) if state.unit else means
     state.counts[given] = total
     if _reassign_due(state, batch_size) and reassignment_ratio > 0:
         _reassign(state, batch, reassignment_ratio)

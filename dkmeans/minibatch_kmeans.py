@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .cosine import Metric
+from .cosine import Metric, inertia_per_squared_distance
 from .estimator import CenterModel, Init, InitCallable, _check_number
 from .exceptions import InvalidParameterError
 from .frame import (
@@ -104,8 +104,10 @@ class MiniBatchKMeans(CenterModel):
     persist : "auto" or bool, default="auto"
         As in :class:`KMeans`: keep X in (cluster) memory for the epochs when it
         takes under half the memory available; else every epoch reads its source.
-    metric : {"euclidean"}, default="euclidean"
-        Only the Euclidean metric is implemented for mini-batches.
+    metric : {"euclidean", "cosine"}, default="euclidean"
+        ``"cosine"``: spherical mini-batch k-means, as :class:`KMeans`'s: rows are seen
+        divided by their norms, every updated centre is scaled back to unit norm, and
+        ``inertia_`` is ``Σ w (1 - cos)``.
 
     Attributes
     ----------
@@ -199,11 +201,6 @@ class MiniBatchKMeans(CenterModel):
                     f"The '{name}' parameter of {owner} must be a bool. "
                     f"Got {getattr(self, name)!r} instead."
                 )
-        if self.metric != "euclidean":
-            raise InvalidParameterError(
-                f"The 'metric' parameter of {owner} must be 'euclidean' (mini-batches are "
-                f"not implemented for other metrics). Got {self.metric!r} instead."
-            )
 
     def _sample_size(self, n_samples: int, batch_size: int) -> int:
         """scikit-learn's ``init_size``: ``3 * batch_size`` by default, at least
@@ -274,7 +271,7 @@ class MiniBatchKMeans(CenterModel):
             if first:
                 source, _ = self._start(X, self.batch_size, persist=False)
             else:
-                source = make_source(X, shift=self._shift)
+                source = make_source(X, shift=self._shift, unit=self._state.unit)
             epoch(
                 source,
                 self._state,
@@ -296,15 +293,18 @@ class MiniBatchKMeans(CenterModel):
             )
         init = self._check_init(n_features)
         n_runs = self._n_runs()
-        source = make_source(X, persist=persist)
-        source.shift = self._shift = choose_shift(usable_rows(source.head(SAMPLE_ROWS)), X.dtype)
+        cosine = self.metric == "cosine"
+        source = make_source(X, persist=persist, unit=cosine)
+        # unit rows have no frame: a shift would change their directions
+        shift = None if cosine else choose_shift(usable_rows(source.head(SAMPLE_ROWS)), X.dtype)
+        source.shift = self._shift = shift
         # every run's sample, the validation sample, the batches' stream
         seeds = self._seeds(n_runs + 2)
         if init is not None and self.tol == 0:
             centers, tol = centers_in_frame(init, source.shift), 0.0
         else:
             centers, tol = self._initial_centers(source, init, seeds[:-1], batch_size, X)
-        self._state = MiniBatchState.start(centers, int(seeds[-1]))
+        self._state = MiniBatchState.start(centers, int(seeds[-1]), unit=cosine)
         return source, tol
 
     def _initial_centers(
@@ -330,7 +330,10 @@ class MiniBatchKMeans(CenterModel):
                 runs.append(centers_in_frame(called, source.shift))
             elif self.init == "k-means||":
                 # the sample plays the candidates' part: reclustered in memory
-                runs.append(recluster(rows, np.ones(len(rows)), self.n_clusters, int(seed)))
+                centers = recluster(
+                    rows, np.ones(len(rows)), self.n_clusters, int(seed), self.metric
+                )
+                runs.append(centers)
             else:
                 (centers,) = initial_centers(
                     InMemorySource.of_array(rows),
@@ -339,6 +342,7 @@ class MiniBatchKMeans(CenterModel):
                     [int(seed)],
                     oversampling_factor=self.oversampling_factor,
                     init_rounds=self.init_rounds,
+                    metric=self.metric,
                 )
                 runs.append(centers)
         stacked, bounds = stack_centers(runs)
@@ -363,15 +367,16 @@ class MiniBatchKMeans(CenterModel):
             computing_dtype(X.dtype)
         )
         self.n_steps_ = state.n_steps
+        per_squared_distance = inertia_per_squared_distance(self.metric)
         if result is not None:
             self.n_iter_ = result.n_iter
         if self.compute_labels or (result is not None and result.ewa_inertia is None):
             one_run = np.array([0, len(state.centers)])
             stats = source.map_reduce(pass_statistics, state.centers, one_run, far_capacity=0)
-            self.inertia_ = float(stats.cluster_inertia.sum())
+            self.inertia_ = float(stats.cluster_inertia.sum()) * per_squared_distance
             if result is not None:
                 self._warn_if_clusters_missing(stats.counts)
         elif result is not None:
-            self.inertia_ = result.ewa_inertia * X.shape[0]
+            self.inertia_ = result.ewa_inertia * X.shape[0] * per_squared_distance
         if self.compute_labels:
             self.labels_ = self._labels(X)

@@ -60,6 +60,18 @@ def test_inertia_within_one_percent_of_kmeans_from_the_same_start(mixture, seed)
     assert 1 <= mb.n_iter_ <= 100 and mb.n_steps_ >= 12
 
 
+def test_cosine_is_spherical_and_close_to_kmeans(mixture):
+    X = mixture + 1.0  # directions that differ
+    start = X[:10] / np.linalg.norm(X[:10], axis=1, keepdims=True)
+    km = KMeans(10, init=start, metric="cosine").fit(X)
+    mb = MiniBatchKMeans(10, init=start, metric="cosine", random_state=0).fit(X)
+    np.testing.assert_allclose(np.linalg.norm(mb.cluster_centers_, axis=1), 1, rtol=1e-6)
+    unit = X / np.linalg.norm(X, axis=1, keepdims=True)
+    cosines = unit.astype(np.float64) @ mb.cluster_centers_.T.astype(np.float64)
+    assert mb.inertia_ == pytest.approx(float((1 - cosines.max(axis=1)).sum()), rel=1e-4)
+    assert mb.inertia_ <= INERTIA_BOUND * km.inertia_
+
+
 def test_default_start_is_as_good_as_kmeans_best_of_three(mixture):
     best = KMeans(10, n_init=3, random_state=0).fit(mixture).inertia_
     for seed in (0, 1):
@@ -160,7 +172,7 @@ def test_integer_weights_are_repeated_rows(mixture):
         ({"shuffle": 1}, "'shuffle'"),
         ({"n_clusters": 0}, "'n_clusters' parameter of MiniBatchKMeans"),
         ({"init": "kmeans"}, "'init' parameter of MiniBatchKMeans"),
-        ({"metric": "cosine"}, "'metric'"),
+        ({"metric": "manhattan"}, "'metric' parameter of MiniBatchKMeans"),
         ({"init": np.zeros((2, 3))}, "shape of the initial centers"),
     ],
 )
