@@ -41,14 +41,14 @@ def row_norms(block: np.ndarray) -> np.ndarray:
     if len(tiny):
         rows = np.abs(block[tiny].astype(np.float64))
         largest = rows.max(axis=1, initial=0.0)
-        scaled = np.divide(rows, largest[:, None], out=np.zeros_like(rows), where=largest[:, None] > 0)
+        scaled = np.divide(
+            rows, largest[:, None], out=np.zeros_like(rows), where=largest[:, None] > 0
+        )
         norms[tiny] = largest * np.sqrt(np.einsum("ij,ij->i", scaled, scaled))
     return norms
 
 
-def unit_rows(
-    block: np.ndarray, row_offset: int = 0, block_index: int | None = None
-) -> np.ndarray:
+def unit_rows(block: np.ndarray, row_offset: int = 0, block_index: int | None = None) -> np.ndarray:
     """The rows of ``block`` divided by their Euclidean norms (a new array).
 
     Float32 and float64 rows stay in their dtype; narrower floats become float32.

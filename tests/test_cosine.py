@@ -4,6 +4,7 @@ NumPy on the same data and start, for every container and every init."""
 from __future__ import annotations
 
 import json
+import pickle
 
 import dask
 import dask.array as da
@@ -19,7 +20,10 @@ from sklearn.metrics import silhouette_score as sklearn_silhouette
 from dkmeans import KMeans, elbow, estimator, seeding, silhouette_score
 from dkmeans.checkpoint import CheckpointMismatchError
 from dkmeans.cli import main
+from dkmeans.cosine import unit_rows
 from dkmeans.exceptions import InvalidParameterError
+from dkmeans.kernels import pass_statistics
+from dkmeans.sources import kernel_name, prepared_kernel
 
 K = 4
 
@@ -117,9 +121,7 @@ def test_seeded_fits_are_as_good_as_brute_force(X, init, monkeypatch):
     from random rows (a seeding may land in a local optimum now and then, as any)."""
     monkeypatch.setattr(seeding, "SMALL_DATA_VALUES", 0, raising=False)
     rng = np.random.default_rng(0)
-    best = min(
-        spherical_lloyd(X, X[rng.choice(len(X), K, replace=False)])[2] for _ in range(10)
-    )
+    best = min(spherical_lloyd(X, X[rng.choice(len(X), K, replace=False)])[2] for _ in range(10))
     fits = [KMeans(K, init=init, metric="cosine", random_state=s).fit(X) for s in range(8)]
     assert np.median([km.inertia_ for km in fits]) <= best * 1.001
 
@@ -316,8 +318,9 @@ def test_float16_rows_cluster_like_their_float32_values(X):
 
 
 def test_distributed_fit_equals_threaded_fit_and_names_a_zero_row(X, tmp_path):
-    """Worker processes normalise their blocks as the client's threads do: the same bits
-    (full passes, persist=False); a zero row is named from the worker."""
+    """Workers normalise their blocks as the client's threads do: the same bits (full
+    passes, persist=False); a zero row is named from the worker. The kernel travels
+    pickled to worker processes: it must survive the round trip."""
     path = str(tmp_path / "x.zarr")
     zarr.create_array(store=path, data=X, chunks=(100, X.shape[1]))
     bad = X.copy()
@@ -326,8 +329,15 @@ def test_distributed_fit_equals_threaded_fit_and_names_a_zero_row(X, tmp_path):
     zarr.create_array(store=bad_path, data=bad, chunks=(100, X.shape[1]))
     params = {"metric": "cosine", "random_state": 2, "persist": False}
     threaded = KMeans(K, **params).fit(path)
+    kernel = prepared_kernel(pass_statistics, None, check=True, unit=True)
+    restored = pickle.loads(pickle.dumps(kernel))
+    assert kernel_name(restored) == "pass_statistics"
+    call = (X[:50], None, 0, 0, threaded.cluster_centers_, np.array([0, K]))
+    np.testing.assert_array_equal(restored(*call).sums, kernel(*call).sums)
     with (
-        LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster,
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
+        ) as cluster,
         Client(cluster),
     ):
         distributed = KMeans(K, **params).fit(path)
@@ -336,3 +346,13 @@ def test_distributed_fit_equals_threaded_fit_and_names_a_zero_row(X, tmp_path):
     np.testing.assert_array_equal(distributed.cluster_centers_, threaded.cluster_centers_)
     assert distributed.inertia_ == threaded.inertia_
     assert distributed.n_iter_ == threaded.n_iter_
+
+
+def test_rows_of_tiny_values_keep_their_direction():
+    """Squares of values below 1e-154 underflow float64: such rows are measured again
+    scaled by their largest value, not refused as zero rows; float32's smallest values
+    have float64 squares."""
+    rows = np.array([[3e-200, 4e-200], [3.0, 4.0], [0.0, 5e-324]])
+    np.testing.assert_allclose(unit_rows(rows), [[0.6, 0.8], [0.6, 0.8], [0.0, 1.0]], rtol=1e-15)
+    single = np.array([[3e-40, 4e-40], [0.0, 1e-45]], dtype=np.float32)
+    np.testing.assert_allclose(unit_rows(single), [[0.6, 0.8], [0.0, 1.0]], rtol=1e-5)
