@@ -56,10 +56,9 @@ def unit_rows(block: np.ndarray, row_offset: int = 0, block_index: int | None = 
     Parameters
     ----------
     block : ndarray of shape (rows, d)
-    row_offset : int
-        Global index of the block's first row (named in the message).
-    block_index : int, optional
-        Position of the block (named in the message for lazy data).
+    row_offset, block_index : int
+        Where the block lies, named in the message as by
+        :func:`~dkmeans.frame.check_values`.
 
     Raises
     ------
