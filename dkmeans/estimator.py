@@ -380,7 +380,7 @@ class KMeans(CenterModel):
         centres themselves. A callable is called as in scikit-learn,
         ``init(X, n_clusters, random_state=rs)``, once per run, and returns an
         array-like of shape (n_clusters, n_features): ``X`` is the validated NumPy
-        array (float32 or float64) for in-memory input and the validated, lazy Dask
+        array (float16, float32 or float64) for in-memory input and the validated, lazy Dask
         array (floating, one chunk across features) for any other input, never
         loaded for the callable (it computes what it needs, e.g.
         ``X[:n_clusters].compute()``); ``rs`` is a ``numpy.random.RandomState``
@@ -432,7 +432,8 @@ class KMeans(CenterModel):
     Attributes
     ----------
     cluster_centers_ : ndarray of shape (n_clusters, n_features)
-        Centres, in the floating dtype of X (unit vectors for ``metric="cosine"``).
+        Centres, in the floating dtype of X, float32 for float16 X (unit vectors for
+        ``metric="cosine"``).
     labels_ : ndarray or dask.array.Array of shape (n_samples,)
         Labels of the training data: NumPy for NumPy input, a lazy Dask array
         otherwise.
@@ -458,7 +459,10 @@ class KMeans(CenterModel):
     there. Sparse input is refused with a ``TypeError``. ``transform`` keeps the
     floating dtype of its input: float32 rows give float32 distances even after a
     float64 fit, where scikit-learn upcasts to float64 (the values agree to float32
-    rounding, at half the memory of the (n_samples, n_clusters) result).
+    rounding, at half the memory of the (n_samples, n_clusters) result). float16 X stays
+    float16 (in memory and in its store): the kernels widen it to float32 one cached
+    sub-block of rows at a time; its centres and ``transform`` are float32. bfloat16 is
+    refused with a ``TypeError`` (NumPy and Zarr 3 have no bfloat16).
 
     See Also
     --------

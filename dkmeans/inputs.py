@@ -27,7 +27,7 @@ class Input:
     Attributes
     ----------
     array : ndarray of shape (n, d) or None
-        Validated NumPy input (float32 or float64, C-contiguous).
+        Validated NumPy input (float16, float32 or float64, C-contiguous).
     lazy : dask.array.Array of shape (n, d) or None
         Validated lazy input: floating point, one chunk across features.
     chunks : tuple of int

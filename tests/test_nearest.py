@@ -142,3 +142,15 @@ def test_predict_writes_the_n_nearest_centres(tmp_path, capsys, fitted):
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "--n-nearest must be from 1 to the model's 6 centres" in error
     assert not (tmp_path / "refused.zarr").exists()
+
+
+def test_cosine_nearest_centres_are_the_most_similar(fitted):
+    x, _ = fitted
+    directions = x - 250  # rows around the origin point every way
+    km = dkmeans.KMeans(6, metric="cosine", random_state=0).fit(directions)
+    indices, distances = km.nearest_centers(directions, n_nearest=3)
+    unit = directions / np.linalg.norm(directions.astype(np.float64), axis=1, keepdims=True)
+    cosine = 1 - unit @ km.cluster_centers_.astype(np.float64).T
+    np.testing.assert_array_equal(indices[:, 0], km.predict(directions))
+    np.testing.assert_allclose(distances, np.take_along_axis(cosine, indices, 1), atol=1e-6)
+    assert (np.diff(np.take_along_axis(cosine, indices, 1), axis=1) >= -1e-6).all()
