@@ -427,7 +427,8 @@ class KMeans(CenterModel):
         centre is the normalised weighted mean of its rows, ``inertia_`` is
         ``Σ w (1 - cos(x, c))``, ``predict`` picks the most similar centre and
         ``transform`` gives cosine distances ``1 - cos``. A row of zeros has no
-        direction: it raises a ``ValueError`` naming it.
+        direction: it raises a ``ValueError`` naming it. ``tol`` is then relative to
+        the mean per-feature variance of the normalised rows.
 
     Attributes
     ----------
