@@ -22,7 +22,7 @@ import atexit
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial, reduce
+from functools import partial
 from typing import Any, Protocol
 
 import dask
@@ -38,12 +38,11 @@ from dask.utils import funcname
 
 from .cosine import unit_rows
 from .frame import check_values, shifted
-from .statistics import Combinable
+from .spans import SpanPasses
+from .tree import SPLIT_EVERY, combine_all, tree_level
 from .watch import Blocks, check_worker_memory, distributed_client
 from .watch import compute as watched_compute
-
-#: Fan-in of the tree reduction.
-SPLIT_EVERY = 8
+from .watch import result as watched_result
 
 
 class Source(Protocol):
@@ -97,16 +96,6 @@ def own_pool(*collections: Any, scheduler: str | None = None) -> dict[str, Any]:
     if chosen is not dask.threaded.get or dask.config.get("pool", None) is not None:
         return {}
     return {"pool": own_threads(dask.config.get("num_workers", None) or CPU_COUNT)}
-
-
-def combine_all(parts: Sequence[Combinable]) -> Combinable:
-    """Combine partial results left to right (used inside one tree node)."""
-    return reduce(lambda a, b: a.combine(b), parts)
-
-
-def tree_level(items: Sequence[Any], split_every: int) -> list[Sequence[Any]]:
-    """One level of the combining tree: consecutive groups of ``split_every`` items."""
-    return [items[i : i + split_every] for i in range(0, len(items), split_every)]
 
 
 def row_offsets(chunks: Sequence[int]) -> np.ndarray:
@@ -355,6 +344,12 @@ class DaskSource:
         client = distributed_client(x)
         if client is not None:
             check_worker_memory(client, self.blocks)
+        #: On a distributed client, passes run as a few tasks per worker thread.
+        self.spans = (
+            None
+            if client is None
+            else SpanPasses(client, x, weights, self.row_offsets, split_every)
+        )
 
     @property
     def in_process(self) -> bool:
@@ -424,8 +419,19 @@ class DaskSource:
         kernel = prepared_kernel(
             kernel, self.shift, self.check_finite and self.passes == 0, unit=self.unit
         )
-        what = f"pass {self.passes + 1} ({kernel_name(kernel)})"
-        result = self.compute(self.graph(kernel, *args, **kwargs), what)
+        label = kernel_name(kernel)
+        what = f"pass {self.passes + 1} ({label})"
+        if self.spans is None:
+            result = self.compute(self.graph(kernel, *args, **kwargs), what)
+        else:
+            client = self.spans.client
+            result = self.spans.run(
+                kernel,
+                label,
+                args,
+                kwargs,
+                lambda submit: watched_result(client, submit, self.blocks, what),
+            )
         self.passes += 1
         if self.on_pass is not None:
             self.on_pass(self.passes)

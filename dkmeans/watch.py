@@ -15,6 +15,7 @@ raising :class:`WorkerMemoryError` or :class:`SchedulerLostError` with what was 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ from dask.utils import format_bytes
 from .io import block_rows
 
 if TYPE_CHECKING:
-    from distributed import Client
+    from distributed import Client, Future
 
 #: Working memory of a pass per block on a worker, in copies of the block: the block
 #: itself and the copy the kernels see when the data is shifted (:mod:`dkmeans.frame`).
@@ -260,7 +261,13 @@ def scheduler_lost(client: Client, error: BaseException) -> bool:
 
 def compute(client: Client, collection: Any, blocks: Blocks, what: str) -> Any:
     """Compute ``collection`` on ``client`` (the same graph, so the same result, as
-    ``dask.compute``), watching the workers while it runs.
+    ``dask.compute``), watching the workers while it runs (:func:`result`)."""
+    return result(client, lambda: client.compute(collection), blocks, what)
+
+
+def result(client: Client, submit: Callable[[], Future], blocks: Blocks, what: str) -> Any:
+    """The result of the future that ``submit`` submits on ``client``, watching the
+    workers while it runs.
 
     Raises
     ------
@@ -276,7 +283,7 @@ def compute(client: Client, collection: Any, blocks: Blocks, what: str) -> Any:
     future = None
     try:
         watch = PassWatch(client, blocks, what)
-        future = client.compute(collection)
+        future = submit()
         while True:
             try:
                 return future.result(timeout=POLL_SECONDS)

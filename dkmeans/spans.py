@@ -1,0 +1,356 @@
+"""Passes on a distributed client whose tasks follow the workers, not the blocks.
+
+One task per block costs the scheduler about a millisecond per task (with the combine
+tasks, ~1.14 tasks per block for held data and ~2.14 streamed: ``docs/scaling.md``);
+at tens of thousands of blocks the scheduler, not the data, sets the pace. Here a pass
+cuts the blocks into a few contiguous *spans* per worker thread
+(:data:`TASKS_PER_THREAD`): one task per span runs the kernel over its blocks one at a
+time and returns the values of the span's nodes of the fixed combining tree
+(:mod:`dkmeans.tree`); spans combine into the root in a tree of their own, with the
+same calls of ``combine`` as one task per block, so the result is the same to the
+last bit.
+
+Where a span's blocks come from is decided once per fit (:class:`SpanPlan`):
+
+- blocks held in cluster memory (a persisted array) are taken from the memory of the
+  worker that runs the task; spans are cut at the edges of each worker's runs of
+  blocks (``Client.who_has``) and submitted to that worker (``workers=[w]``,
+  ``allow_other_workers=True`` so that a lost worker's spans run elsewhere, fetching
+  their blocks through the worker's client while the scheduler recomputes them);
+- any other block is computed inside the task from its own part of the array's graph
+  (for a Zarr store: the read of its stored chunks), one block at a time.
+
+The plans travel to the workers once per fit, as tasks (recomputed if their worker is
+lost); the kernel's array arguments (the centres) once per pass, as one task; so the
+client's work per pass does not grow with the number of blocks.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from itertools import pairwise
+from typing import TYPE_CHECKING, Any
+
+import dask.core
+import numpy as np
+
+from .tree import SPLIT_EVERY, Node, node_values, span_nodes, tree_level
+
+if TYPE_CHECKING:
+    import dask.array as da
+    from distributed import Client, Future
+
+#: Spans per worker thread in a pass: more than one, so that a thread that finishes
+#: early can take another span; few, so that the scheduler's work stays small.
+TASKS_PER_THREAD = 2
+
+#: Times a pass is repeated when blocks were not where its plan expected them.
+MOVED_RETRIES = 3
+
+
+class BlocksMoved(RuntimeError):
+    """A span's task ran on a worker that does not hold its blocks (its own worker was
+    lost, or the blocks moved): the pass is planned again and repeated."""
+
+
+@dataclass(frozen=True)
+class BlockRecipe:
+    """How a task obtains one block: the keys of the array's graph held in cluster
+    memory that it needs (with the keys of their data on the workers), and the part of
+    the graph that computes the block from them (None when the block itself is held)."""
+
+    key: Hashable
+    held: tuple[tuple[Hashable, Hashable], ...]
+    graph: dict[Hashable, Any] | None
+
+    def value(self, fetched: dict[Hashable, Any]) -> np.ndarray:
+        """The block (run on a worker; ``fetched``: held values from other workers)."""
+        values = {key: held_value(data, fetched) for key, data in self.held}
+        if self.graph is None:
+            return values[self.key]
+        return dask.core.get({**self.graph, **values}, [self.key])[0]
+
+
+def held_value(key: Hashable, fetched: dict[Hashable, Any]) -> Any:
+    """The value of a key held in cluster memory: fetched for this task by the
+    scheduler, or taken from this worker's memory."""
+    from distributed import get_worker
+
+    if key in fetched:
+        return fetched[key]
+    try:
+        return get_worker().data[key]
+    except KeyError:
+        raise BlocksMoved(f"block {key} is not on this worker") from None
+
+
+def recipes(array: da.Array) -> tuple[list[BlockRecipe], dict[Hashable, Future]]:
+    """The recipe of every row block of ``array`` (chunked along rows only), and the
+    futures of the keys they need that are held in cluster memory, by their data keys."""
+    from distributed import Future
+
+    graph = dict(array.__dask_graph__())
+    held = {key: value for key, value in graph.items() if isinstance(value, Future)}
+    result = []
+    for key in dask.core.flatten(array.__dask_keys__()):
+        if key in held:
+            result.append(BlockRecipe(key, ((key, held[key].key),), None))
+            continue
+        part, needs, stack = {key: graph[key]}, [], [key]
+        while stack:
+            for dependency in dask.core.get_dependencies(graph, stack.pop()):
+                if dependency in held and (dependency, held[dependency].key) not in needs:
+                    needs.append((dependency, held[dependency].key))
+                elif dependency not in held and dependency not in part:
+                    part[dependency] = graph[dependency]
+                    stack.append(dependency)
+        result.append(BlockRecipe(key, tuple(needs), part))
+    return result, {future.key: future for future in held.values()}
+
+
+@dataclass(frozen=True)
+class SpanPlan:
+    """What one task of a pass passes over: blocks ``start:stop`` of ``n_blocks``."""
+
+    start: int
+    stop: int
+    n_blocks: int
+    split_every: int
+    blocks: tuple[BlockRecipe, ...]
+    weights: tuple[BlockRecipe, ...] | None
+    row_offsets: tuple[int, ...]
+    #: The worker that holds most of the span's held keys (None: any worker).
+    worker: str | None
+
+
+def span_pass(
+    plan: SpanPlan,
+    kernel: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    fetched: dict[Hashable, Any],
+) -> list[tuple[Node, Any]]:
+    """Run on a worker: ``kernel`` on the span's blocks, one at a time; the values of
+    the span's tree nodes. ``fetched``: the held keys the span needs from other workers."""
+
+    def block_result(node: Node) -> Any:
+        level, index = node
+        if level:
+            return None
+        i = index - plan.start
+        block = plan.blocks[i].value(fetched)
+        weights = None if plan.weights is None else plan.weights[i].value(fetched)
+        return kernel(block, weights, plan.row_offsets[i], index, *args, **kwargs)
+
+    nodes = span_nodes(plan.start, plan.stop, plan.n_blocks, plan.split_every)
+    values = node_values(nodes, block_result, plan.n_blocks, plan.split_every)
+    return list(zip(nodes, values, strict=True))
+
+
+def merge_spans(
+    n_blocks: int, split_every: int, *spans: list[tuple[Node, Any]]
+) -> list[tuple[Node, Any]]:
+    """Run on a worker: the node values of consecutive spans combined into those of
+    their union."""
+    known = dict(node for span in spans for node in span)
+    first, last = spans[0][0][0], spans[-1][-1][0]
+    start = first[1] * split_every ** first[0]
+    stop = min((last[1] + 1) * split_every ** last[0], n_blocks)
+    nodes = span_nodes(start, stop, n_blocks, split_every)
+    values = node_values(nodes, known.get, n_blocks, split_every)
+    return list(zip(nodes, values, strict=True))
+
+
+def cuts(owners: Sequence[str | None], threads: dict[str, int], tasks_per_thread: int) -> list[int]:
+    """Where spans begin and end (0 first, the number of blocks last).
+
+    About ``tasks_per_thread`` spans per worker thread. ``owners`` names the worker that
+    holds every block (None: not held): each worker's runs of blocks are cut in as many
+    spans as it has threads times ``tasks_per_thread``, in proportion to their lengths.
+    Cuts fall on multiples of a power of :data:`SPLIT_EVERY` of at most an eighth of a
+    span, so that a span returns few tree nodes; when the held blocks are scattered in
+    too many runs, the spans are cut evenly instead (and take some blocks from peers).
+    """
+    n = len(owners)
+    wanted = max(1, min(n, tasks_per_thread * sum(threads.values())))
+    unit = 1
+    while unit * SPLIT_EVERY * SPLIT_EVERY * wanted <= n:
+        unit *= SPLIT_EVERY
+    share = Counter(owners)
+    edges = [0, *(i for i in range(1, n) if owners[i] != owners[i - 1]), n]
+    local = []
+    for start, stop in pairwise(edges):
+        owner = owners[start]
+        pieces = wanted if owner is None else tasks_per_thread * threads.get(owner, 1)
+        count = max(1, round(pieces * (stop - start) / share[owner]))
+        local += [start + round(j * (stop - start) / count) for j in range(count)]
+    chosen = aligned(local, n, unit)
+    if len(chosen) - 1 > 2 * wanted:
+        chosen = aligned([round(j * n / wanted) for j in range(wanted)], n, unit)
+    return chosen
+
+
+def aligned(positions: Sequence[int], n: int, unit: int) -> list[int]:
+    """``positions`` rounded to multiples of ``unit``, with 0 and ``n``, sorted, unique."""
+    return sorted({0, n} | {min(n, unit * round(p / unit)) for p in positions})
+
+
+#: A span's plan and the futures of the held keys it needs from other workers.
+Span = tuple[SpanPlan, dict[Hashable, "Future"]]
+
+
+def plan_spans(
+    client: Client,
+    x: da.Array,
+    weights: da.Array | None,
+    row_offsets: np.ndarray,
+    split_every: int = SPLIT_EVERY,
+    tasks_per_thread: int = TASKS_PER_THREAD,
+) -> list[Span]:
+    """The spans of a pass over the blocks of ``x`` on ``client``'s workers."""
+    blocks, held = recipes(x)
+    weight_blocks = None
+    if weights is not None:
+        weight_blocks, held_weights = recipes(weights)
+        held.update(held_weights)
+    where = client.who_has(list(held.values())) if held else {}
+    owner = {key: (where.get(key) or [None])[0] for key in held}
+    owners = [owner[b.held[0][1]] if b.held else None for b in blocks]
+    spans = []
+    edges = cuts(owners, client.nthreads(), tasks_per_thread)
+    for start, stop in pairwise(edges):
+        ((worker, _),) = Counter(owners[start:stop]).most_common(1)
+        mine = blocks[start:stop]
+        theirs = None if weight_blocks is None else weight_blocks[start:stop]
+        needed = {data for b in [*mine, *(theirs or ())] for _, data in b.held}
+        plan = SpanPlan(
+            start,
+            stop,
+            len(blocks),
+            split_every,
+            tuple(mine),
+            None if theirs is None else tuple(theirs),
+            tuple(int(o) for o in row_offsets[start:stop]),
+            worker,
+        )
+        spans.append((plan, {key: held[key] for key in needed if owner[key] != worker}))
+    return spans
+
+
+def placed_on(worker: str | None) -> dict[str, Any]:
+    """``Client.submit``'s keywords that send a task to ``worker`` if it can take it (its
+    blocks are there), else to any worker; none when ``worker`` is None."""
+    return {} if worker is None else {"workers": [worker], "allow_other_workers": True}
+
+
+def given(value: Any) -> Any:
+    """A task's result that is its argument: what enters a pass once (plans, centres)."""
+    return value
+
+
+class SpanPasses:
+    """The passes of one source over its blocks on a distributed client.
+
+    The spans are planned at the first pass and again when the client's workers change
+    (one call to the scheduler per pass notices it) or a span's blocks were not where
+    the plan expected them (:class:`BlocksMoved`: the pass is repeated, up to
+    :data:`MOVED_RETRIES` times); the workers hold the plans as tasks.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        x: da.Array,
+        weights: da.Array | None,
+        row_offsets: np.ndarray,
+        split_every: int = SPLIT_EVERY,
+    ) -> None:
+        self.client, self.x, self.weights = client, x, weights
+        self.row_offsets, self.split_every = row_offsets, split_every
+        self.workers: dict[str, int] | None = None
+        self.spans: list[tuple[Span, Future]] = []
+
+    def planned(self) -> list[tuple[Span, Future]]:
+        """The spans and the futures of their plans, planned anew if the workers changed."""
+        workers = self.client.nthreads()
+        if workers != self.workers:
+            self.workers = workers
+            spans = plan_spans(
+                self.client, self.x, self.weights, self.row_offsets, self.split_every
+            )
+            token = uuid.uuid4().hex
+            self.spans = [
+                (
+                    (plan, remote),
+                    self.client.submit(
+                        given,
+                        plan,
+                        key=(f"span-plan-{token}", plan.start, plan.stop, str(plan.worker)),
+                        **placed_on(plan.worker),
+                    ),
+                )
+                for plan, remote in spans
+            ]
+        return self.spans
+
+    def submit(
+        self, kernel: Callable[..., Any], label: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Future:
+        """Submit one pass of ``kernel``; the future of the root's ``[(node, value)]``."""
+        client = self.client
+        spans = self.planned()
+        token = uuid.uuid4().hex  # a pass of its own: never shares keys with another
+        shared = client.submit(given, args, key=f"{label}-args-{token}")
+        level = [
+            client.submit(
+                span_pass,
+                plan_future,
+                kernel,
+                shared,
+                kwargs,
+                remote,
+                key=(f"{label}-{token}", plan.start, plan.stop),
+                **placed_on(plan.worker),
+            )
+            for (plan, remote), plan_future in spans
+        ]
+        depth = 0
+        n_blocks = len(self.row_offsets)
+        while len(level) > 1:
+            depth += 1
+            level = [
+                client.submit(
+                    merge_spans,
+                    n_blocks,
+                    self.split_every,
+                    *group,
+                    key=(f"{label}-combine-{token}", depth, i),
+                )
+                for i, group in enumerate(tree_level(level, self.split_every))
+            ]
+        return level[0]
+
+    def run(
+        self,
+        kernel: Callable[..., Any],
+        label: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        wait: Callable[[Callable[[], Future]], Any],
+    ) -> Any:
+        """The combined result of one pass of ``kernel``; ``wait`` gets a function that
+        submits the pass and returns its result (:func:`dkmeans.watch.result`)."""
+        retries = MOVED_RETRIES
+        while True:
+            try:
+                ((_, value),) = wait(partial(self.submit, kernel, label, args, kwargs))
+                return value
+            except BlocksMoved:
+                if not retries:
+                    raise
+                retries -= 1
+                self.workers = None  # plan again: who holds which block now
