@@ -18,6 +18,7 @@ from .frame import (
     computing_dtype,
 )
 from .inputs import Input, make_source, usable_rows
+from .io import ZERO_WEIGHTS
 from .kernels import pass_statistics
 from .lloyd import stack_centers
 from .minibatch import (
@@ -243,6 +244,9 @@ class MiniBatchKMeans(CenterModel):
                 shuffle=self.shuffle,
                 on_epoch=self._report if self.verbose else None,
             )
+            if not self._state.counts.any():
+                # lazy weights are known to be zero everywhere only once read
+                raise ValueError(ZERO_WEIGHTS)
             self._store(source, X, result)
         return self
 

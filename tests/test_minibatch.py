@@ -207,6 +207,10 @@ def test_bad_data_is_refused(tmp_path, monkeypatch):
         fitted.partial_fit(X[:, :2])
     with pytest.raises(ValueError, match="sample_weight"):
         MiniBatchKMeans(3).fit(X, sample_weight=-np.ones(200))
+    good = write_store(tmp_path / "good.zarr", X, 50)
+    for init in (X[:3], "k-means||"):  # known only once the epoch (or the sample) read them
+        with pytest.raises(ValueError, match="sample_weight is zero everywhere"):
+            MiniBatchKMeans(3, init=init).fit(good, sample_weight=da.zeros(200, chunks=50))
 
 
 def test_scikit_learn_api(mixture):
