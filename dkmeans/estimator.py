@@ -376,7 +376,10 @@ class KMeans(CenterModel):
         k-means++ of Bahmani et al. (``init_rounds + 2`` passes over X);
         ``"k-means++"`` is scikit-learn's greedy k-means++ (``n_clusters + 1`` passes:
         fine in memory, slow when streaming); ``"random"`` picks ``n_clusters`` rows at
-        random (one pass). An array of shape (n_clusters, n_features) gives the
+        random (one pass). Data of at most 2**20 values (rows times features) is seeded
+        for ``"k-means||"`` and ``"k-means++"`` alike by greedy weighted k-means++ on all
+        its rows after one pass that gathers them (``dkmeans.seeding.SMALL_DATA_VALUES``).
+        An array of shape (n_clusters, n_features) gives the
         centres themselves. A callable is called as in scikit-learn,
         ``init(X, n_clusters, random_state=rs)``, once per run, and returns an
         array-like of shape (n_clusters, n_features): ``X`` is the validated NumPy

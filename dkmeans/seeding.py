@@ -49,6 +49,9 @@ MAX_EXTRA_ROUNDS = 20
 RECLUSTER_RESTARTS = 8
 #: Fewest Lloyd iterations of the reclustering (:func:`recluster_iterations`).
 RECLUSTER_MIN_ITER = 5
+#: Distances (row x centre) every part of the reclustering may compute whatever the
+#: size of the data (:func:`recluster_budget`).
+RECLUSTER_FREE_DISTANCES = 2**24
 #: Data of at most this many values (rows x features, 8 MiB in float64) is seeded for
 #: ``"k-means++"`` and ``"k-means||"`` by greedy k-means++ on all its rows, in memory:
 #: k-means|| exists to seed in few passes, and its seven passes and reclustering (or
@@ -193,7 +196,7 @@ def kmeans_parallel(
             int(seed),
             metric,
             restarts=recluster_restarts(source.n_rows, weighted[r], n_clusters[r]),
-            max_iter=recluster_iterations(source.n_rows, weighted[r]),
+            max_iter=recluster_iterations(source.n_rows, weighted[r], n_clusters[r]),
             greedy=greedy_reclustering_pays(source.n_rows, weighted[r], n_clusters[r]),
         )
         for r, seed in enumerate(seeds)
@@ -212,7 +215,15 @@ def recluster_restarts(n_rows: int, n_candidates: int, n_clusters: int) -> int:
     restarts is a fraction of a percent of the final inertia.
     """
     per_restart = n_candidates * (2 + np.log(max(n_clusters, 1)))
-    return int(np.clip(n_rows // max(per_restart, 1.0), 1, RECLUSTER_RESTARTS))
+    budget = recluster_budget(n_rows, n_clusters)
+    return int(np.clip(budget // max(per_restart, 1.0), 1, RECLUSTER_RESTARTS))
+
+
+def recluster_budget(n_rows: int, n_clusters: int) -> float:
+    """Rows of distances to k centres that each part of the reclustering may compute:
+    a Lloyd pass over the data (``n``), and never less than
+    :data:`RECLUSTER_FREE_DISTANCES` distances, which cost milliseconds."""
+    return max(float(n_rows), RECLUSTER_FREE_DISTANCES / max(n_clusters, 1))
 
 
 def greedy_reclustering_pays(n_rows: int, n_candidates: int, n_clusters: int) -> bool:
@@ -223,16 +234,19 @@ def greedy_reclustering_pays(n_rows: int, n_candidates: int, n_clusters: int) ->
     candidates drawn in proportion to their weight instead (the candidates are already
     a D²-sample of the data) and leaves the rest to Lloyd, on the candidates and then on
     the data: its cost stays that of Lloyd's iterations, m k d each."""
-    return n_candidates * (2 + np.log(max(n_clusters, 1))) <= n_rows
+    per_restart = n_candidates * (2 + np.log(max(n_clusters, 1)))
+    return per_restart <= recluster_budget(n_rows, n_clusters)
 
 
-def recluster_iterations(n_rows: int, n_candidates: int) -> int:
+def recluster_iterations(n_rows: int, n_candidates: int, n_clusters: int) -> int:
     """Most Lloyd iterations of the reclustering: together about one Lloyd pass over
-    the data (each costs ``m / n`` of one), between :data:`RECLUSTER_MIN_ITER` and
-    Lloyd's default of 300. Only very large k gets fewer than 300: at k = 16,384 on a
-    million rows the candidates number about 160,000, and Lloyd on them would otherwise
-    run for as long as on the data; Lloyd on the data then finishes the job."""
-    return int(np.clip(n_rows // max(n_candidates, 1), RECLUSTER_MIN_ITER, 300))
+    the data (each costs ``m / n`` of one; :func:`recluster_budget`), between
+    :data:`RECLUSTER_MIN_ITER` and Lloyd's default of 300. Only very large k gets fewer
+    than 300: at k = 16,384 on a million rows the candidates number about 160,000, and
+    Lloyd on them would otherwise run for as long as on the data; Lloyd on the data
+    then finishes the job."""
+    budget = recluster_budget(n_rows, n_clusters)
+    return int(np.clip(budget // max(n_candidates, 1), RECLUSTER_MIN_ITER, 300))
 
 
 def remembered_nearest(source: Source, n_runs: int) -> RowMemory | None:

@@ -30,3 +30,16 @@ def implementation(request):
     """Run a test on every engine (:mod:`dkmeans.engine`): numba (when installed), NumPy."""
     with dask.config.set({engine.CONFIG_KEY: request.param}):
         yield request.param
+
+
+@pytest.fixture(scope="module")
+def kmeans_parallel_on_small_data():
+    """Seed ``"k-means||"`` and ``"k-means++"`` as on big data, for a module of tests of
+    those initialisers on a few thousand rows (``dkmeans.seeding.SMALL_DATA_VALUES``:
+    small data is otherwise seeded by k-means++ on all its rows). Module-scoped, so that
+    the module's own fixtures fit with it too."""
+    from dkmeans import seeding
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(seeding, "SMALL_DATA_VALUES", 0)
+        yield

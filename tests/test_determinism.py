@@ -41,6 +41,9 @@ import dkmeans.io
 from dkmeans import KMeans
 from dkmeans.sources import SPLIT_EVERY
 
+#: The initialisers themselves, not the small-data path every small fit takes.
+pytestmark = pytest.mark.usefixtures("kmeans_parallel_on_small_data")
+
 #: Rows and block rows of the matrix data: 10 blocks, the last one of 50 rows.
 N_ROWS, BLOCK_ROWS = 2300, 250
 INITS = ("k-means||", "k-means++", "random")

@@ -20,6 +20,9 @@ from dkmeans.sources import InMemorySource
 
 from .helpers import brute_force_inertia
 
+#: The initialisers themselves, not the small-data path every small fit takes.
+pytestmark = pytest.mark.usefixtures("kmeans_parallel_on_small_data")
+
 GRID = np.array([[0, 0], [10, 0], [0, 10], [10, 10]])
 
 

@@ -14,6 +14,9 @@ from dkmeans.sources import DaskSource
 
 from .helpers import count_computes
 
+#: The initialisers themselves, not the small-data path every small fit takes.
+pytestmark = pytest.mark.usefixtures("kmeans_parallel_on_small_data")
+
 
 def test_runs_together_equal_runs_alone(overlapping):
     source = DaskSource(da.from_array(overlapping, chunks=(300, -1)))

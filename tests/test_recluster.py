@@ -112,17 +112,21 @@ def test_restarts_of_the_reclustering_cost_about_one_pass():
     assert recluster_restarts(200_000, 10_000, 1_024) == 2
     assert recluster_restarts(1_000_000, 164_000, 16_384) == 1
     assert recluster_restarts(10, 10_000, 1_024) == 1
+    # tiny data: a few milliseconds of distances are always spent, whatever n
+    assert recluster_restarts(300, 300, 5) == seeding.RECLUSTER_RESTARTS
     costs = [(n, m, k) for n in (10**4, 10**6) for m in (100, 10**4) for k in (4, 256)]
     for n, m, k in costs:
         restarts = recluster_restarts(n, m, k)
-        assert restarts == 1 or restarts * m * (2 + np.log(k)) <= n
+        budget = max(n, seeding.RECLUSTER_FREE_DISTANCES / k)
+        assert restarts == 1 or restarts * m * (2 + np.log(k)) <= budget
 
 
 def test_lloyd_on_the_candidates_costs_about_one_pass():
-    assert recluster_iterations(2_000_000, 160) == 300
-    assert recluster_iterations(1_000_000, 164_000) == 6
-    assert recluster_iterations(1_000_000, 300_000) == seeding.RECLUSTER_MIN_ITER
-    assert recluster_iterations(1_000_000, 50_000) == 20
+    assert recluster_iterations(2_000_000, 160, 16) == 300
+    assert recluster_iterations(1_000_000, 164_000, 16_384) == 6
+    assert recluster_iterations(1_000_000, 300_000, 65_536) == seeding.RECLUSTER_MIN_ITER
+    assert recluster_iterations(1_000_000, 50_000, 4_096) == 20
+    assert recluster_iterations(300, 300, 5) == 300  # tiny data: Lloyd converges
 
 
 def test_weighted_sample_draws_distinct_rows_in_proportion_to_weight():
@@ -143,6 +147,7 @@ def test_very_large_k_reclusters_from_a_weighted_sample(monkeypatch):
     rng = np.random.default_rng(0)
     X = rng.normal(scale=4.0, size=(200, 3))[rng.integers(200, size=4_000)]
     X += rng.normal(size=X.shape)
+    monkeypatch.setattr(seeding, "RECLUSTER_FREE_DISTANCES", 0)  # as if the data were big
     assert not greedy_reclustering_pays(4_000, 2_000, 200)
     assert greedy_reclustering_pays(200_000, 10_000, 1_024)
 

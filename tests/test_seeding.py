@@ -20,6 +20,9 @@ from dkmeans.sources import DaskSource, InMemorySource
 
 from .helpers import brute_force_inertia, counting_store
 
+#: The initialisers themselves, not the small-data path every small fit takes.
+pytestmark = pytest.mark.usefixtures("kmeans_parallel_on_small_data")
+
 
 def gauss_mixture(n: int, k: int, d: int = 15, spread: float = 10.0, seed: int = 0) -> np.ndarray:
     """The paper's GaussMixture: k centres from N(0, R I), unit-variance clusters."""
@@ -178,8 +181,7 @@ def test_huge_oversampling_keeps_every_point(blobs):
 
 
 @pytest.mark.parametrize("k", [10, 50])
-def test_kmeans_parallel_is_as_good_as_kmeans_plusplus(k, monkeypatch):
-    monkeypatch.setattr(seeding, "SMALL_DATA_VALUES", 0)  # k-means|| even on small data
+def test_kmeans_parallel_is_as_good_as_kmeans_plusplus(k):
     X = gauss_mixture(6000, k, spread=10.0, seed=k)
     ours = [KMeans(k, random_state=seed).fit(X).inertia_ for seed in range(5)]
     theirs = [SklearnKMeans(k, n_init=1, random_state=seed).fit(X).inertia_ for seed in range(5)]
@@ -195,11 +197,12 @@ def test_runs_share_passes(blobs):
 
 
 @pytest.mark.parametrize("init", ["k-means||", "k-means++"])
-def test_small_data_is_seeded_by_kmeans_plusplus_on_all_rows_in_one_pass(init):
+def test_small_data_is_seeded_by_kmeans_plusplus_on_all_rows_in_one_pass(init, monkeypatch):
     """At most SMALL_DATA_VALUES values: the greedy weighted k-means++ of k-means||'s
     reclustering runs on every row, after one pass that gathers them; rows of weight 0
     are never chosen; the blocks and the container do not matter."""
     X = gauss_mixture(3000, 6, d=4, seed=3)
+    monkeypatch.setattr(seeding, "SMALL_DATA_VALUES", X.size)
     w = np.random.default_rng(0).integers(0, 3, size=len(X)).astype(float)
     sources = [
         InMemorySource.of_array(X, w),
