@@ -119,17 +119,20 @@ def mini_batches(
 
     A batch may span the end of one block and the start of the next (it is then
     copied); only the last batch may be shorter. With ``rng``, the rows of every block
-    are first permuted (a copy of the block).
+    are taken in a random order: every batch gathers its rows (no copy of the block).
     """
     pending: list[Rows] = []
     held = 0
     for block in blocks:
-        if rng is not None:
-            block = block.take(rng.permutation(len(block)))
+        order = None if rng is None else rng.permutation(len(block))
+
+        def rows(start: int, stop: int | None, block: Rows = block, order=order) -> Rows:
+            return block.take(slice(start, stop) if order is None else order[start:stop])
+
         start = 0
         if held:
             start = min(batch_size - held, len(block))
-            pending.append(block.take(slice(0, start)))
+            pending.append(rows(0, start))
             held += start
             if held < batch_size:
                 continue
@@ -137,8 +140,8 @@ def mini_batches(
             pending, held = [], 0
         stop = start + (len(block) - start) // batch_size * batch_size
         for first in range(start, stop, batch_size):
-            yield block.take(slice(first, first + batch_size))
+            yield rows(first, first + batch_size)
         if stop < len(block):
-            pending, held = [block.take(slice(stop, None))], len(block) - stop
+            pending, held = [rows(stop, None)], len(block) - stop
     if pending:
         yield Rows.concatenate(pending)
