@@ -255,6 +255,14 @@ class CenterModel(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         )
         return None if shift is None else shift.astype(dtype)
 
+    def _centers_in_frame(self, shift: np.ndarray | None) -> np.ndarray:
+        """The fitted centres as the kernels compare rows with them (float64): in the
+        frame of ``shift``, or scaled to unit norm for the cosine metric (centres stored
+        in float32, or set by hand, are unit vectors only up to rounding)."""
+        if self.metric == "cosine":
+            return unit_centers(self.cluster_centers_)
+        return centers_in_frame(self.cluster_centers_, shift)
+
     def _map_rows(
         self, kernel: Callable[..., np.ndarray], X: Input, **map_kwargs: Any
     ) -> np.ndarray | da.Array:
@@ -262,7 +270,7 @@ class CenterModel(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         input (block by block on threads); else a lazy Dask array whose blocks are
         checked as they are read. For the cosine metric the kernel sees unit rows."""
         shift, unit = self._shift_for(X.dtype), self.metric == "cosine"
-        centers = centers_in_frame(self.cluster_centers_, shift)
+        centers = self._centers_in_frame(shift)
         if X.array is None:
             return X.lazy.map_blocks(_in_frame, kernel, centers, shift, unit, **map_kwargs)
         source = make_source(X, shift=shift, unit=unit)
@@ -352,7 +360,7 @@ class CenterModel(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         check_is_fitted(self)
         X = self._check_X(X, reset=False, sample_weight=sample_weight)
         shift = self._shift_for(X.dtype)
-        centers = centers_in_frame(self.cluster_centers_, shift)
+        centers = self._centers_in_frame(shift)
         source = make_source(X, shift=shift, unit=self.metric == "cosine")
         stats = source.map_reduce(
             pass_statistics, centers, np.array([0, len(centers)]), far_capacity=0

@@ -224,6 +224,11 @@ def test_predict_transform_score_agree_with_inertia(X):
     np.testing.assert_allclose(km.transform(lazy).compute(), distances, atol=1e-12)
     np.testing.assert_array_equal(km.predict(lazy).compute(), km.labels_)
     assert km.score(lazy) == pytest.approx(-km.inertia_, rel=1e-12)
+    # centres set by hand (or stored in float32) are compared by direction too
+    km.cluster_centers_ = km.cluster_centers_ * 5.0
+    np.testing.assert_allclose(km.transform(X), distances, atol=1e-12)
+    np.testing.assert_array_equal(km.predict(X), km.labels_)
+    assert km.score(X) == pytest.approx(-km.inertia_, rel=1e-12)
 
 
 def test_empty_cluster_moves_to_the_least_similar_row():
