@@ -239,7 +239,7 @@ def run_predict(args: argparse.Namespace) -> int:
     """Label a Zarr store with the centres of a ``dkmeans fit --out`` result."""
     from .estimator import KMeans
     from .io import open_zarr_array
-    from .store import claim_output, read_centers, read_metric, write_labels, write_nearest
+    from .store import claim_output, read_centers, read_metric, write_labels
 
     centers = read_centers(args.model)
     if not 1 <= args.n_nearest <= len(centers):
@@ -258,7 +258,8 @@ def run_predict(args: argparse.Namespace) -> int:
         if args.n_nearest == 1:
             write_labels(output, km.predict(data), data)
         else:
-            write_nearest(output, *km.nearest_centers(data, n_nearest=args.n_nearest), data)
+            indices, distances = km.nearest_centers(data, n_nearest=args.n_nearest)
+            write_labels(output, indices, data, distances=distances)
     what = "labels" if args.n_nearest == 1 else f"the {args.n_nearest} nearest centres"
     print(f"wrote {args.out}: {what} of {data.shape[0]:,} samples")
     return 0

@@ -583,31 +583,15 @@ def write_labels(
     labels: da.Array | np.ndarray,
     X: Any,
     *,
+    distances: da.Array | np.ndarray | None = None,
     overwrite: bool = False,
 ) -> None:
     """Write the labels of ``X`` as a Zarr array (int32, chunked like X's rows), atomically.
 
-    Raises
-    ------
-    OutputExistsError, OutputBusyError, OutputNotWritableError
-        See :func:`claim_output`.
-    """
-    row_chunks = _row_chunks(X)
-    with atomic_output(path, overwrite=overwrite) as temporary:
-        _store_labels(temporary, None, labels, row_chunks).attrs.update(_signature("labels"))
-
-
-def write_nearest(
-    path: str | os.PathLike | ClaimedOutput,
-    indices: da.Array | np.ndarray,
-    distances: da.Array | np.ndarray,
-    X: Any,
-    *,
-    overwrite: bool = False,
-) -> None:
-    """Write the nearest centres of every row of ``X`` (``KMeans.nearest_centers``) as a
-    Zarr group, atomically: arrays ``labels`` (n, m) int32 and ``distances`` (n, m)
-    float32, chunked like X's rows, written in one pass over X.
+    With ``distances``, ``labels`` and ``distances`` are the (n, m) nearest centres of
+    every row (``KMeans.nearest_centers``), written as a Zarr group with the arrays
+    ``labels`` (int32) and ``distances`` (float32), chunked like X's rows, in one pass
+    over X.
 
     Raises
     ------
@@ -616,11 +600,16 @@ def write_nearest(
     """
     row_chunks = _row_chunks(X)
     with atomic_output(path, overwrite=overwrite) as temporary:
-        group = zarr.open_group(temporary, mode="a")  # the folder holds only our marker
-        labels, labels_target = _row_target(temporary, LABELS, indices, row_chunks, np.int32)
-        near, near_target = _row_target(temporary, DISTANCES, distances, row_chunks, np.float32)
-        da.store([labels, near], [labels_target, near_target], lock=False)
-        group.attrs.update(_signature("labels"))
+        if distances is None:
+            root = _store_labels(temporary, None, labels, row_chunks)
+        else:
+            root = zarr.open_group(temporary, mode="a")  # the folder holds only our marker
+            pairs = [
+                _row_target(temporary, LABELS, labels, row_chunks, np.int32),
+                _row_target(temporary, DISTANCES, distances, row_chunks, np.float32),
+            ]
+            da.store([values for values, _ in pairs], [target for _, target in pairs], lock=False)
+        root.attrs.update(_signature("labels"))
 
 
 def read_centers(path: str | os.PathLike) -> np.ndarray:
