@@ -10,6 +10,7 @@ import pytest
 import zarr
 
 import dkmeans
+import dkmeans.io
 from dkmeans import kernels, loops
 from dkmeans.cli import main
 from dkmeans.io import open_zarr_array, to_dask_array
@@ -20,6 +21,15 @@ from dkmeans.readers import DirectChunkReader
 #: differ only by float64 rounding of sums added in another order, seen through a
 #: float32 GEMM.
 TIE_TOLERANCE = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    """Several row blocks (as given, or of 700 float16 rows for NumPy input) of several
+    256-row sub-blocks each: the widening starts mid-block."""
+    monkeypatch.setattr(dkmeans.io, "MERGE_BELOW", 0.0)
+    monkeypatch.setattr(dkmeans.io, "TARGET_BLOCK_BYTES", 2 * 700 * 5 * 2)
+    monkeypatch.setattr(kernels, "SUB_BLOCK_ELEMENTS", 1)
 
 
 def half_blobs(offset: float) -> np.ndarray:
@@ -158,3 +168,26 @@ def test_bfloat16_stores_are_refused_with_the_reason(tmp_path, capsys):
     assert main(["fit", str(path), "--n-clusters", "2", "--quiet"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "bfloat16 data is not supported" in error
+
+
+def test_float16_store_on_a_local_cluster_gives_the_threaded_results(tmp_path):
+    """A float16 store fitted and ranked on a distributed cluster: the same bits as on
+    local threads (full passes both: ``persist=False``)."""
+    from distributed import Client, LocalCluster
+
+    path = as_container(half_blobs(300.0), "zarr", tmp_path)
+    params = dict(n_clusters=4, random_state=1, persist=False)
+    threaded = dkmeans.KMeans(**params).fit(path)
+    near = da.compute(*threaded.nearest_centers(path, n_nearest=2))
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster),
+    ):
+        distributed = dkmeans.KMeans(**params).fit(path)
+        near_distributed = da.compute(*distributed.nearest_centers(path, n_nearest=2))
+    np.testing.assert_array_equal(distributed.cluster_centers_, threaded.cluster_centers_)
+    assert distributed.inertia_ == threaded.inertia_
+    for a, b in zip(near_distributed, near, strict=True):
+        np.testing.assert_array_equal(a, b)
