@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dkmeans
-from dkmeans import engine
+import dkmeans.io
+from dkmeans import engine, kernels
 from dkmeans.cli import main
 from dkmeans.exceptions import InvalidParameterError
 from dkmeans.kernels import smallest_first
@@ -22,6 +23,13 @@ from .helpers import counting_store
 #: Two centres whose brute-force squared distances to a row differ by less than this
 #: (relative) may be ranked either way: the ranking is the float32 GEMM's.
 TIE_TOLERANCE = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    """Row blocks as given (Dask, Zarr) of several 256-row sub-blocks each."""
+    monkeypatch.setattr(dkmeans.io, "MERGE_BELOW", 0.0)
+    monkeypatch.setattr(kernels, "SUB_BLOCK_ELEMENTS", 1)
 
 
 @pytest.fixture(scope="module")
