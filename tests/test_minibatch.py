@@ -16,6 +16,7 @@ from sklearn.base import clone
 from sklearn.cluster import kmeans_plusplus
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import check_estimator
 
 import dkmeans.io
 from dkmeans import InvalidParameterError, KMeans, MiniBatchKMeans
@@ -227,6 +228,14 @@ def test_scikit_learn_api(mixture):
     assert fitted.score(mixture) == pytest.approx(
         -brute_force_inertia(mixture, fitted.cluster_centers_), rel=1e-5
     )
+
+
+def test_scikit_learn_estimator_checks():
+    expected = {
+        # batches of repeated rows are other batches: the path differs, as in scikit-learn
+        "check_sample_weight_equivalence_on_dense_data": "batches change with repeated rows",
+    }
+    check_estimator(MiniBatchKMeans(3, random_state=0), expected_failed_checks=expected)
 
 
 def test_lazy_input_gives_lazy_labels(mixture, tmp_path):
