@@ -430,7 +430,7 @@ class DaskSource:
                 label,
                 args,
                 kwargs,
-                lambda submit: watched_result(client, submit, self.blocks, what),
+                lambda submit, check: watched_result(client, submit, self.blocks, what, check),
             )
         self.passes += 1
         if self.on_pass is not None:

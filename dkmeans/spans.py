@@ -242,9 +242,9 @@ def plan_spans(
 
 
 def placed_on(worker: str | None) -> dict[str, Any]:
-    """``Client.submit``'s keywords that send a task to ``worker`` if it can take it (its
-    blocks are there), else to any worker; none when ``worker`` is None."""
-    return {} if worker is None else {"workers": [worker], "allow_other_workers": True}
+    """``Client.submit``'s keywords that keep a task on ``worker`` (where its blocks
+    are: a loose restriction would let idle workers steal it); none for None."""
+    return {} if worker is None else {"workers": [worker]}
 
 
 def given(value: Any) -> Any:
@@ -297,6 +297,11 @@ class SpanPasses:
             ]
         return self.spans
 
+    def check_workers(self) -> None:
+        """Raise :class:`BlocksMoved` if a worker that the spans are kept on is gone."""
+        if self.workers is not None and not set(self.workers) <= set(self.client.nthreads()):
+            raise BlocksMoved("a worker that held blocks of the pass is gone")
+
     def submit(
         self, kernel: Callable[..., Any], label: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future:
@@ -340,14 +345,17 @@ class SpanPasses:
         label: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        wait: Callable[[Callable[[], Future]], Any],
+        wait: Callable[[Callable[[], Future], Callable[[], None]], Any],
     ) -> Any:
-        """The combined result of one pass of ``kernel``; ``wait`` gets a function that
-        submits the pass and returns its result (:func:`dkmeans.watch.result`)."""
+        """The combined result of one pass of ``kernel``. ``wait`` gets a function that
+        submits the pass and one to call while waiting (it raises :class:`BlocksMoved`
+        when a worker of the plan is gone: its spans could never run), and returns the
+        pass's result (:func:`dkmeans.watch.result`)."""
         retries = MOVED_RETRIES
         while True:
             try:
-                ((_, value),) = wait(partial(self.submit, kernel, label, args, kwargs))
+                submit = partial(self.submit, kernel, label, args, kwargs)
+                ((_, value),) = wait(submit, self.check_workers)
                 return value
             except BlocksMoved:
                 if not retries:

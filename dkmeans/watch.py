@@ -265,9 +265,15 @@ def compute(client: Client, collection: Any, blocks: Blocks, what: str) -> Any:
     return result(client, lambda: client.compute(collection), blocks, what)
 
 
-def result(client: Client, submit: Callable[[], Future], blocks: Blocks, what: str) -> Any:
+def result(
+    client: Client,
+    submit: Callable[[], Future],
+    blocks: Blocks,
+    what: str,
+    check: Callable[[], None] | None = None,
+) -> Any:
     """The result of the future that ``submit`` submits on ``client``, watching the
-    workers while it runs.
+    workers while it runs; ``check`` is called as often, and may raise to end the wait.
 
     Raises
     ------
@@ -289,6 +295,8 @@ def result(client: Client, submit: Callable[[], Future], blocks: Blocks, what: s
                 return future.result(timeout=POLL_SECONDS)
             except TimeoutError:
                 watch.check()
+                if check is not None:
+                    check()
     except KilledWorker as error:
         tries = error.allowed_failures + 1
         raise watch.failure(f"died {_times(tries)} running the same task") from error
