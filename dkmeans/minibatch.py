@@ -128,13 +128,18 @@ def minibatch_step(
         Centres whose count is below this fraction of the largest are reassigned.
     """
     totals = cluster_totals(batch.x, batch.weights, state.centers)
-    given = np.flatnonzero(totals.counts)
-    old = state.centers.copy()
-    total = state.counts[given] + totals.counts[given]
-    means = (state.centers[given] * state.counts[given, None] + totals.sums[given]) / total[:, None]
+    old = state.centers
+    total = state.counts + totals.counts
+    # whole arrays, not the centres given rows: k x d is small, indexing costs more
+    means = np.divide(
+        old * state.counts[:, None] + totals.sums,
+        total[:, None],
+        out=old.copy(),
+        where=(totals.counts > 0)[:, None],
+    )
     # a centre whose unit rows cancel out keeps its direction
-    state.centers[given] = unit_centers(means, fallback=old[given]) if state.unit else means
-    state.counts[given] = total
+    state.centers = unit_centers(means, fallback=old) if state.unit else means
+    state.counts = total
     if _reassign_due(state, batch_size) and reassignment_ratio > 0:
         _reassign(state, batch, reassignment_ratio)
     state.n_steps += 1
