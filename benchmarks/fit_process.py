@@ -18,8 +18,12 @@ Modes:
   library's own initialisation and ``max_iter = iterations[0]``, seeded with ``seed``.
 
 Iterations are counted as each library counts them: ``n_iter_`` of the scikit-learn-like
-estimators, the length of ``iteration_stats`` for faiss (faiss stops once its objective
-stops decreasing, whatever ``niter`` says).
+estimators, the length of ``iteration_stats`` for faiss. From the shared centres faiss runs
+with ``early_stop_threshold=-1`` (where the installed faiss has it), its counterpart of
+``tol=0``: otherwise it stops once its objective is unchanged, whatever ``niter`` says.
+
+``metric`` is ``"euclidean"`` or ``"cosine"`` (issue 21: dkmeans's ``metric="cosine"``,
+faiss's ``spherical=True``; the scikit-learn-like libraries have no cosine k-means).
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -41,6 +46,8 @@ Mode = Literal["marginal", "default"]
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: Rows of the warm-up before a whole default fit, per centre.
 WARM_UP_ROWS_PER_CENTER = 4
+#: The folder the fit processes run in (``benchmarks`` must be importable from it).
+REPOSITORY = Path(__file__).parent.parent
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,7 @@ class Spec:
     iterations: tuple[int, ...]  # marginal: (a, b); default: (max_iter,)
     seed: int
     threads: int
+    metric: str = "euclidean"
 
 
 class Fitted(NamedTuple):
@@ -75,7 +83,7 @@ def shared_start(init: np.ndarray | None) -> dict[str, Any]:
     return {} if init is None else {"init": init, "tol": 0.0}
 
 
-def fit_dkmeans(threads: int, *, streamed: bool) -> Fit:
+def fit_dkmeans(threads: int, metric: str, *, streamed: bool) -> Fit:
     import dask
 
     import dkmeans
@@ -83,8 +91,9 @@ def fit_dkmeans(threads: int, *, streamed: bool) -> Fit:
     def fit(x: Any, k: int, init: np.ndarray | None, max_iter: int, seed: int) -> Fitted:
         persist = {"persist": False} if streamed else {}
         km = dkmeans.KMeans(
-            k, max_iter=max_iter, random_state=seed, **persist, **shared_start(init)
-        )
+            k, max_iter=max_iter, random_state=seed, metric=metric, **persist,
+            **shared_start(init),
+        )  # fmt: skip
         km.fit(x)
         return Fitted(km.cluster_centers_, km.n_iter_)
 
@@ -104,23 +113,26 @@ def fit_sklearn(estimator: type) -> Fit:
     return fit
 
 
-def fit_faiss(threads: int) -> Fit:
+def fit_faiss(threads: int, metric: str) -> Fit:
     import faiss
 
     faiss.omp_set_num_threads(threads)
+    never_stop = hasattr(faiss.ClusteringParameters(), "early_stop_threshold")
 
     def fit(x: Any, k: int, init: np.ndarray | None, max_iter: int, seed: int) -> Fitted:
         # every row takes part: faiss otherwise trains on a sample of 256 rows per centre
+        shared = {"early_stop_threshold": -1.0} if init is not None and never_stop else {}
         km = faiss.Kmeans(
-            x.shape[1], k, niter=max_iter, seed=seed, max_points_per_centroid=len(x) // k + 1
-        )
+            x.shape[1], k, niter=max_iter, seed=seed, max_points_per_centroid=len(x) // k + 1,
+            spherical=metric == "cosine", **shared,
+        )  # fmt: skip
         km.train(x, init_centroids=None if init is None else init.astype(np.float32))
         return Fitted(km.centroids, len(km.iteration_stats))
 
     return fit
 
 
-def fit_sklearnex(threads: int) -> Fit:
+def fit_sklearnex(threads: int, metric: str) -> Fit:
     import daal4py
     from sklearnex.cluster import KMeans
 
@@ -128,22 +140,25 @@ def fit_sklearnex(threads: int) -> Fit:
     return fit_sklearn(KMeans)
 
 
-def fit_scikit_learn(threads: int) -> Fit:
+def fit_scikit_learn(threads: int, metric: str) -> Fit:
     from sklearn.cluster import KMeans
 
     return fit_sklearn(KMeans)
 
 
-#: The libraries, and how each is set up (imports, thread pools) for a number of threads.
-LIBRARIES: dict[str, Callable[[int], Fit]] = {
-    "dkmeans": lambda threads: fit_dkmeans(threads, streamed=False),
-    "dkmeans streamed": lambda threads: fit_dkmeans(threads, streamed=True),
+#: The libraries, and how each is set up (imports, thread pools) for a number of threads
+#: and a metric.
+LIBRARIES: dict[str, Callable[[int, str], Fit]] = {
+    "dkmeans": lambda threads, metric: fit_dkmeans(threads, metric, streamed=False),
+    "dkmeans streamed": lambda threads, metric: fit_dkmeans(threads, metric, streamed=True),
     "scikit-learn": fit_scikit_learn,
     "scikit-learn-intelex": fit_sklearnex,
     "faiss-cpu": fit_faiss,
 }
 #: The module each library beyond the core dependencies is imported as.
 MODULES = {"scikit-learn-intelex": "sklearnex", "faiss-cpu": "faiss"}
+#: The libraries with a cosine (spherical) k-means.
+COSINE = ("dkmeans", "dkmeans streamed", "faiss-cpu")
 
 
 class Notes(logging.Handler):
@@ -177,10 +192,12 @@ def run(spec: Spec) -> dict[str, Any]:
     import zarr
     from threadpoolctl import threadpool_limits
 
+    if spec.metric == "cosine" and spec.library not in COSINE:
+        raise ValueError(f"{spec.library} has no cosine k-means; choose from {COSINE}")
     notes = Notes()
     logging.getLogger("sklearnex").addHandler(notes)
     logging.getLogger("sklearnex").setLevel(logging.INFO)
-    fit = LIBRARIES[spec.library](spec.threads)
+    fit = LIBRARIES[spec.library](spec.threads, spec.metric)
     streamed = spec.library == "dkmeans streamed"
     data = spec.store if streamed else np.load(spec.data)
     centers = np.load(spec.centers)
@@ -214,6 +231,24 @@ def main() -> None:
 def environment(threads: int) -> dict[str, str]:
     """The environment of a fit process: every thread pool sized ``threads`` from the start."""
     return {**os.environ, **dict.fromkeys(THREAD_VARIABLES, str(threads))}
+
+
+def run_in_process(spec: Spec, timeout: float | None) -> tuple[dict[str, Any] | None, str | None]:
+    """Run ``spec`` in a fresh process (every thread pool sized ``spec.threads``):
+    ``(report, None)``, or ``(None, error)`` when it failed or ran past ``timeout`` seconds
+    (then it is killed)."""
+    command = [sys.executable, "-m", "benchmarks.fit_process", json.dumps(asdict(spec))]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, env=environment(spec.threads),
+            cwd=REPOSITORY, timeout=timeout,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return None, f"killed after {timeout:g} s (--timeout)"
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        return None, lines[-1]
+    return json.loads(done.stdout.strip().splitlines()[-1]), None
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 The grid (issue 20): n x d float32 rows and k centres, (1M, 2, 8), (2M, 32, 16),
 (4M, 32, 64), (500k, 64, 1024), (200k, 768, 256) and (1M, 128, 4096), each on Gaussian
 blobs (k unit-variance clusters, :func:`benchmarks.measures.make_data`) and on
-structureless standard Gaussian noise, where distance bounds prune little. The peers:
+structureless standard Gaussian noise, where distance bounds prune little (``--data
+embeddings``: unit rows like embeddings, clustered with ``metric="cosine"`` by dkmeans and
+with ``spherical=True`` by faiss, the inertia then being ``sum(1 - cos)``; see
+:mod:`benchmarks.cosine_faiss`). The peers:
 
 - ``dkmeans``: NumPy X in memory; ``dkmeans streamed``: the same X as an uncompressed Zarr
   store read at every pass (``persist=False``), the only one that never holds X;
@@ -24,10 +27,11 @@ processes on the machine spreads over all of them; medians are reported. Measure
    warm-up in the same process) and ``(t_b - t_a) / (n_b - n_a)``, where ``n_a`` and
    ``n_b`` are the iterations it says it ran: this removes what a fit costs once. ``b``
    grows as the shape shrinks (``2 + clip(4e11 / (n d k), 2, 18)``) to keep the fits short
-   at large k. Each library stops early on its own rule, even at ``tol=0``: scikit-learn
-   and scikit-learn-intelex when no label changes (measured: both honour ``tol=0``
-   otherwise), dkmeans when the centres stop moving, faiss when its objective stops
-   decreasing; so ``n_b`` can be below ``b`` on blobs.
+   at large k. Each library but faiss stops early on its own rule, even at ``tol=0``:
+   scikit-learn and scikit-learn-intelex when no label changes (measured: both honour
+   ``tol=0`` otherwise), dkmeans when the centres stop moving; so ``n_b`` can be below ``b``
+   on blobs. faiss runs with ``early_stop_threshold=-1`` (no early stop) from the shared
+   centres.
 2. **Whole default fits**: each library's own initialisation (dkmeans k-means||,
    scikit-learn k-means++ with ``n_init=1``, scikit-learn-intelex's default, faiss's random
    rows), at most 20 iterations, its default tolerance, seed = the repeat's number;
@@ -55,7 +59,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -70,11 +73,23 @@ from threadpoolctl import threadpool_limits
 
 from dkmeans.blobs import CHUNK_BYTES, CODECS
 
-from .fit_process import LIBRARIES, MODULES, Mode, Spec, environment
-from .measures import RESULTS, brute_force_inertia, initial_centers, make_data, make_noise, versions
+from .fit_process import COSINE, LIBRARIES, MODULES, Mode, Spec, run_in_process
+from .measures import (
+    RESULTS,
+    brute_force_cosine_objective,
+    brute_force_inertia,
+    initial_centers,
+    make_data,
+    make_embeddings,
+    make_noise,
+    versions,
+)
 
-#: The data kinds.
+#: The data kinds of the grid.
 DATA = ("blobs", "noise")
+#: The metric of each data kind that is not Euclidean (``embeddings``: issue 21's cosine
+#: benchmark, :mod:`benchmarks.cosine_faiss`, run by the libraries in ``COSINE``).
+METRICS = {"embeddings": "cosine"}
 #: Iterations of a whole default fit.
 DEFAULT_MAX_ITER = 20
 #: First iteration count of the marginal time, and the bounds of the span after it.
@@ -83,7 +98,6 @@ FIRST_ITERATIONS, SPAN = 2, (2, 18)
 SPAN_WORK = 4e11
 SUFFIXES = {"k": 1_000, "M": 1_000_000}
 PEERS = ("scikit-learn", "scikit-learn-intelex", "faiss-cpu")
-REPOSITORY = Path(__file__).parent.parent
 #: Packages whose versions the results record.
 PACKAGES = ("dkmeans", "numpy", "scikit-learn", "scikit-learn-intelex", "faiss-cpu", "numba",
             "dask", "zarr")  # fmt: skip
@@ -183,13 +197,17 @@ class Files:
     out: Path
 
 
+#: How each data kind is made, float32.
+MAKERS: dict[str, Callable[[Shape], np.ndarray]] = {
+    "blobs": lambda shape: make_data(shape.n, shape.d, shape.k, "float32"),
+    "noise": lambda shape: make_noise(shape.n, shape.d, "float32"),
+    "embeddings": lambda shape: make_embeddings(shape.n, shape.d, shape.k),
+}
+
+
 def write_data(shape: Shape, kind: str, folder: Path) -> Files:
     """X (``.npy`` and an uncompressed Zarr store, ~32 MiB chunks) and its initial centres."""
-    x = (
-        make_data(shape.n, shape.d, shape.k, "float32")
-        if kind == "blobs"
-        else make_noise(shape.n, shape.d, "float32")
-    )
+    x = MAKERS[kind](shape)
     files = Files(folder / "x.npy", folder / "x.zarr", folder / "centers.npy", folder / "out.npy")
     np.save(files.data, x)
     rows = max(1, CHUNK_BYTES // (4 * shape.d))
@@ -208,34 +226,27 @@ def run_fit(run: Run, files: Files, threads: int, timeout: float | None) -> None
     spec = Spec(
         library=run.library, mode=run.mode, data=str(files.data), store=str(files.store),
         centers=str(files.centers), out=str(files.out), iterations=tuple(run.iterations),
-        seed=run.repeat, threads=threads,
+        seed=run.repeat, threads=threads, metric=METRICS.get(run.data, "euclidean"),
     )  # fmt: skip
-    command = [sys.executable, "-m", "benchmarks.fit_process", json.dumps(asdict(spec))]
-    try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, env=environment(threads), cwd=REPOSITORY,
-            timeout=timeout,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        run.error = f"killed after {timeout:g} s (--timeout)"
+    report, run.error = run_in_process(spec, timeout)
+    if report is None:
         return
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
-        run.error = lines[-1]
-        return
-    report = json.loads(done.stdout.strip().splitlines()[-1])
     for name, value in report.items():
         setattr(run, name, value)
     if run.mode == "marginal" and run.repeat > 0:
         return  # the first repeat's inertia checks that the peers ran the same iterations
+    objective = brute_force_cosine_objective if spec.metric == "cosine" else brute_force_inertia
     with threadpool_limits(threads):
-        run.inertia = brute_force_inertia(np.load(files.data, mmap_mode="r"), np.load(files.out))
+        run.inertia = objective(np.load(files.data, mmap_mode="r"), np.load(files.out))
 
 
 def run_case(
     shape: Shape, kind: str, libraries: list[str], args: argparse.Namespace, folder: Path
 ) -> list[Run]:
-    """Every mode, repeat and library on one shape and data kind."""
+    """Every mode, repeat and library on one shape and data kind (only the libraries with a
+    cosine k-means where the kind's metric is cosine)."""
+    if kind in METRICS:
+        libraries = [library for library in libraries if library in COSINE]
     files = write_data(shape, kind, folder)
     plan: list[tuple[Mode, list[int]]] = [
         ("marginal", list(shape.marginal_iterations())),
@@ -429,7 +440,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shapes", default=",".join(s.name for s in GRID),
                         help="comma-separated n-d-k (default: the grid)")  # fmt: skip
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of n (smoke runs)")
-    parser.add_argument("--data", default=",".join(DATA), help="blobs, noise or both")
+    parser.add_argument("--data", default=",".join(DATA),
+                        help=f"comma-separated kinds of {', '.join(MAKERS)}")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="threads of every library")
     parser.add_argument("--out", type=Path, default=RESULTS / "shapes.json",
@@ -443,9 +455,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except argparse.ArgumentTypeError as error:
         parser.error(str(error))
     args.data = [kind.strip() for kind in args.data.split(",")]
-    unknown = sorted(set(args.data) - set(DATA))
+    unknown = sorted(set(args.data) - set(MAKERS))
     if unknown:
-        parser.error(f"--data: unknown kind(s) {', '.join(unknown)}; choose from {', '.join(DATA)}")
+        kinds = ", ".join(MAKERS)
+        parser.error(f"--data: unknown kind(s) {', '.join(unknown)}; choose from {kinds}")
     if not 0 < args.scale <= 1:
         parser.error(f"--scale must be in (0, 1], not {args.scale}")
     if args.repeats < 1 or args.threads < 1:
