@@ -13,16 +13,19 @@ last bit.
 Where a span's blocks come from is decided once per fit (:class:`SpanPlan`):
 
 - blocks held in cluster memory (a persisted array) are taken from the memory of the
-  worker that runs the task; spans are cut at the edges of each worker's runs of
-  blocks (``Client.who_has``) and submitted to that worker (``workers=[w]``,
-  ``allow_other_workers=True`` so that a lost worker's spans run elsewhere, fetching
-  their blocks through the worker's client while the scheduler recomputes them);
+  worker that runs the task: spans are cut at the edges of each worker's runs of
+  blocks (``Client.who_has``) and kept on that worker (``workers=[w]``, strictly: with
+  ``allow_other_workers`` idle workers steal spans away from their blocks); the few
+  blocks of a span held elsewhere are declared as its dependencies. When a worker of
+  the plan is lost, or a block is not where the plan expected it
+  (:class:`BlocksMoved`), the spans are planned again and the pass repeated: the
+  scheduler recomputes lost blocks, which the new plan takes as dependencies;
 - any other block is computed inside the task from its own part of the array's graph
   (for a Zarr store: the read of its stored chunks), one block at a time.
 
-The plans travel to the workers once per fit, as tasks (recomputed if their worker is
-lost); the kernel's array arguments (the centres) once per pass, as one task; so the
-client's work per pass does not grow with the number of blocks.
+The plans travel to the workers once per fit, as tasks; the kernel's array arguments
+(the centres) once per pass, as one task; so the client's work per pass does not grow
+with the number of blocks.
 """
 
 from __future__ import annotations
