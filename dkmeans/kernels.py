@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from functools import cache
 
 import numpy as np
 
@@ -73,24 +72,17 @@ def _float_dtype(x: np.ndarray) -> np.dtype:
     return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
 
 
-@cache
-def _float16_values(dtype: np.dtype) -> np.ndarray:
-    """The value in ``dtype`` of every float16 bit pattern: the compiled loops widen float16
-    rows (seen as uint16: numba has no float16) through this 256 KiB table."""
-    return np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(dtype)
-
-
 def block_rows(
     x: np.ndarray, weights: np.ndarray | None, shift: np.ndarray | None, dtype: np.dtype
 ) -> BlockRows:
     """A block as the compiled loops read it, for a GEMM in ``dtype``: float16 rows stay
-    float16 (their bits, with the table that widens them), other rows in ``dtype``."""
+    float16 (their bits, marked by ``widen``), other rows in ``dtype``."""
     half = x.dtype == np.float16
     return BlockRows(
         x=np.ascontiguousarray(x).view(np.uint16) if half else np.ascontiguousarray(x, dtype),
         weights=None if weights is None else np.ascontiguousarray(weights, dtype=np.float64),
         shift=None if shift is None else np.asarray(shift, dtype=dtype),
-        widen=_float16_values(np.dtype(dtype)) if half else None,
+        widen=np.empty(0, dtype) if half else None,
     )
 
 
