@@ -51,6 +51,10 @@ FAR_POINTS_PER_RUN = 32
 #: After this many full passes in a row (the bounds predicted too few skips), the next
 #: pass renews the bounds anyway: the centres may have settled since.
 BOUNDS_RENEWED_AFTER = 4
+#: A full pass renews the bounds at once when the centres' last step is under
+#: 1/BOUNDS_SETTLED of the drift since the bounds were made: the centres have settled,
+#: and fresh bounds will skip most rows from the next pass on.
+BOUNDS_SETTLED = 4
 
 
 @dataclass(frozen=True)
@@ -214,6 +218,7 @@ class RowBounds:
         self.runs: list[int] | None = None
         self.memory: RowMemory | None = None
         self.previous: np.ndarray | None = None  # the centres the bounds belong to
+        self.latest: np.ndarray | None = None  # the centres of the last pass
         self.full_passes = 0  # full passes since the bounds were last updated
 
     def for_pass(
@@ -227,9 +232,16 @@ class RowBounds:
             return None
         if runs != self.runs:
             self.runs, self.memory, self.previous = runs, distance_bounds_memory(len(runs)), stacked
-            self.full_passes = 0
+            self.latest, self.full_passes = stacked, 0
         drift = np.sqrt(((stacked - self.previous) ** 2).sum(axis=1))
-        if self.memory.blocks and (last or self.full_passes < BOUNDS_RENEWED_AFTER):
+        step = np.sqrt(((stacked - self.latest) ** 2).sum(axis=1))
+        self.latest = stacked
+        # stale bounds are renewed after a few full passes, or at once when the centres
+        # have settled since (their last step a small part of the drift the bounds carry)
+        renew = (
+            self.full_passes >= BOUNDS_RENEWED_AFTER or BOUNDS_SETTLED * step.max() < drift.max()
+        )
+        if self.memory.blocks and (last or not renew):
             skipped = skipped_fraction(self.memory, drift, bounds)
             if skipped < BOUNDS_MIN_SKIPPED or skipped * self.row_work < BOUNDS_MIN_SAVING:
                 self.full_passes += 1

@@ -109,6 +109,24 @@ def test_passes_use_the_bounds_only_while_they_skip_enough_rows():
     assert skipped_fraction(row_bounds.memory, np.full(16, 100.0), run_bounds) == 0.0
 
 
+def test_bounds_are_renewed_as_soon_as_the_centres_settle():
+    """After the centres moved far from where the bounds were made (full passes), a
+    small step renews the bounds at once rather than after BOUNDS_RENEWED_AFTER passes."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40_000, 32))
+    source = InMemorySource.of_array(x)
+    run_bounds = np.array([0, 16])
+    row_bounds = RowBounds(source, [x[:16]])
+    far = x[:16] + rng.normal(size=(16, 32))
+    steps = [x[:16], far, far + 1e-3, far + 2e-3]
+    used = []
+    for stacked in steps:
+        distance_bounds = row_bounds.for_pass([0], stacked, run_bounds)
+        used.append(distance_bounds is not None)
+        source.map_reduce(pass_statistics, stacked, run_bounds, distance_bounds=distance_bounds)
+    assert used == [True, False, True, True]
+
+
 def test_bounds_skip_most_rows_once_the_centres_settle(blobs, monkeypatch):
     bounds_on_any_data(monkeypatch)
     x, centers = blobs
