@@ -214,9 +214,15 @@ def recluster_restarts(n_rows: int, n_candidates: int, n_clusters: int) -> int:
     number about 10,000 and one restart costs half a pass, where the spread between
     restarts is a fraction of a percent of the final inertia.
     """
-    per_restart = n_candidates * (2 + np.log(max(n_clusters, 1)))
+    per_restart = plusplus_cost(n_candidates, n_clusters)
     budget = recluster_budget(n_rows, n_clusters)
     return int(np.clip(budget // max(per_restart, 1.0), 1, RECLUSTER_RESTARTS))
+
+
+def plusplus_cost(n_candidates: int, n_clusters: int) -> float:
+    """Rows of distances to k centres that greedy k-means++ on m candidates computes:
+    ``m (2 + ln k)`` (k steps of ``2 + ln k`` trials, each against all candidates)."""
+    return n_candidates * (2 + np.log(max(n_clusters, 1)))
 
 
 def recluster_budget(n_rows: int, n_clusters: int) -> float:
@@ -234,8 +240,7 @@ def greedy_reclustering_pays(n_rows: int, n_candidates: int, n_clusters: int) ->
     candidates drawn in proportion to their weight instead (the candidates are already
     a D²-sample of the data) and leaves the rest to Lloyd, on the candidates and then on
     the data: its cost stays that of Lloyd's iterations, m k d each."""
-    per_restart = n_candidates * (2 + np.log(max(n_clusters, 1)))
-    return per_restart <= recluster_budget(n_rows, n_clusters)
+    return plusplus_cost(n_candidates, n_clusters) <= recluster_budget(n_rows, n_clusters)
 
 
 def recluster_iterations(n_rows: int, n_candidates: int, n_clusters: int) -> int:
