@@ -200,6 +200,15 @@ def read_group_keys(path) -> list[str]:
     return sorted(zarr.open_group(str(path), mode="r").array_keys())
 
 
+def run_in_process(args, capsys) -> tuple[int, str]:
+    """The command's exit status and standard error, run in this process."""
+    try:
+        status = main(list(map(str, args)))
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -213,14 +222,24 @@ def read_group_keys(path) -> list[str]:
         (("fit", "BLOBS", "--n-clusters", 2, "--cluster", "c.yaml"), "c.yaml"),
     ],
 )
-def test_user_errors_exit_2_in_one_line(tmp_path, blobs_store, args, message):
-    run = dkmeans(*(blobs_store if a == "BLOBS" else a for a in args), cwd=tmp_path)
-    assert run.returncode == 2
-    lines = run.stderr.strip().splitlines()
+def test_user_errors_exit_2_in_one_line(tmp_path, blobs_store, args, message, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    status, stderr = run_in_process((blobs_store if a == "BLOBS" else a for a in args), capsys)
+    assert status == 2
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"dkmeans {args[0]}: error: ")
     assert message in lines[0]
-    assert "Traceback" not in run.stderr
+    assert "Traceback" not in stderr
     assert list(tmp_path.iterdir()) == []  # no output, no temporary
+
+
+def test_a_user_error_ends_the_process_with_one_line(tmp_path):
+    # the process itself: exit status 2, and nothing after the line as it shuts down
+    run = dkmeans("fit", tmp_path / "missing.zarr", "--n-clusters", 2, cwd=tmp_path)
+    assert run.returncode == 2
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith("dkmeans fit: error: no Zarr array found")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_fit_on_a_cluster_from_a_config(tmp_path, blobs_store):
@@ -239,9 +258,10 @@ def test_fit_on_a_cluster_from_a_config(tmp_path, blobs_store):
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_debug_shows_the_traceback(tmp_path, where):
-    args = ["fit", tmp_path / "missing.zarr", "--n-clusters", 2]
-    run = dkmeans(*(["--debug", *args] if where == "before" else [*args, "--debug"]))
-    assert run.returncode != 0 and "Traceback" in run.stderr
+    # --debug lets the error propagate, so Python prints its traceback
+    args = ["fit", str(tmp_path / "missing.zarr"), "--n-clusters", "2"]
+    with pytest.raises(ValueError, match="no Zarr array found"):
+        main(["--debug", *args] if where == "before" else [*args, "--debug"])
 
 
 def test_elbow_json_and_plot(tmp_path, blobs_store):

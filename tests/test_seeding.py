@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 
 import dask
 import dask.array as da
@@ -86,15 +84,6 @@ def assert_same_fit(a: KMeans, b: KMeans) -> None:
 def test_same_result_on_threads_and_sync(blobs, init):
     X = da.from_array(blobs[0], chunks=(400, -1))
     assert_same_fit(fit_on("threads", X, init), fit_on("sync", X, init))
-
-
-def test_same_result_on_processes(blobs):
-    X = da.from_array(blobs[0], chunks=(1000, -1))
-    # one pool for the whole fit: dask's processes scheduler otherwise starts one per compute
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        assert_same_fit(
-            fit_on("threads", X, "k-means||"), fit_on("processes", X, "k-means||", pool=pool)
-        )
 
 
 def test_random_state_kinds(blobs):
