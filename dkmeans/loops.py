@@ -797,3 +797,277 @@ def chosen_distances(xs, centers, chosen, out):
                 diff = np.float64(xs[i, f]) - centers[centre, f]
                 total += diff * diff
             out[i, j] = total
+
+
+
+#: What :func:`minibatch_rows` stopped at: all its rows done, a batch whose centres of
+#: low count are to be reassigned (by the caller, then :func:`finish_step`), or a batch
+#: after which the stopping rule ends the fit.
+BATCHES_DONE, REASSIGN, STOPPED = 0, 1, 2
+
+
+class MiniBatchModel(NamedTuple):
+    """The centres of mini-batch k-means and what their updates keep (in and out)."""
+
+    centers: np.ndarray  # (k, d) float64
+    counts: np.ndarray  # (k,) float64: weight every centre has been given
+    previous: np.ndarray  # (k, d) float64: the centres before the last batch
+    steps: np.ndarray  # (2,) int64: batches processed, rows since the reassignment check
+
+
+class MiniBatchRule(NamedTuple):
+    """How mini-batch k-means updates its centres (inputs)."""
+
+    batch_size: int  # the configured batch size: rows counted towards the reassignment check
+    reassignment_ratio: float  # centres of count below this fraction of the largest move
+    unit: bool  # spherical k-means: every updated centre is scaled back to unit norm
+    wide_above: float  # centres larger than this: the GEMM in float64 (inf: never)
+    by_centers: bool  # GEMM layout in the data's dtype (:func:`~dkmeans.kernels.gemm_by_centers`)
+    wide_by_centers: bool  # ... in float64
+    step: int  # rows per sub-block
+
+
+class EarlyStopping(NamedTuple):
+    """scikit-learn's stopping rule of ``MiniBatchKMeans.fit`` (inputs, and its state in
+    and out; see :func:`stop_after`)."""
+
+    batch_size: int  # the batch inertia is smoothed per this many rows
+    alpha: float  # smoothing weight of a batch
+    tol: float  # stop when a batch moves the centres by at most this (squared); 0: never
+    patience: int  # stop after this many batches without improvement; -1: never
+    smoothed: np.ndarray  # (2,) float64: the smoothed batch inertia and its minimum (NaN: none)
+    counters: np.ndarray  # (2,) int64: batches seen, batches since the minimum improved
+
+
+class BatchScratch(NamedTuple):
+    """Scratch of the batches of one :func:`minibatch_rows` call, in the GEMM dtype."""
+
+    gemm: np.ndarray  # (k, d) -2 * centres
+    squared_norms: np.ndarray  # (k,) ||c||² as rounded to the GEMM dtype
+    partial: np.ndarray  # (sub-block rows * k,) the GEMM of a sub-block
+    nearest: np.ndarray  # (sub-block rows, 1) uint64
+    scan: Scan
+    totals: Totals
+
+
+@_compile
+def take_rows(x, order, out):
+    """``out[i] = x[order[i]]``: rows gathered (the twin of ``np.take(x, order, axis=0)``)."""
+    for i in range(len(order)):
+        row = order[i]
+        for f in range(x.shape[1]):
+            out[i, f] = x[row, f]
+
+
+@_compile
+def batch_scratch(x, n_rows, n_centers, step):
+    """:class:`BatchScratch` for batches of up to ``n_rows`` rows of the dtype of ``x``."""
+    rows = min(step, n_rows)
+    return BatchScratch(
+        gemm=np.empty((n_centers, x.shape[1]), dtype=x.dtype),
+        squared_norms=np.empty(n_centers, dtype=x.dtype),
+        partial=np.empty(rows * n_centers, dtype=x.dtype),
+        nearest=np.empty((rows, 1), dtype=np.uint64),
+        scan=Scan(
+            best_value=np.empty(rows, dtype=x.dtype),
+            best_index=np.empty(rows, dtype=np.int64),
+            second=np.empty(0, dtype=x.dtype),
+            x_sq=np.empty(0),
+        ),
+        totals=Totals(
+            sums=np.empty((n_centers, x.shape[1])),
+            counts=np.empty(n_centers),
+            inertia=np.empty(n_centers),
+        ),
+    )
+
+
+@_compile
+def batch_totals(xs, weights, centers, scratch, by_centers, step):
+    """Per-centre weighted sums, weights and inertia of the rows ``xs`` at their nearest
+    centre into ``scratch.totals``, as :func:`assign_block` finds them (one GEMM per
+    sub-block of ``step`` rows, in the dtype of ``xs``); returns the inertia."""
+    n_centers, n_features = centers.shape
+    gemm, squared_norms = scratch.gemm, scratch.squared_norms
+    for j in range(n_centers):
+        total = 0.0
+        for f in range(n_features):
+            gemm[j, f] = -2 * centers[j, f]
+            rounded = np.float64(gemm[j, f])
+            total += rounded * rounded
+        squared_norms[j] = total / 4
+    centres = StackedCentres(
+        gemm=gemm,
+        squared_norms=squared_norms,
+        exact=centers,
+        bounds=np.array([0, n_centers], dtype=np.int64),
+    )
+    totals = scratch.totals
+    totals.sums[:] = 0.0
+    totals.counts[:] = 0.0
+    totals.inertia[:] = 0.0
+    for start in range(0, xs.shape[0], step):
+        stop = min(start + step, xs.shape[0])
+        nearest = scratch.nearest[: stop - start]
+        scan_nearest(
+            buffer=scratch.partial,
+            xs=xs[start:stop],
+            by_centers=by_centers,
+            centres=centres,
+            nearest=nearest,
+            scan=scratch.scan,
+        )
+        accumulate_rows(
+            xs=xs[start:stop],
+            weights=rows_of(weights, start, stop),
+            nearest=nearest,
+            centres=centres,
+            first_row=start,
+            per_row=None,
+            totals=totals,
+            far=None,
+        )
+    return totals.inertia.sum()
+
+
+@_compile
+def moved_centres(model, totals, unit):
+    """Sculley's update: every centre given rows moves to the weighted mean of all rows
+    it has been given, ``(n c + Σ w x) / (n + Σ w)``; the centres before it go into
+    ``model.previous``. With ``unit``, every centre is scaled back to unit norm (one
+    whose rows cancelled out keeps its direction)."""
+    centers, counts, previous = model.centers, model.counts, model.previous
+    n_centers, n_features = centers.shape
+    for j in range(n_centers):
+        total = counts[j] + totals.counts[j]
+        for f in range(n_features):
+            previous[j, f] = centers[j, f]
+            if totals.counts[j] > 0:
+                centers[j, f] = (centers[j, f] * counts[j] + totals.sums[j, f]) / total
+        counts[j] = total
+        if unit:
+            squared = 0.0
+            for f in range(n_features):
+                squared += centers[j, f] * centers[j, f]
+            norm = np.sqrt(squared)
+            usable = np.isfinite(norm) and norm > 0
+            for f in range(n_features):
+                centers[j, f] = centers[j, f] / norm if usable else previous[j, f]
+
+
+@_compile
+def reassignment_due(model, rule):
+    """Whether the centres of low count are to be reassigned after this batch:
+    scikit-learn's schedule (a check when a centre has no weight, or after ``10 k``
+    rows), and some but not all centres below ``reassignment_ratio`` of the largest
+    count."""
+    counts, steps = model.counts, model.steps
+    steps[1] += rule.batch_size
+    if steps[1] < 10 * len(counts) and counts.min() > 0:
+        return False
+    steps[1] = 0
+    if not rule.reassignment_ratio > 0:
+        return False
+    low = 0
+    threshold = rule.reassignment_ratio * counts.max()
+    for j in range(len(counts)):
+        low += counts[j] < threshold
+    return 0 < low < len(counts)
+
+
+@_compile
+def stop_after(early, inertia, center_shift):
+    """scikit-learn's stopping rule after a batch of weighted ``inertia`` that moved the
+    centres by ``center_shift`` (squared): the batch inertia per ``batch_size`` rows,
+    smoothed with weight ``alpha`` from the second batch on, has not improved for
+    ``patience`` batches, or ``center_shift`` is at most ``tol``."""
+    smoothed, counters = early.smoothed, early.counters
+    counters[0] += 1
+    if counters[0] == 1:
+        return False
+    per_row = inertia / early.batch_size
+    if np.isnan(smoothed[0]):
+        smoothed[0] = per_row
+    else:
+        smoothed[0] = smoothed[0] * (1 - early.alpha) + per_row * early.alpha
+    if early.tol > 0 and center_shift <= early.tol:
+        return True
+    if np.isnan(smoothed[1]) or smoothed[0] < smoothed[1]:
+        counters[1] = 0
+        smoothed[1] = smoothed[0]
+    else:
+        counters[1] += 1
+    return early.patience >= 0 and counters[1] >= early.patience
+
+
+@_compile
+def finish_step(model, inertia, early):
+    """Count the batch, and whether ``early`` (:class:`EarlyStopping`; None: never)
+    stops the fit after it."""
+    model.steps[0] += 1
+    if early is None:
+        return False
+    center_shift = 0.0
+    for j in range(model.centers.shape[0]):
+        for f in range(model.centers.shape[1]):
+            moved = model.centers[j, f] - model.previous[j, f]
+            center_shift += moved * moved
+    return stop_after(early=early, inertia=inertia, center_shift=center_shift)
+
+
+@_compile
+def wide_batch_totals(xs, weights, centers, rule):
+    """:func:`batch_totals` of float32 rows in float64, for centres too large for a
+    float32 GEMM (:data:`~dkmeans.kernels.FLOAT32_GEMM_MAX_CENTER`)."""
+    wide = xs.astype(np.float64)
+    scratch = batch_scratch(x=wide, n_rows=len(wide), n_centers=len(centers), step=rule.step)
+    inertia = batch_totals(
+        xs=wide,
+        weights=weights,
+        centers=centers,
+        scratch=scratch,
+        by_centers=rule.wide_by_centers,
+        step=rule.step,
+    )
+    return inertia, scratch.totals
+
+
+@_compile
+def minibatch_rows(x, weights, start, stop, rows_per_batch, model, rule, early):
+    """Mini-batch k-means over the rows ``start:stop`` of ``x`` in one compiled call,
+    without the GIL: batches of ``rows_per_batch`` consecutive rows (the last may be
+    shorter), each one GEMM (:func:`batch_totals`), Sculley's update
+    (:func:`moved_centres`), the reassignment check and the stopping rule
+    (:func:`finish_step`) on ``model`` (:class:`MiniBatchModel`) by ``rule``
+    (:class:`MiniBatchRule`) and ``early`` (:class:`EarlyStopping`, None: never).
+
+    Returns ``(status, position, inertia)``: :data:`BATCHES_DONE` at ``stop``, or after
+    the batch ending at ``position`` of weighted ``inertia``, :data:`REASSIGN` (that
+    batch is not counted yet: the caller reassigns, then calls :func:`finish_step`) or
+    :data:`STOPPED`.
+    """
+    n_centers = len(model.centers)
+    scratch = batch_scratch(x=x, n_rows=rows_per_batch, n_centers=n_centers, step=rule.step)
+    position = start
+    while position < stop:
+        end = min(position + rows_per_batch, stop)
+        xs, ws = x[position:end], rows_of(weights, position, end)
+        if np.abs(model.centers).max() > rule.wide_above:
+            inertia, totals = wide_batch_totals(xs=xs, weights=ws, centers=model.centers, rule=rule)
+        else:
+            totals = scratch.totals
+            inertia = batch_totals(
+                xs=xs,
+                weights=ws,
+                centers=model.centers,
+                scratch=scratch,
+                by_centers=rule.by_centers,
+                step=rule.step,
+            )
+        moved_centres(model=model, totals=totals, unit=rule.unit)
+        position = end
+        if reassignment_due(model=model, rule=rule):
+            return REASSIGN, position, inertia
+        if finish_step(model=model, inertia=inertia, early=early):
+            return STOPPED, position, inertia
+    return BATCHES_DONE, position, 0.0

@@ -1,8 +1,9 @@
 """Mini-batch k-means (Sculley, WWW 2010) over a source streamed in order to the client.
 
 The data is read block by block (:mod:`dkmeans.batches`) and cut into batches of
-``batch_size`` rows. Every batch costs one GEMM (:func:`~dkmeans.kernels.pass_statistics`:
-the nearest centre of its rows, their per-centre weighted sums and weights) and moves
+``batch_size`` rows. Every batch costs one GEMM (the nearest centre of its rows, their
+per-centre weighted sums and weights, as :func:`~dkmeans.kernels.pass_statistics` finds
+them) and moves
 every centre that got rows to the weighted mean of all the rows it has been given so
 far: ``c ← (n_c c + Σ w x) / (n_c + Σ w)``, where ``n_c`` is the weight the centre has
 seen (Sculley's per-centre learning rate ``1 / n_c``, with scikit-learn's counts).
@@ -16,6 +17,12 @@ epoch reads every row exactly once, the blocks in a random order and the rows of
 block permuted (``shuffle``), or in the order of X. So one epoch costs one read of X
 and memory is bounded by a few blocks; the result depends on the seed and the chunking,
 not on the scheduler.
+
+The batches of a block run in one compiled call (:func:`~dkmeans.kernels.minibatch_rows`:
+GEMM, update, reassignment check and stopping rule per batch, no Python in between),
+which returns here only for a batch whose centres of low count are reassigned, since
+those draws come from a NumPy generator. Meanwhile the next blocks are read and
+permuted on threads of their own (:func:`~dkmeans.batches.source_blocks`).
 """
 
 from __future__ import annotations
@@ -27,9 +34,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .batches import Rows, mini_batches, source_blocks
-from .cosine import unit_centers
-from .kernels import cluster_totals
+from . import loops
+from .batches import Rows, batch_spans, source_blocks
+from .kernels import minibatch_rows, minibatch_rule
+from .loops import EarlyStopping, MiniBatchModel
 from .sources import DaskSource, InMemorySource
 
 
@@ -39,10 +47,10 @@ class MiniBatchState:
 
     Attributes
     ----------
-    centers : ndarray of shape (k, d), float64
-        In the source's frame.
-    counts : ndarray of shape (k,), float64
-        Weight every centre has been given (reset on reassignment).
+    model : MiniBatchModel
+        The centres (float64, in the source's frame), the weight every centre has been
+        given (reset on reassignment), the batches processed and the rows since the last
+        reassignment check; updated in place.
     seed : int
         Seeds the reassignments' draws (``rng``) and the order of every epoch.
     rng : numpy Generator
@@ -50,42 +58,35 @@ class MiniBatchState:
     unit : bool
         Spherical k-means (:mod:`dkmeans.cosine`): the rows are unit vectors, and every
         updated centre is scaled back to unit norm.
-    n_steps : int
-        Batches processed.
-    since_reassign : int
-        Rows (in batches of ``batch_size``) since the last reassignment check.
     """
 
-    centers: np.ndarray
-    counts: np.ndarray
+    model: MiniBatchModel
     seed: int
     rng: np.random.Generator
     unit: bool = False
-    n_steps: int = 0
-    since_reassign: int = 0
 
     @classmethod
     def start(cls, centers: np.ndarray, seed: int, *, unit: bool = False) -> MiniBatchState:
-        centers = np.array(centers, dtype=np.float64)
-        return cls(centers, np.zeros(len(centers)), seed, np.random.default_rng(seed), unit)
+        centers = np.array(centers, dtype=np.float64, order="C")
+        model = MiniBatchModel(
+            centers=centers,
+            counts=np.zeros(len(centers)),
+            previous=np.empty_like(centers),
+            steps=np.zeros(2, dtype=np.int64),
+        )
+        return cls(model, seed, np.random.default_rng(seed), unit)
 
+    @property
+    def centers(self) -> np.ndarray:
+        return self.model.centers
 
-@dataclass(frozen=True)
-class StepReport:
-    """What one batch did: its weighted inertia under the centres it started from, and
-    the squared distance the centres moved."""
+    @property
+    def counts(self) -> np.ndarray:
+        return self.model.counts
 
-    inertia: float
-    center_shift: float
-
-
-def _reassign_due(state: MiniBatchState, batch_size: int) -> bool:
-    """scikit-learn's schedule: when a centre has no weight, or after ``10 k`` rows."""
-    state.since_reassign += batch_size
-    if (state.counts == 0).any() or state.since_reassign >= 10 * len(state.centers):
-        state.since_reassign = 0
-        return True
-    return False
+    @property
+    def n_steps(self) -> int:
+        return int(self.model.steps[0])
 
 
 def _reassign(state: MiniBatchState, batch: Rows, ratio: float) -> None:
@@ -93,8 +94,6 @@ def _reassign(state: MiniBatchState, batch: Rows, ratio: float) -> None:
     with probability proportional to weight), at most half a batch of them; their count
     becomes the smallest count of the others, so that they are not moved again at once."""
     low = state.counts < ratio * state.counts.max()
-    if not low.any() or low.all():
-        return
     if low.sum() > 0.5 * len(batch):
         low[np.argsort(state.counts, kind="stable")[int(0.5 * len(batch)) :]] = False
     weights = np.ones(len(batch)) if batch.weights is None else batch.weights
@@ -107,85 +106,116 @@ def _reassign(state: MiniBatchState, batch: Rows, ratio: float) -> None:
     state.counts[low] = state.counts[~low].min()
 
 
+def run_batches(
+    state: MiniBatchState,
+    rows: Rows,
+    start: int,
+    stop: int,
+    *,
+    rows_per_batch: int,
+    batch_size: int,
+    reassignment_ratio: float,
+    early: EarlyStopping | None = None,
+) -> bool:
+    """Update the centres (in place) with the rows ``start:stop`` of ``rows``, in
+    batches of ``rows_per_batch`` consecutive rows; returns whether ``early`` stopped
+    the fit.
+
+    The batches run in compiled calls (:func:`~dkmeans.kernels.minibatch_rows`), which
+    come back here only for a batch whose centres of low count are reassigned (the
+    draws come from ``state.rng``).
+
+    Parameters
+    ----------
+    state : MiniBatchState
+    rows : Rows
+        In the source's frame, float32 or float64, C-contiguous.
+    start, stop : int
+    rows_per_batch : int
+    batch_size : int
+        The configured batch size (counts rows towards the reassignment schedule, as
+        scikit-learn counts them, and scales the batch inertia of the stopping rule).
+    reassignment_ratio : float
+        Centres whose count is below this fraction of the largest are reassigned.
+    early : EarlyStopping, optional
+        The stopping rule (:func:`early_stopping`); None: never stop.
+    """
+    rule = minibatch_rule(
+        rows.x.dtype,
+        *state.centers.shape,
+        batch_size=batch_size,
+        reassignment_ratio=reassignment_ratio,
+        unit=state.unit,
+    )
+    position = start
+    while position < stop:
+        status, position, inertia = minibatch_rows(
+            rows.x, rows.weights, position, stop, rows_per_batch, state.model, rule, early
+        )
+        if status == loops.STOPPED:
+            return True
+        if status == loops.REASSIGN:
+            first = start + (position - 1 - start) // rows_per_batch * rows_per_batch
+            _reassign(state, rows.take(slice(first, position)), reassignment_ratio)
+            if loops.finish_step(model=state.model, inertia=inertia, early=early):
+                return True
+    return False
+
+
 def minibatch_step(
     state: MiniBatchState,
     batch: Rows,
     *,
     batch_size: int,
     reassignment_ratio: float,
-) -> StepReport:
-    """Update the centres with one batch (in place) and report it.
+) -> None:
+    """Update the centres with one batch (in place).
 
     Parameters
     ----------
     state : MiniBatchState
     batch : Rows
-        The batch in the source's frame.
+        The batch in the source's frame (float32 or float64, C-contiguous).
     batch_size : int
-        The configured batch size (counts rows towards the reassignment schedule, as
-        scikit-learn counts them).
+        The configured batch size (counts rows towards the reassignment schedule).
     reassignment_ratio : float
         Centres whose count is below this fraction of the largest are reassigned.
     """
-    totals = cluster_totals(batch.x, batch.weights, state.centers)
-    old = state.centers
-    total = state.counts + totals.counts
-    # whole arrays, not the centres given rows: k x d is small, indexing costs more
-    means = np.divide(
-        old * state.counts[:, None] + totals.sums,
-        total[:, None],
-        out=old.copy(),
-        where=(totals.counts > 0)[:, None],
+    run_batches(
+        state,
+        batch,
+        0,
+        len(batch),
+        rows_per_batch=len(batch),
+        batch_size=batch_size,
+        reassignment_ratio=reassignment_ratio,
     )
-    # a centre whose unit rows cancel out keeps its direction
-    state.centers = unit_centers(means, fallback=old) if state.unit else means
-    state.counts = total
-    if _reassign_due(state, batch_size) and reassignment_ratio > 0:
-        _reassign(state, batch, reassignment_ratio)
-    state.n_steps += 1
-    shift = float(((state.centers - old) ** 2).sum())
-    return StepReport(float(totals.inertia.sum()), shift)
 
 
-@dataclass
-class EarlyStop:
-    """scikit-learn's stopping rule for ``MiniBatchKMeans.fit``.
+def early_stopping(
+    batch_size: int, n_samples: int, tol: float, max_no_improvement: int | None
+) -> EarlyStopping:
+    """scikit-learn's stopping rule for ``MiniBatchKMeans.fit``, before the first batch.
 
     The batch inertia (per ``batch_size`` rows) is smoothed with the weight
     ``2 batch_size / (n_samples + 1)``; the fit stops when that has not improved for
     ``max_no_improvement`` batches, or when a batch moved the centres by at most
     ``tol`` (squared, absolute; only when ``tol > 0``).
     """
+    return EarlyStopping(
+        batch_size=int(batch_size),
+        alpha=min(batch_size * 2.0 / (n_samples + 1), 1.0),
+        tol=float(tol),
+        patience=-1 if max_no_improvement is None else int(max_no_improvement),
+        smoothed=np.full(2, np.nan),
+        counters=np.zeros(2, dtype=np.int64),
+    )
 
-    batch_size: int
-    n_samples: int
-    tol: float
-    max_no_improvement: int | None
-    ewa_inertia: float | None = None
-    ewa_inertia_min: float | None = None
-    no_improvement: int = 0
-    steps: int = 0
 
-    def __call__(self, step: StepReport) -> bool:
-        """Whether to stop after this batch."""
-        self.steps += 1
-        inertia = step.inertia / self.batch_size
-        if self.steps == 1:
-            return False
-        if self.ewa_inertia is None:
-            self.ewa_inertia = inertia
-        else:
-            alpha = min(self.batch_size * 2.0 / (self.n_samples + 1), 1.0)
-            self.ewa_inertia = self.ewa_inertia * (1 - alpha) + inertia * alpha
-        if self.tol > 0 and step.center_shift <= self.tol:
-            return True
-        if self.ewa_inertia_min is None or self.ewa_inertia < self.ewa_inertia_min:
-            self.no_improvement, self.ewa_inertia_min = 0, self.ewa_inertia
-        else:
-            self.no_improvement += 1
-        return (
-            self.max_no_improvement is not None and self.no_improvement >= self.max_no_improvement
-        )
+def smoothed_inertia(early: EarlyStopping) -> float | None:
+    """The smoothed batch inertia per row (None before the second batch)."""
+    value = float(early.smoothed[0])
+    return None if np.isnan(value) else value
 
 
 @dataclass(frozen=True)
@@ -214,21 +244,27 @@ def epoch(
     batch_size: int,
     reassignment_ratio: float,
     shuffle: np.random.Generator | None = None,
-    stop: Callable[[StepReport], bool] | None = None,
+    early: EarlyStopping | None = None,
 ) -> bool:
-    """One read of ``source`` in batches; returns whether ``stop`` ended it early.
+    """One read of ``source`` in batches; returns whether ``early`` ended it early.
 
     With ``shuffle``, the blocks are read in a random order and the rows of every block
     permuted; without, the rows come in the order of the source.
     """
     n_blocks = len(source.row_offsets)
     order = range(n_blocks) if shuffle is None else shuffle.permutation(n_blocks)
-    with closing(source_blocks(source, order)) as blocks:
-        for batch in mini_batches(blocks, batch_size, shuffle):
-            step = minibatch_step(
-                state, batch, batch_size=batch_size, reassignment_ratio=reassignment_ratio
-            )
-            if stop is not None and stop(step):
+    with closing(source_blocks(source, order, shuffle)) as blocks:
+        for rows, start, stop in batch_spans(blocks, batch_size):
+            if run_batches(
+                state,
+                rows,
+                start,
+                stop,
+                rows_per_batch=batch_size,
+                batch_size=batch_size,
+                reassignment_ratio=reassignment_ratio,
+                early=early,
+            ):
                 return True
     return False
 
@@ -246,7 +282,7 @@ def minibatch_kmeans(
     on_epoch: Callable[[EpochReport], None] | None = None,
 ) -> MiniBatchResult:
     """Run epochs of mini-batch k-means from ``state`` (updated in place) until
-    :class:`EarlyStop` stops it or ``max_iter`` epochs are done.
+    :func:`early_stopping`'s rule stops it or ``max_iter`` epochs are done.
 
     Parameters
     ----------
@@ -265,7 +301,7 @@ def minibatch_kmeans(
     on_epoch : callable, optional
         Called with an :class:`EpochReport` after every complete epoch.
     """
-    stop = EarlyStop(batch_size, source.n_rows, tol, max_no_improvement)
+    early = early_stopping(batch_size, source.n_rows, tol, max_no_improvement)
     for index in range(max_iter):
         started = time.perf_counter()
         order = np.random.default_rng([state.seed, index]) if shuffle else None
@@ -275,11 +311,11 @@ def minibatch_kmeans(
             batch_size=batch_size,
             reassignment_ratio=reassignment_ratio,
             shuffle=order,
-            stop=stop,
+            early=early,
         )
         if on_epoch is not None:
             seconds = time.perf_counter() - started
-            on_epoch(EpochReport(index + 1, state.n_steps, stop.ewa_inertia, seconds))
+            on_epoch(EpochReport(index + 1, state.n_steps, smoothed_inertia(early), seconds))
         if stopped:
-            return MiniBatchResult(index + 1, stop.ewa_inertia)
-    return MiniBatchResult(max_iter, stop.ewa_inertia)
+            return MiniBatchResult(index + 1, smoothed_inertia(early))
+    return MiniBatchResult(max_iter, smoothed_inertia(early))

@@ -20,9 +20,10 @@ from sklearn.utils.estimator_checks import check_estimator
 
 import dkmeans.io
 from dkmeans import InvalidParameterError, KMeans, MiniBatchKMeans
-from dkmeans.batches import Rows, mini_batches
+from dkmeans.batches import Rows, batch_spans, source_blocks
 from dkmeans.cli import main
 from dkmeans.minibatch import MiniBatchState, minibatch_step
+from dkmeans.sources import InMemorySource
 
 from .helpers import brute_force_inertia
 
@@ -82,14 +83,21 @@ def test_default_start_is_as_good_as_kmeans_best_of_three(mixture):
 def test_batches_are_consecutive_rows_across_blocks():
     x = np.arange(23.0)[:, None]
     blocks = [Rows(x[a:b], np.arange(a, b, dtype=float)) for a, b in [(0, 5), (5, 6), (6, 23)]]
-    batches = list(mini_batches(blocks, 4))
+    batches = [
+        rows.take(slice(first, min(first + 4, stop)))
+        for rows, start, stop in batch_spans(blocks, 4)
+        for first in range(start, stop, 4)
+    ]
     assert [len(b) for b in batches] == [4] * 5 + [3]
     np.testing.assert_array_equal(np.concatenate([b.x for b in batches]), x)
     np.testing.assert_array_equal(np.concatenate([b.weights for b in batches]), x[:, 0])
-    shuffled = list(mini_batches(blocks, 4, np.random.default_rng(0)))
-    rows = np.concatenate([b.x[:, 0] for b in shuffled])
-    np.testing.assert_array_equal(np.sort(rows), x[:, 0])  # every row once
-    np.testing.assert_array_equal(np.sort(rows[:5]), np.arange(5))  # blocks stay in order
+    # shuffled: the rows of every block permuted, the permutations drawn block by block
+    source = InMemorySource.of_array(x, chunks=(5, 1, 17))
+    shuffled = list(source_blocks(source, [2, 0, 1], np.random.default_rng(0)))
+    rng = np.random.default_rng(0)
+    expected = [6 + rng.permutation(17), rng.permutation(5), 5 + rng.permutation(1)]
+    for block, rows in zip(shuffled, expected, strict=True):
+        np.testing.assert_array_equal(block.x[:, 0], rows)
 
 
 @pytest.mark.parametrize("container", ["numpy", "dask"])
