@@ -19,10 +19,10 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 
 import dkmeans.io
-from dkmeans import InvalidParameterError, KMeans, MiniBatchKMeans
+from dkmeans import InvalidParameterError, KMeans, MiniBatchKMeans, engine
 from dkmeans.batches import Rows, batch_spans, source_blocks
 from dkmeans.cli import main
-from dkmeans.minibatch import MiniBatchState, minibatch_step
+from dkmeans.minibatch import MiniBatchState, minibatch_step, run_batches
 from dkmeans.sources import InMemorySource
 
 from .helpers import brute_force_inertia
@@ -117,6 +117,40 @@ def test_partial_fit_over_batches_equals_one_epoch(mixture, container, implement
     assert fitted.n_steps_ == streamed.n_steps_ == 12
     at_once = MiniBatchKMeans(10, **params).partial_fit(data)
     np.testing.assert_array_equal(fitted.cluster_centers_, at_once.cluster_centers_)
+
+
+@pytest.mark.skipif("numba" not in engine.available(), reason="numba is not installed")
+def test_engines_agree_through_reassignments_and_early_stopping(mixture):
+    X = mixture[:4000]
+    weights = np.random.default_rng(5).uniform(0, 2, size=len(X))
+    start = np.concatenate([X[:7], np.full((3, 8), 50.0)])  # three centres get no rows
+    params = dict(
+        init=start, batch_size=200, max_iter=20, max_no_improvement=3, compute_labels=False,
+        random_state=0,
+    )  # fmt: skip
+    fits = {}
+    for name in engine.available():
+        with dask.config.set({engine.CONFIG_KEY: name}):
+            fits[name] = MiniBatchKMeans(10, **params).fit(X, sample_weight=weights)
+    compiled, numpy = fits["numba"], fits["numpy"]
+    assert compiled.n_steps_ == numpy.n_steps_ and compiled.n_iter_ == numpy.n_iter_ < 20
+    np.testing.assert_allclose(compiled.cluster_centers_, numpy.cluster_centers_, rtol=1e-5)
+    np.testing.assert_allclose(compiled._state.counts, numpy._state.counts, rtol=1e-9)
+    assert np.abs(compiled.cluster_centers_).max() < 20  # the far centres were reassigned
+
+
+def test_centres_too_large_for_float32_are_multiplied_in_float64(implementation):
+    x = np.random.default_rng(0).normal(scale=1e19, size=(600, 4)).astype(np.float32)
+    centers = {}
+    for dtype in (np.float32, np.float64):  # float64 rows: a float64 GEMM anyway
+        state = MiniBatchState.start(x[:3], seed=0)
+        run_batches(
+            state, Rows(x.astype(dtype), None), 0, len(x), rows_per_batch=100, batch_size=100,
+            reassignment_ratio=0,
+        )  # fmt: skip
+        centers[dtype] = state.centers
+    assert np.isfinite(centers[np.float32]).all()
+    np.testing.assert_array_equal(centers[np.float32], centers[np.float64])
 
 
 def test_step_is_the_running_mean_of_the_rows_given():
