@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -162,35 +163,43 @@ def main() -> None:
     parser.add_argument("--store-samples", type=count, default=32_000_000)
     parser.add_argument("--store-epochs", type=int, default=2)
     parser.add_argument("--tag", default="", help="suffix of the results file name")
+    parser.add_argument(
+        "--only", choices=["in-memory", "out-of-core"], default=None, help="run one part"
+    )
     args = parser.parse_args()
     if args.store is None and args.store_samples == 32_000_000:
         args.store = "/tmp/dkmeans-bench/blobs-32M-none.zarr"
     reuse_freed_memory()
-    result = {
+    result: dict[str, Any] = {
+        "command": "python -m benchmarks.minibatch " + " ".join(sys.argv[1:]),
         "cpus": os.cpu_count(),
         "load_average_before": os.getloadavg(),
         "versions": versions(("dkmeans", "scikit-learn", "numpy", "dask", "zarr")),
-        "in_memory": in_memory(args),
-        "out_of_core": out_of_core(args),
-        "load_average_after": os.getloadavg(),
     }
+    rows = []
+    if args.only in (None, "in-memory"):
+        memory = result["in_memory"] = in_memory(args)
+        fixed, defaults = memory["fixed_epochs"], memory["defaults"]
+        rows += [
+            ("in memory: dkmeans s/epoch", fixed["dkmeans"]["per_epoch_s"], ""),
+            ("in memory: scikit-learn s/epoch", fixed["scikit-learn"]["per_epoch_s"], ""),
+            ("in memory: time dkmeans / scikit-learn", fixed["time_ratio"], "< 1"),
+            ("in memory: inertia dkmeans / scikit-learn", fixed["inertia_ratio"], "<= 1"),
+            ("defaults: time dkmeans / scikit-learn", defaults["time_ratio"], ""),
+            ("defaults: inertia dkmeans / scikit-learn", defaults["inertia_ratio"], "<= 1"),
+        ]
+    if args.only in (None, "out-of-core"):
+        store = result["out_of_core"] = out_of_core(args)
+        rows += [
+            ("store: read pass, median (s)", statistics.median(store["read_pass_s"]), ""),
+            ("store: one epoch, median (s)", statistics.median(store["epoch_s"]), ""),
+            ("store: epoch / read pass", store["epoch_over_read"], "<= 1.5"),
+            ("store: inertia mini-batch / KMeans", store["inertia_ratio"], "<= 1.02"),
+        ]
+    result["load_average_after"] = os.getloadavg()
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"minibatch{'-' + args.tag if args.tag else ''}.json"
     out.write_text(json.dumps(result, indent=2))
-    memory, store = result["in_memory"], result["out_of_core"]
-    fixed, defaults = memory["fixed_epochs"], memory["defaults"]
-    rows = [
-        ("in memory: dkmeans s/epoch", fixed["dkmeans"]["per_epoch_s"], ""),
-        ("in memory: scikit-learn s/epoch", fixed["scikit-learn"]["per_epoch_s"], ""),
-        ("in memory: time dkmeans / scikit-learn", fixed["time_ratio"], "< 1"),
-        ("in memory: inertia dkmeans / scikit-learn", fixed["inertia_ratio"], "<= 1"),
-        ("defaults: time dkmeans / scikit-learn", defaults["time_ratio"], ""),
-        ("defaults: inertia dkmeans / scikit-learn", defaults["inertia_ratio"], "<= 1"),
-        ("store: read pass, median (s)", statistics.median(store["read_pass_s"]), ""),
-        ("store: one epoch, median (s)", statistics.median(store["epoch_s"]), ""),
-        ("store: epoch / read pass", store["epoch_over_read"], "<= 1.5"),
-        ("store: inertia mini-batch / KMeans", store["inertia_ratio"], "<= 1.02"),
-    ]
     print(f"{'measure':<44} {'value':>10} {'goal':>7}")
     for name, value, goal in rows:
         print(f"{name:<44} {value:10.4f} {goal:>7}")

@@ -300,11 +300,16 @@ def _assign(
     )
     moment_sums = MomentSums(count=np.zeros(1), mean=np.zeros(n_features), m2=np.zeros(n_features))
     step = sub_block_rows(n_centers, n_features)
-    screen = None
+    screen = groups = None
     if compiled and bounds_of_rows is not None:
         distance_bounds, block_index = bounds_of_rows
         out.labels, out.distances, lower = distance_bounds.memory.of_block(block_index, len(x))
-        screen = distance_bounds.screen(lower, centers, centres.bounds, dtype)
+        if distance_bounds.groups is None:
+            screen = distance_bounds.screen(lower, centers, centres.bounds, dtype)
+        else:
+            groups = distance_bounds.group_screen(
+                lower, centers, centres.bounds, centers_gemm, centres.squared_norms
+            )
         per_row = True
     if compiled:
         loops.assign_block(
@@ -317,6 +322,7 @@ def _assign(
                 moments=moment_sums if moments else None,
             ),
             screen=screen,
+            groups=groups,
             step=step,
             by_centers=gemm_by_centers(n_centers, n_features, dtype),
         )

@@ -19,9 +19,16 @@ import numpy as np
 
 from .cosine import Metric, inertia_per_squared_distance, unit_centers
 from .io import ZERO_WEIGHTS
+from .groups import CentreGroups
 from .kernels import pass_statistics
 from .resources import may_remember
-from .row_memory import DistanceBounds, RowMemory, distance_bounds_memory, skipped_fraction
+from .row_memory import (
+    DistanceBounds,
+    RowMemory,
+    distance_bounds_memory,
+    group_bounds_memory,
+    skipped_fraction,
+)
 from .sources import InMemorySource, Source
 from .statistics import FarPoints, PassStats
 
@@ -44,6 +51,19 @@ BOUNDS_MIN_SKIPPED = 0.15
 #: fit keeps its memory small).
 STREAMED_BOUNDS_MIN_CENTERS = 128
 STREAMED_BOUNDS_FRACTION = 0.125
+#: Runs of at least this many centres keep Yinyang's group bounds (:mod:`dkmeans.groups`)
+#: instead of Hamerly's: one lower bound per row and group of about
+#: :data:`CENTERS_PER_GROUP` centres (Ding et al.'s k / 10 groups), in float32, next to
+#: the row's centre and distance (16 bytes). At most :data:`MAX_GROUPS` groups, and the
+#: bounds take at most :data:`GROUP_BOUNDS_FRACTION` of X's bytes (streamed:
+#: :data:`STREAMED_BOUNDS_FRACTION`); fewer than :data:`MIN_GROUPS` groups: Hamerly's.
+GROUP_BOUNDS_MIN_CENTERS = 128
+CENTERS_PER_GROUP = 10
+MAX_GROUPS = 256
+MIN_GROUPS = 4
+GROUP_BOUNDS_FRACTION = 0.5
+#: Bytes of group bounds per row and run besides the groups' four each.
+GROUP_BOUNDS_BYTES_PER_ROW_AND_RUN = 16
 #: Far points a Lloyd pass keeps per run for empty clusters (:func:`_lloyd_pass`): at
 #: large k, keeping k of them per block cost two thirds of a pass (10,000 x 64 rows,
 #: k = 1,024).
@@ -200,23 +220,32 @@ class RowBounds:
     """
 
     def __init__(self, source: Source, initial_centers: Sequence[np.ndarray]) -> None:
-        n_bytes = source.n_rows * len(initial_centers) * BOUNDS_BYTES_PER_ROW_AND_RUN
         centers_per_run = max(len(c) for c in initial_centers)
         self.row_work = centers_per_run * source.n_features
-        x_bytes = source.n_rows * source.n_features * np.dtype(source.dtype).itemsize
+        row_bytes = source.n_features * np.dtype(source.dtype).itemsize
+        x_bytes = source.n_rows * row_bytes
+        in_memory = isinstance(source, InMemorySource)
+        self.groups_per_run = groups_per_run(centers_per_run, row_bytes, streamed=not in_memory)
+        per_row = (
+            GROUP_BOUNDS_BYTES_PER_ROW_AND_RUN + 4 * self.groups_per_run
+            if self.groups_per_run
+            else BOUNDS_BYTES_PER_ROW_AND_RUN
+        )
+        n_bytes = source.n_rows * len(initial_centers) * per_row
         streamed_pays = (
             centers_per_run >= STREAMED_BOUNDS_MIN_CENTERS
             and n_bytes <= STREAMED_BOUNDS_FRACTION * x_bytes
         )
         self.allowed = (
             source.in_process
-            and (isinstance(source, InMemorySource) or streamed_pays)
+            and (in_memory or streamed_pays)
             and self.row_work >= BOUNDS_MIN_SAVING
             and source.n_rows * self.row_work * len(initial_centers) >= BOUNDS_MIN_WORK
             and may_remember(True, n_bytes)
         )
         self.runs: list[int] | None = None
         self.memory: RowMemory | None = None
+        self.groups: CentreGroups | None = None
         self.previous: np.ndarray | None = None  # the centres the bounds belong to
         self.latest: np.ndarray | None = None  # the centres of the last pass
         self.full_passes = 0  # full passes since the bounds were last updated
@@ -231,8 +260,12 @@ class RowBounds:
         if not self.allowed or (last and runs != self.runs):
             return None
         if runs != self.runs:
-            self.runs, self.memory, self.previous = runs, distance_bounds_memory(len(runs)), stacked
-            self.latest, self.full_passes = stacked, 0
+            self.runs, self.previous, self.latest, self.full_passes = runs, stacked, stacked, 0
+            if self.groups_per_run:
+                self.groups = CentreGroups.of_centers(stacked, bounds, self.groups_per_run)
+                self.memory = group_bounds_memory(len(runs), self.groups.n_groups)
+            else:
+                self.memory = distance_bounds_memory(len(runs))
         drift = np.sqrt(((stacked - self.previous) ** 2).sum(axis=1))
         step = np.sqrt(((stacked - self.latest) ** 2).sum(axis=1))
         self.latest = stacked
@@ -242,12 +275,24 @@ class RowBounds:
             self.full_passes >= BOUNDS_RENEWED_AFTER or BOUNDS_SETTLED * step.max() < drift.max()
         )
         if self.memory.blocks and (last or not renew):
-            skipped = skipped_fraction(self.memory, drift, bounds)
+            skipped = skipped_fraction(self.memory, drift, bounds, self.groups)
             if skipped < BOUNDS_MIN_SKIPPED or skipped * self.row_work < BOUNDS_MIN_SAVING:
                 self.full_passes += 1
                 return None
         self.previous, self.full_passes = stacked, 0
-        return DistanceBounds(self.memory, drift)
+        return DistanceBounds(self.memory, drift, self.groups)
+
+
+def groups_per_run(centers_per_run: int, row_bytes: int, *, streamed: bool) -> int:
+    """Groups of Yinyang's bounds per run for runs of up to ``centers_per_run`` centres
+    and rows of ``row_bytes`` bytes; 0: Hamerly's bounds (see
+    :data:`GROUP_BOUNDS_MIN_CENTERS`)."""
+    if centers_per_run < GROUP_BOUNDS_MIN_CENTERS:
+        return 0
+    fraction = STREAMED_BOUNDS_FRACTION if streamed else GROUP_BOUNDS_FRACTION
+    fits = int(fraction * row_bytes - GROUP_BOUNDS_BYTES_PER_ROW_AND_RUN) // 4
+    groups = min(centers_per_run // CENTERS_PER_GROUP, fits, MAX_GROUPS)
+    return groups if groups >= MIN_GROUPS else 0
 
 
 def lloyd(

@@ -124,6 +124,24 @@ class Screen(NamedTuple):
     eps: float  # relative rounding of a GEMM value, with room to spare
 
 
+class GroupScreen(NamedTuple):
+    """Yinyang's group bounds of a pass (see :func:`screen_groups`); positions are those
+    of :class:`~dkmeans.groups.CentreGroups`, where a group's centres are contiguous."""
+
+    lower: np.ndarray  # (n, G) float32: per group, a lower bound on the distance to its
+    #                    centres but the row's own, updated
+    drift: np.ndarray  # (K,) distance every centre moved since the last pass
+    group_drift: np.ndarray  # (G,) the largest drift of every group
+    centers_norm: np.ndarray  # (K,) ||c||
+    max_sq: np.ndarray  # (R,) the largest ||c||² of every run
+    eps: float  # relative rounding of a GEMM value, with room to spare
+    order: np.ndarray  # (K,) int64 stacked centre at every position
+    edges: np.ndarray  # (G + 1,) int64: group g holds positions edges[g]:edges[g + 1]
+    run_groups: np.ndarray  # (R + 1,) int64: run r owns groups run_groups[r]:run_groups[r + 1]
+    gemm: np.ndarray  # (K, d) -2 * centres in the GEMM dtype, by position
+    squared_norms: np.ndarray  # (K,) ||c||² as rounded to the GEMM dtype, by position
+
+
 class Scan(NamedTuple):
     """Scratch of one sub-block's rows: best value and index, second value, ``||x||²``."""
 
@@ -131,6 +149,16 @@ class Scan(NamedTuple):
     best_index: np.ndarray  # int64
     second: np.ndarray
     x_sq: np.ndarray  # float64
+
+
+class GroupScratch(NamedTuple):
+    """Scratch of one sub-block's rows for :func:`scan_nearest_groups`."""
+
+    gathered: np.ndarray  # (rows,) int64 block rows that go through the GEMM
+    kept: np.ndarray  # (rows, R) bool: whether run r kept the row's centre
+    x_sq: np.ndarray  # (rows,) float64 ||x||²
+    rows: np.ndarray  # (rows, d) copies of the gathered rows, in the GEMM dtype
+    scan: Scan  # (G, rows) per group: best value, index (by position) and second value
 
 
 class NearestCandidates(NamedTuple):
@@ -449,6 +477,162 @@ def scan_nearest_two(xs, partial_t, centres, gathered, start, nearest, screen, s
             screen.lower[i, r] = np.sqrt(max(np.float64(scan.second[g]) + x_sq[g] - slack, 0.0))
 
 
+@_compile_inline
+def float32_below(value):
+    """A float32 not above ``value`` and at least 0, within 2**-21 of it: a lower bound
+    kept in four bytes (a negative one bounds nothing)."""
+    # float32 rounds to nearest, within 2**-24 of the value: shrunk first by more
+    return np.float32(max(value, 0.0) * (1 - 2.0**-22))
+
+
+@_compile
+def row_squared(xs, i):
+    """``||xs[i]||²`` in float64."""
+    total = 0.0
+    for f in range(xs.shape[1]):
+        value = np.float64(xs[i, f])
+        total += value * value
+    return total
+
+
+@_compile
+def screen_groups(start, stop, xs, centres, last, screen, nearest, gathered, kept, x_sq):
+    """The rows of a sub-block whose nearest centre may have changed, by Yinyang's bounds.
+
+    Per row and run: every group's bound drops by the group's largest drift
+    (``screen``, :class:`GroupScreen`, updated), the distance to the row's own centre
+    grows by at most that centre's drift. The run keeps the row's centre (written to
+    ``nearest``) when this upper bound stays below every group's bound by more than the
+    rounding of the GEMM could hide, so the full scan would choose the same centre;
+    else the upper bound is made exact (one distance in float64) and tested again.
+    ``kept[i - start, r]`` says whether run ``r`` kept the centre of row ``i``; the
+    positions of the other rows go into ``gathered`` and their ``||x||²`` into ``x_sq``
+    (by sub-block row). Returns how many rows.
+    """
+    lower, bounds = screen.lower, centres.bounds
+    n_gathered = 0
+    for i in range(start, stop):
+        row_sq = row_squared(xs, i - start)
+        gather = False
+        for r in range(len(bounds) - 1):
+            nearest_bound = np.inf
+            for g in range(screen.run_groups[r], screen.run_groups[r + 1]):
+                lower[i, g] = float32_below(lower[i, g] - screen.group_drift[g])
+                nearest_bound = min(nearest_bound, np.float64(lower[i, g]))
+            keep = False
+            if last.labels[i, r] >= 0:  # measured
+                own = bounds[r] + last.labels[i, r]
+                upper = np.sqrt(last.distances[i, r]) + screen.drift[own]
+                slack = screen.eps * (row_sq + screen.max_sq[r])
+                keep = nearest_bound > 0 and upper * upper + 2 * slack < nearest_bound**2
+                if not keep and nearest_bound > 0:  # the exact distance
+                    squared = 0.0
+                    for f in range(xs.shape[1]):
+                        diff = np.float64(xs[i - start, f]) - centres.exact[own, f]
+                        squared += diff * diff
+                    keep = squared + 2 * slack < nearest_bound**2
+                if keep:
+                    nearest[i - start, r] = own
+            kept[i - start, r] = keep
+            gather = gather or not keep
+        if gather:
+            x_sq[i - start] = row_sq
+            gathered[n_gathered] = i
+            n_gathered += 1
+    return n_gathered
+
+
+@_compile_inline
+def bound_of_value(value, row_sq, slack):
+    """A lower bound on a distance whose GEMM value is ``value``, in four bytes."""
+    return float32_below(np.sqrt(max(np.float64(value) + row_sq - slack, 0.0)))
+
+
+@_compile
+def nearest_by_groups(partial_t, gathered, start, kept, x_sq, run, screen, nearest, scan):
+    """The run's nearest centre of every gathered row whose centre the run did not keep
+    (``kept``), from the GEMM ``partial_t`` of the gathered rows (positions by rows;
+    ties: the lowest index), and new bounds for all the run's groups. Every group is
+    scanned along the rows (:func:`argmin_rows`), the groups' best then compared row by
+    row. ``scan``: per group, a row of best values, indices and second values."""
+    g0, g1 = screen.run_groups[run], screen.run_groups[run + 1]
+    for g in range(g0, g1):
+        argmin_rows(
+            partial_t=partial_t,
+            centers_sq=screen.squared_norms,
+            lo=screen.edges[g],
+            hi=screen.edges[g + 1],
+            scan=Scan(
+                best_value=scan.best_value[g],
+                best_index=scan.best_index[g],
+                second=scan.second[g],
+                x_sq=x_sq,
+            ),
+            second=scan.second[g],
+        )
+    for c in range(len(gathered)):
+        i = gathered[c]
+        if kept[i - start, run]:
+            continue
+        best, best_value, best_group = -1, np.inf, -1
+        for g in range(g0, g1):
+            index = screen.order[screen.edges[g] + scan.best_index[g, c]]
+            value = scan.best_value[g, c]
+            if value < best_value or (value == best_value and index < best):
+                best, best_value, best_group = index, value, g
+        nearest[i - start, run] = best
+        row_sq = x_sq[i - start]
+        slack = screen.eps * (row_sq + screen.max_sq[run])
+        for g in range(g0, g1):
+            other = scan.second[g, c] if g == best_group else scan.best_value[g, c]
+            screen.lower[i, g] = bound_of_value(other, row_sq, slack)
+
+
+@_compile
+def group_count(groups):
+    """The number of groups of a :class:`GroupScreen`, 0 for None."""
+    return 0 if groups is None else groups.lower.shape[1]
+
+
+@_compile
+def scan_nearest_groups(xs, start, stop, partial, centres, last, groups, nearest, scratch):
+    """Nearest centre of every row of the sub-block ``xs`` (rows ``start:stop`` of its
+    block) by Yinyang's bounds: :func:`screen_groups`, then the GEMM of a copy of the
+    rows left into ``partial``, scanned group by group (:func:`nearest_by_groups`).
+    ``scratch``: :class:`GroupScratch`."""
+    n = screen_groups(
+        start=start,
+        stop=stop,
+        xs=xs,
+        centres=centres,
+        last=last,
+        screen=groups,
+        nearest=nearest,
+        gathered=scratch.gathered,
+        kept=scratch.kept,
+        x_sq=scratch.x_sq,
+    )
+    if n == 0:
+        return
+    for c in range(n):
+        scratch.rows[c] = xs[scratch.gathered[c] - start]
+    partial_t = sub_block_gemm(
+        partial=partial, centers_gemm=groups.gemm, xs=scratch.rows[:n], by_centers=True
+    )
+    for r in range(len(centres.bounds) - 1):
+        nearest_by_groups(
+            partial_t=partial_t,
+            gathered=scratch.gathered[:n],
+            start=start,
+            kept=scratch.kept,
+            x_sq=scratch.x_sq,
+            run=r,
+            screen=groups,
+            nearest=nearest,
+            scan=scratch.scan,
+        )
+
+
 @_compile
 def accumulate_rows(xs, weights, nearest, centres, first_row, per_row, totals, far):
     """Distances to the nearest centres and per-centre sums of a sub-block, compiled by
@@ -535,7 +719,7 @@ def merge_moments(xs, moments):
 
 
 @_compile
-def assign_block(block, centres, out, screen, step, by_centers):
+def assign_block(block, centres, out, screen, groups, step, by_centers):
     """The whole block in one compiled call: GEMM per sub-block, then the fused scan.
 
     Runs without the GIL from start to end (numba's ``np.dot`` calls BLAS), so the
@@ -545,7 +729,9 @@ def assign_block(block, centres, out, screen, step, by_centers):
     :func:`screen_rows`), only the rows whose centre may have changed go through the
     GEMM and the scan (all rows of a sub-block where a quarter may have);
     ``out.per_row`` then holds the rows' results of the last pass, and receives this
-    pass's. Without, ``by_centers`` chooses the GEMM's layout
+    pass's. With ``groups`` instead (:class:`GroupScreen`, see :func:`screen_groups`),
+    Yinyang's group bounds screen the rows (:func:`scan_nearest_groups`). Without
+    either, ``by_centers`` chooses the GEMM's layout
     (:func:`~dkmeans.kernels.gemm_by_centers`).
     With ``block.shift`` or ``block.widen`` (float16 rows), every sub-block is first
     copied, widened and minus the shift (:mod:`dkmeans.frame`), into a buffer that stays
@@ -567,6 +753,20 @@ def assign_block(block, centres, out, screen, step, by_centers):
     )
     xg = np.empty((screened, n_features), dtype=dtype)
     gathered = np.empty(screened, dtype=np.int64)
+    n_groups = group_count(groups)
+    grouped = rows if n_groups else 0
+    group_scratch = GroupScratch(
+        gathered=np.empty(grouped, dtype=np.int64),
+        kept=np.empty((grouped, len(bounds) - 1), dtype=np.bool_),
+        x_sq=np.empty(grouped),
+        rows=np.empty((grouped, n_features), dtype=dtype),
+        scan=Scan(
+            best_value=np.empty((n_groups, grouped), dtype=dtype),
+            best_index=np.empty((n_groups, grouped), dtype=np.int64),
+            second=np.empty((n_groups, grouped), dtype=dtype),
+            x_sq=np.empty(0),
+        ),
+    )
     copied = block.shift is not None or block.widen is not None
     moved = np.empty((rows if copied else 0, n_features), dtype=dtype)
     for start in range(0, n_rows, step):
@@ -575,7 +775,19 @@ def assign_block(block, centres, out, screen, step, by_centers):
         xs = rows_seen(
             x=x, start=start, stop=stop, shift=block.shift, widen=block.widen, buffer=moved
         )
-        if screen is None:
+        if groups is not None:
+            scan_nearest_groups(
+                xs=xs,
+                start=start,
+                stop=stop,
+                partial=partial,
+                centres=centres,
+                last=out.per_row,
+                groups=groups,
+                nearest=block_nearest,
+                scratch=group_scratch,
+            )
+        elif screen is None:
             scan_nearest(
                 buffer=partial,
                 xs=xs,

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .loops import Screen
+from .groups import CentreGroups
+from .loops import GroupScreen, Screen
 
 
 class RowMemory:
@@ -53,10 +54,15 @@ class DistanceBounds:
         distances to them, and lower bounds on the distance to every other centre.
     drift : ndarray of shape (K,)
         Distance every stacked centre moved since the last pass.
+    groups : CentreGroups, optional
+        The centres' groups when the memory keeps Yinyang's bounds
+        (:func:`group_bounds_memory`): one lower bound per row and group instead of
+        one per row and run.
     """
 
     memory: RowMemory
     drift: np.ndarray
+    groups: CentreGroups | None = None
 
     def screen(
         self, lower: np.ndarray, centers: np.ndarray, bounds: np.ndarray, dtype: np.dtype
@@ -76,39 +82,34 @@ class DistanceBounds:
         )
 
 
+    def group_screen(
+        self, lower: np.ndarray, centers: np.ndarray, bounds: np.ndarray, gemm: np.ndarray,
+        squared_norms: np.ndarray,
+    ) -> GroupScreen:
+        """The group bounds of a pass as the compiled screening reads them; ``gemm`` and
+        ``squared_norms`` as :class:`~dkmeans.loops.StackedCentres` holds them."""
+        hamerly = self.screen(lower, centers, bounds, gemm.dtype)
+        groups, order = self.groups, self.groups.order
+        return GroupScreen(
+            lower=lower,
+            drift=self.drift,
+            group_drift=groups.maxima(self.drift),
+            centers_norm=hamerly.centers_norm,
+            max_sq=hamerly.max_sq,
+            eps=hamerly.eps,
+            order=order,
+            edges=groups.edges,
+            run_groups=groups.run_groups,
+            gemm=np.ascontiguousarray(gemm[order]),
+            squared_norms=np.ascontiguousarray(squared_norms[order]),
+        )
+
+
 def run_maxima(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     """The largest of ``values[bounds[r]:bounds[r + 1]]`` for every run ``r`` (0 if empty)."""
     return np.array(
         [values[lo:hi].max(initial=0.0) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
     )
-
-
-def skipped_fraction(
-    memory: RowMemory, drift: np.ndarray, bounds: np.ndarray, sample_every: int = 64
-) -> float:
-    """The fraction of rows the next pass may skip, from every ``sample_every``-th row:
-    those whose bounds, after the centres drift by ``drift``, stay apart in every run
-    (:func:`~dkmeans.loops.screen_rows`, without its allowance for rounding).
-
-    Parameters
-    ----------
-    memory : RowMemory
-        The rows' bounds (:func:`distance_bounds_memory`).
-    drift : ndarray of shape (K,)
-        How far every stacked centre has moved since the bounds were last updated.
-    bounds : ndarray of shape (R + 1,)
-        Run ``r`` owns stacked centres ``bounds[r]:bounds[r + 1]``.
-    """
-    max_drift = run_maxima(drift, bounds)
-    skipped = sampled = 0
-    for labels, distances, lower in memory.blocks.values():
-        labels, distances = labels[::sample_every], distances[::sample_every]
-        lower = lower[::sample_every] - max_drift
-        measured = labels >= 0
-        upper = np.sqrt(distances) + drift[bounds[:-1] + np.where(measured, labels, 0)]
-        skipped += np.count_nonzero((measured & (upper < lower)).all(axis=1))
-        sampled += len(labels)
-    return skipped / sampled if sampled else 0.0
 
 
 def distance_bounds_memory(n_runs: int) -> RowMemory:
@@ -121,3 +122,56 @@ def distance_bounds_memory(n_runs: int) -> RowMemory:
             np.full((n_rows, n_runs), -np.inf),
         )
     )
+
+
+def group_bounds_memory(n_runs: int, n_groups: int) -> RowMemory:
+    """Per block: the rows' centres (-1 before the first pass) and squared distances to
+    them, per run, and per group of centres (:class:`~dkmeans.groups.CentreGroups`) a
+    lower bound on the distance to its centres but the row's own, in float32."""
+    return RowMemory(
+        lambda n_rows: (
+            np.full((n_rows, n_runs), -1, dtype=np.int64),
+            np.zeros((n_rows, n_runs)),
+            np.full((n_rows, n_groups), -np.inf, dtype=np.float32),
+        )
+    )
+
+
+def skipped_fraction(
+    memory: RowMemory,
+    drift: np.ndarray,
+    bounds: np.ndarray,
+    groups: CentreGroups | None = None,
+    sample_every: int = 64,
+) -> float:
+    """The fraction of rows the next pass may skip, from every ``sample_every``-th row:
+    those whose bounds, after the centres drift by ``drift``, stay apart in every run
+    (:func:`~dkmeans.loops.screen_rows` or :func:`~dkmeans.loops.screen_groups`, without
+    their allowance for rounding nor the exact upper bounds of the latter).
+
+    Parameters
+    ----------
+    memory : RowMemory
+        The rows' bounds (:func:`distance_bounds_memory` or :func:`group_bounds_memory`).
+    drift : ndarray of shape (K,)
+        How far every stacked centre has moved since the bounds were last updated.
+    bounds : ndarray of shape (R + 1,)
+        Run ``r`` owns stacked centres ``bounds[r]:bounds[r + 1]``.
+    groups : CentreGroups, optional
+        The groups of group bounds; default: Hamerly's bounds, one group per run.
+    """
+    groups = CentreGroups.of_runs(bounds) if groups is None else groups
+    group_drift, run_groups = groups.maxima(drift), groups.run_groups
+    skipped = sampled = 0
+    for labels, distances, lower in memory.blocks.values():
+        labels, distances = labels[::sample_every], distances[::sample_every]
+        lower = lower[::sample_every] - group_drift
+        stays = np.ones(len(labels), dtype=bool)
+        for r in range(len(bounds) - 1):
+            nearest = lower[:, run_groups[r] : run_groups[r + 1]].min(axis=1, initial=np.inf)
+            measured = labels[:, r] >= 0
+            own = bounds[r] + np.where(measured, labels[:, r], 0)
+            stays &= measured & (np.sqrt(distances[:, r]) + drift[own] < nearest)
+        skipped += np.count_nonzero(stays)
+        sampled += len(labels)
+    return skipped / sampled if sampled else 0.0

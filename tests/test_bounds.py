@@ -212,9 +212,9 @@ def test_streamed_passes_keep_bounds_where_the_arithmetic_dominates(tmp_path, mo
     narrow = DaskSource(da.from_array(x[:, :8].astype(np.float32), chunks=(1_000, 8)))
     assert not RowBounds(narrow, [runs[0][:, :8]]).allowed  # bounds as big as X
     made = []
-    original = lloyd_module.distance_bounds_memory
+    original = lloyd_module.group_bounds_memory  # 128 centres: in groups
     monkeypatch.setattr(
-        lloyd_module, "distance_bounds_memory", lambda n: made.append(n) or original(n)
+        lloyd_module, "group_bounds_memory", lambda *n: made.append(n) or original(*n)
     )
     bounded = lloyd(source(), runs, max_iter=6, tol=0)[0]
     assert made  # the passes kept bounds
