@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .cosine import Metric
-from .io import ZERO_WEIGHTS
+from .io import ZERO_WEIGHTS, numpy_row_chunks
 from .lloyd import lloyd, stack_centers
 from .oversampling import (
     BYTES_PER_ROW_AND_RUN,
@@ -35,7 +35,7 @@ from .oversampling import (
     oversample,
     weigh_candidates,
 )
-from .resources import may_remember
+from .resources import local_threads, may_remember
 from .row_memory import RowMemory
 from .sampling import KeySample, plusplus_trials, smallest_keys, weighted_rows
 from .sources import InMemorySource, Source
@@ -337,11 +337,14 @@ def recluster(
 ) -> np.ndarray:
     """Weighted k-means++ (or, unless ``greedy``, a weighted sample of k candidates:
     :func:`greedy_reclustering_pays`) then weighted Lloyd (at most ``max_iter``
-    iterations) on the candidates, on the client; the best of ``restarts`` restarts
-    (lowest weighted candidate cost)."""
+    iterations) on the candidates, on the client's threads; the best of ``restarts``
+    restarts (lowest weighted candidate cost)."""
     if len(candidates) <= n_clusters:
         return _pad(candidates, n_clusters)
-    small = InMemorySource.of_array(candidates, weights)
+    # many candidates (very large k) are cut into blocks as in-memory data is, so that
+    # Lloyd on them uses every core; their number does not depend on the machine
+    chunks = numpy_row_chunks(len(candidates), candidates.shape[1] * candidates.itemsize)
+    small = InMemorySource.of_array(candidates, weights, chunks=chunks, threads=local_threads())
     restart_seeds = np.random.default_rng(seed).integers(np.iinfo(np.int32).max, size=restarts)
     start = weighted_plusplus if greedy else weighted_sample
     initial = [start(candidates, weights, n_clusters, int(s)) for s in restart_seeds]
