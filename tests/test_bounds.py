@@ -4,21 +4,22 @@ kept between passes) give the statistics of full passes."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dkmeans import engine, resources
 from dkmeans import lloyd as lloyd_module
-from dkmeans import resources
-from dkmeans.kernels import pass_statistics
+from dkmeans.kernels import nearest_centers, pass_statistics
 from dkmeans.lloyd import RowBounds, lloyd
 from dkmeans.row_memory import skipped_fraction
 from dkmeans.sources import InMemorySource
 
 
 @st.composite
-def lloyd_problems(draw):
+def lloyd_problems(draw, max_centers: int = 12):
     """Integer-valued rows in a few clumps (every GEMM is exact, ties are common), cut
-    into blocks, and the initial centres of one or two runs."""
+    into blocks, and the initial centres of one or two runs of up to ``max_centers``."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     n_rows, n_features = draw(st.integers(2, 3000)), draw(st.integers(1, 5))
     dtype = draw(st.sampled_from([np.float32, np.float64]))
@@ -30,7 +31,8 @@ def lloyd_problems(draw):
     cuts = sorted(set(draw(st.lists(st.integers(1, n_rows - 1), max_size=3))))
     chunks = np.diff([0, *cuts, n_rows])
     runs = [
-        x[rng.choice(n_rows, draw(st.integers(1, min(12, n_rows))), replace=False)].astype(float)
+        x[rng.choice(n_rows, draw(st.integers(1, min(max_centers, n_rows))), replace=False)]
+        .astype(float)
         for _ in range(draw(st.integers(1, 2)))
     ]
     return x, tuple(int(c) for c in chunks), runs
@@ -223,3 +225,108 @@ def test_streamed_passes_keep_bounds_where_the_arithmetic_dominates(tmp_path, mo
     np.testing.assert_array_equal(bounded.centers, full.centers)
     np.testing.assert_array_equal(bounded.counts, full.counts)
     assert bounded.inertia == full.inertia
+
+
+def group_bounds_on_any_data(monkeypatch) -> list[tuple[int, int]]:
+    """Keep Yinyang's group bounds (groups of 3 centres) on tiny data, and use them at
+    every pass; returns a list that receives (runs, groups) of every group memory made."""
+    bounds_on_any_data(monkeypatch)
+    monkeypatch.setattr(lloyd_module, "GROUP_BOUNDS_MIN_CENTERS", 2)
+    monkeypatch.setattr(lloyd_module, "CENTERS_PER_GROUP", 3)
+    monkeypatch.setattr(lloyd_module, "MIN_GROUPS", 1)
+    monkeypatch.setattr(lloyd_module, "GROUP_BOUNDS_FRACTION", 1e6)
+    made = []
+    original = lloyd_module.group_bounds_memory
+    monkeypatch.setattr(
+        lloyd_module, "group_bounds_memory", lambda *n: made.append(n) or original(*n)
+    )
+    return made
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(problem=lloyd_problems(max_centers=40), max_iter=st.integers(1, 8))
+def test_group_bounded_fits_equal_full_fits(problem, max_iter, implementation, monkeypatch):
+    """Lloyd with group bounds ends with the centres, counts, inertia and iterations of
+    full passes, bitwise, float32 and float64, on both engines (the NumPy engine makes
+    full passes whatever the bounds)."""
+    x, chunks, runs = problem
+
+    def fit():
+        source = InMemorySource.of_array(x, chunks=chunks, threads=2)
+        return lloyd(source, runs, max_iter=max_iter, tol=0)
+
+    made = group_bounds_on_any_data(monkeypatch)
+    bounded = fit()
+    grouped = max(len(r) for r in runs) >= 3
+    assert bool(made) == grouped
+    monkeypatch.undo()
+    full = fit()
+    for a, b in zip(bounded, full, strict=True):
+        np.testing.assert_array_equal(a.centers, b.centers)
+        np.testing.assert_array_equal(a.counts, b.counts)
+        assert a.inertia == b.inertia and a.n_iter == b.n_iter
+
+
+@pytest.mark.skipif("numba" not in engine.available(), reason="bounds need the compiled loops")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_group_bounded_passes_give_the_labels_of_full_passes(dtype, monkeypatch):
+    """Pass by pass, as the centres of two runs drift (some far, most not at all), the
+    group-bounded passes give the labels and statistics of full passes, bitwise.
+    Integer rows and centres on a grid of 1/4: every GEMM value is exact, so exact ties
+    are many and the lowest index must win them, across groups too."""
+    rng = np.random.default_rng(5)
+    clumps = rng.integers(-12, 13, size=(8, 3))
+    x = (clumps[rng.integers(8, size=4_000)] + rng.integers(-3, 4, size=(4_000, 3))).astype(dtype)
+    runs = [x[rng.choice(len(x), k, replace=False)].astype(float) for k in (40, 25)]
+    bounds = np.array([0, 40, 65])
+    source = InMemorySource.of_array(x, chunks=(1_500, 2_500))
+    made = group_bounds_on_any_data(monkeypatch)
+    row_bounds = RowBounds(source, runs)
+    stacked = np.concatenate(runs)
+    for step in range(6):
+        distance_bounds = row_bounds.for_pass([0, 1], stacked, bounds)
+        assert distance_bounds is not None and distance_bounds.groups is not None
+        bounded = source.map_reduce(
+            pass_statistics, stacked, bounds, distance_bounds=distance_bounds
+        )
+        full = source.map_reduce(pass_statistics, stacked, bounds)
+        np.testing.assert_array_equal(bounded.sums, full.sums)
+        np.testing.assert_array_equal(bounded.counts, full.counts)
+        np.testing.assert_array_equal(bounded.cluster_inertia, full.cluster_inertia)
+        kept = np.concatenate([row_bounds.memory.blocks[b][0] for b in (0, 1)])
+        np.testing.assert_array_equal(kept, nearest_centers(x, stacked, bounds)[0])
+        moving = rng.random(len(stacked)) < (0.5 if step == 0 else 0.1)
+        stacked = stacked + moving[:, None] * rng.integers(-8, 9, size=stacked.shape) / 4
+    assert made == [(2, row_bounds.groups.n_groups)]
+
+
+def test_group_bounds_are_chosen_for_many_centres(tmp_path):
+    """Runs of GROUP_BOUNDS_MIN_CENTERS centres or more keep group bounds, about one group
+    per CENTERS_PER_GROUP centres, as many as take up to GROUP_BOUNDS_FRACTION of X's
+    bytes (1/8 when X is streamed); fewer than MIN_GROUPS: Hamerly's bounds."""
+    import dask.array as da
+
+    from dkmeans.sources import DaskSource
+
+    rng = np.random.default_rng(4)
+
+    def groups(n_features, k, dtype=np.float32, streamed=False):
+        x = rng.normal(size=(2_000, n_features)).astype(dtype)
+        source = (
+            DaskSource(da.from_array(x, chunks=(500, n_features)))
+            if streamed
+            else InMemorySource.of_array(x)
+        )
+        row_bounds = RowBounds(source, [np.zeros((k, n_features))])
+        return row_bounds.groups_per_run if row_bounds.allowed else None
+
+    assert groups(64, 127) == 0  # Hamerly's
+    assert groups(768, 256) == 25  # k / 10
+    assert groups(64, 1024) == 28  # (256 / 2 - 16) / 4 bytes per group
+    assert groups(128, 4096) == 60
+    assert groups(8, 1024, np.float64) == 4
+    assert groups(4, 1024, np.float64) == 0  # room for fewer than MIN_GROUPS groups
+    assert groups(64, 1024, streamed=True) == 4  # (256 / 8 - 16) / 4
+    assert groups(32, 1024, streamed=True) is None  # no room for any bounds
