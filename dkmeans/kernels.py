@@ -36,7 +36,7 @@ from .loops import (
     Totals,
 )
 from .row_memory import DistanceBounds
-from .statistics import FarPoints, Moments, PassStats
+from .statistics import BlockStats, FarPoints, Moments, PassStats, StackedMoments
 
 #: Elements (rows x (centres + features)) of one row sub-block. Chosen by measurement
 #: (250,000 x 32 float32 rows, k=16, one thread, 2-core EPYC with 1 MiB L2 per core):
@@ -259,6 +259,20 @@ def _merge_moments_numpy(xs: np.ndarray, moments: MomentSums) -> None:
     count[0], mean[:], m2[:] = merged.count, merged.mean, merged.m2
 
 
+def stacked_centres(
+    x: np.ndarray, centers: np.ndarray, bounds: np.ndarray
+) -> tuple[np.dtype, StackedCentres]:
+    """The GEMM dtype of ``x`` against ``centers`` and the centres as the compiled loops
+    read them (:func:`gemm_operands`)."""
+    dtype, centers_gemm, centers_sq = gemm_operands(x, centers)
+    return dtype, StackedCentres(
+        gemm=centers_gemm,
+        squared_norms=centers_sq.astype(dtype),  # the scan adds it to the GEMM in its dtype
+        exact=np.ascontiguousarray(centers, dtype=np.float64),
+        bounds=np.asarray(bounds, dtype=np.int64),
+    )
+
+
 def _assign(
     x: np.ndarray,
     centers: np.ndarray,
@@ -283,14 +297,9 @@ def _assign(
     """
     n_centers, n_features = centers.shape
     n_runs = len(bounds) - 1
-    dtype, centers_gemm, centers_sq = gemm_operands(x, centers)
+    dtype, centres = stacked_centres(x, centers, bounds)
+    centers_gemm = centres.gemm
     shift = None if shift is None else np.asarray(shift, dtype=dtype)
-    centres = StackedCentres(
-        gemm=centers_gemm,
-        squared_norms=centers_sq.astype(dtype),  # the scan adds it to the GEMM in its dtype
-        exact=np.ascontiguousarray(centers, dtype=np.float64),
-        bounds=np.asarray(bounds, dtype=np.int64),
-    )
     compiled = engine.current() == "numba"
     # the compiled kernel keeps far points in slots; per-row results only when asked
     track_far = compiled and far_capacity > 0
@@ -475,10 +484,7 @@ def pass_statistics(
     -------
     PassStats
     """
-    capacities = [
-        bounds[r + 1] - bounds[r] if far_capacity is None else far_capacity
-        for r in range(len(bounds) - 1)
-    ]
+    capacities = far_capacities(bounds, far_capacity)
     out, moments = _assign(
         x,
         centers,
@@ -499,6 +505,125 @@ def pass_statistics(
 
 #: Sources pass their shift to this kernel instead of shifting its blocks.
 pass_statistics.takes_shift = True
+
+
+def far_capacities(bounds: np.ndarray, far_capacity: int | None) -> list[int]:
+    """Far points kept per run (:func:`pass_statistics`'s ``far_capacity``)."""
+    return [
+        int(bounds[r + 1] - bounds[r]) if far_capacity is None else far_capacity
+        for r in range(len(bounds) - 1)
+    ]
+
+
+def pass_statistics_of_blocks(
+    x: np.ndarray,
+    edges: np.ndarray,
+    weights: np.ndarray | None,
+    row_offset: int,
+    first_block: int,
+    centers: np.ndarray,
+    bounds: np.ndarray,
+    *,
+    with_moments: bool = False,
+    far_capacity: int | None = None,
+    distance_bounds: None = None,
+    shift: np.ndarray | None = None,
+) -> BlockStats:
+    """:func:`pass_statistics` of consecutive blocks in one call, block by block.
+
+    Every block is processed exactly as alone (its own sub-blocks and GEMMs), so its
+    statistics are bitwise those of :func:`pass_statistics` on it; with the numba
+    engine the blocks run in one compiled loop, without a Python call per block (a
+    block of a few rows cost ~100 us of calls and allocations, 20x its arithmetic).
+
+    Parameters
+    ----------
+    x : ndarray of shape (rows, d)
+        The rows of the blocks, one block after the other.
+    edges : ndarray of shape (n_blocks + 1,)
+        Block ``b`` is rows ``edges[b]:edges[b + 1]`` of ``x``.
+    weights : ndarray of shape (rows,) or None
+    row_offset : int
+        Global index of the first row of ``x``.
+    first_block : int
+        Position of the first block.
+    centers, bounds, with_moments, far_capacity, shift
+        As :func:`pass_statistics`.
+    distance_bounds : None
+        Kept only by a process that passes over its own blocks, one at a time.
+
+    Returns
+    -------
+    BlockStats
+        Every block's sums, counts, inertia and moments; the far points of all blocks.
+    """
+    if distance_bounds is not None:
+        raise ValueError("distance bounds are kept per block: pass the blocks one at a time")
+    capacities = far_capacities(bounds, far_capacity)
+    if engine.current() != "numba":
+        return BlockStats.of(
+            [
+                pass_statistics(
+                    x[lo:hi],
+                    None if weights is None else weights[lo:hi],
+                    row_offset + lo,
+                    first_block + b,
+                    centers,
+                    bounds,
+                    with_moments=with_moments,
+                    far_capacity=far_capacity,
+                    shift=shift,
+                )
+                for b, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True))
+            ]
+        )
+    n_blocks, (n_centers, n_features) = len(edges) - 1, centers.shape
+    dtype, centres = stacked_centres(x, centers, bounds)
+    capacity = max(capacities, default=0)
+    out = _Accumulator.empty(0, len(bounds) - 1, n_centers, n_features, capacity)
+    totals = Totals(
+        sums=np.zeros((n_blocks, n_centers, n_features)),
+        counts=np.zeros((n_blocks, n_centers)),
+        inertia=np.zeros((n_blocks, n_centers)),
+    )
+    moments = MomentSums(
+        count=np.zeros((n_blocks, 1)),
+        mean=np.zeros((n_blocks, n_features)),
+        m2=np.zeros((n_blocks, n_features)),
+    )
+    shift = None if shift is None else np.asarray(shift, dtype=dtype)
+    loops.assign_blocks(
+        block=block_rows(x, weights, shift, dtype),
+        edges=np.asarray(edges, dtype=np.int64),
+        centres=centres,
+        out=PassOutputs(
+            per_row=None,
+            totals=totals,
+            far=out.far if capacity else None,
+            moments=moments if with_moments else None,
+        ),
+        step=sub_block_rows(n_centers, n_features),
+        by_centers=gemm_by_centers(n_centers, n_features, dtype),
+    )
+    far = tuple(
+        out.far_points(x, weights, row_offset, run, capacity, shift)
+        for run, capacity in enumerate(capacities)
+    )
+    stacked = (
+        StackedMoments(moments.count[:, 0], moments.mean, moments.m2) if with_moments else None
+    )
+    return BlockStats(totals.sums, totals.counts, totals.inertia, far, stacked)
+
+
+def stacked_bytes(centers: np.ndarray, *_: object, **__: object) -> int:
+    """Bytes of one block's entry in :func:`pass_statistics_of_blocks`'s result."""
+    n_centers, n_features = centers.shape
+    return 8 * (n_centers * (n_features + 2) + 2 * n_features + 1)
+
+
+#: The kernel over many blocks at once (:mod:`dkmeans.spans`), and its memory per block.
+pass_statistics.of_blocks = pass_statistics_of_blocks
+pass_statistics.stacked_bytes = stacked_bytes
 
 
 def cluster_totals(x: np.ndarray, weights: np.ndarray | None, centers: np.ndarray) -> Totals:

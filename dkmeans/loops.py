@@ -1011,6 +1011,93 @@ def chosen_distances(xs, centers, chosen, out):
             out[i, j] = total
 
 
+@_compile
+def totals_of_block(totals, b):
+    """Block ``b``'s :class:`Totals` of totals stacked by block, or None for None."""
+    if totals is None:
+        return None
+    return Totals(sums=totals.sums[b], counts=totals.counts[b], inertia=totals.inertia[b])
+
+
+@_compile
+def moments_of_block(moments, b):
+    """Block ``b``'s :class:`MomentSums` of moments stacked by block, or None for None."""
+    if moments is None:
+        return None
+    return MomentSums(count=moments.count[b], mean=moments.mean[b], m2=moments.m2[b])
+
+
+@_compile
+def far_slots_like(far):
+    """:class:`FarSlots` shaped as ``far`` (to be emptied), or None for None."""
+    if far is None:
+        return None
+    return FarSlots(
+        distances=np.empty_like(far.distances),
+        rows=np.empty_like(far.rows),
+        labels=np.empty_like(far.labels),
+        worst=np.empty_like(far.worst),
+    )
+
+
+@_compile
+def empty_far_slots(far):
+    """Empty every slot of ``far``; None: nothing."""
+    if far is None:
+        return
+    far.distances[:] = -np.inf
+    far.rows[:] = -1
+    far.labels[:] = 0
+    far.worst[:] = -np.inf
+
+
+@_compile
+def merge_far_slots(far, block_far, first_row):
+    """Offer a block's far-point slots to ``far``, as rows ``first_row + row``, in the
+    order of their rows: ``far`` ends as if :func:`accumulate_rows` had seen the
+    block's rows itself (the farthest rows, ties to the earlier). None: nothing."""
+    if far is None:
+        return
+    for r in range(far.rows.shape[0]):
+        for slot in np.argsort(block_far.rows[r]):  # empty slots (-1) first
+            squared = block_far.distances[r, slot]
+            if block_far.rows[r, slot] >= 0 and squared > far.worst[r]:
+                row = first_row + block_far.rows[r, slot]
+                keep_far(far=far, run=r, squared=squared, row=row, label=block_far.labels[r, slot])
+
+
+@_compile
+def assign_blocks(block, edges, centres, out, step, by_centers):
+    """:func:`assign_block` on consecutive blocks in one call: rows
+    ``edges[b]:edges[b + 1]`` of ``block`` are block ``b``, processed exactly as alone
+    (its own sub-blocks and GEMMs). ``out`` (:class:`PassOutputs` without per-row
+    results) holds totals and moments stacked by block (a leading axis), and the far
+    points of all blocks, as rows of ``block``."""
+    block_far = far_slots_like(out.far)
+    for b in range(len(edges) - 1):
+        lo, hi = edges[b], edges[b + 1]
+        empty_far_slots(block_far)
+        assign_block(
+            block=BlockRows(
+                x=block.x[lo:hi],
+                weights=rows_of(block.weights, lo, hi),
+                shift=block.shift,
+                widen=block.widen,
+            ),
+            centres=centres,
+            out=PassOutputs(
+                per_row=None,
+                totals=totals_of_block(out.totals, b),
+                far=block_far,
+                moments=moments_of_block(out.moments, b),
+            ),
+            screen=None,
+            groups=None,
+            step=step,
+            by_centers=by_centers,
+        )
+        merge_far_slots(far=out.far, block_far=block_far, first_row=lo)
+
 
 #: What :func:`minibatch_rows` stopped at: all its rows done, a batch whose centres of
 #: low count are to be reassigned (by the caller, then :func:`finish_step`), or a batch

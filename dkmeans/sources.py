@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from itertools import pairwise
 from typing import Any, Protocol
 
 import dask
@@ -38,7 +39,7 @@ from dask.utils import funcname
 
 from .cosine import unit_rows
 from .frame import check_values, shifted
-from .spans import SpanPasses
+from .spans import SpanPasses, many_blocks
 from .tree import SPLIT_EVERY, combine_all, tree_level
 from .watch import Blocks, check_worker_memory, distributed_client
 from .watch import compute as watched_compute
@@ -222,6 +223,29 @@ class FiniteChecked:
     def __call__(self, block, weights, row_offset: int, block_index: int, *args, **kwargs):
         check_values(block, row_offset, block_index)
         return self.kernel(block, weights, row_offset, block_index, *args, **kwargs)
+
+    @property
+    def of_blocks(self) -> Callable[..., Any] | None:
+        """The kernel's form over many blocks (:func:`~dkmeans.spans.many_blocks`),
+        checking them first, or None if it has none."""
+        inner = many_blocks(self.kernel)
+        return None if inner is None else partial(self.checked_blocks, inner.call)
+
+    @property
+    def stacked_bytes(self) -> Callable[..., int]:
+        return many_blocks(self.kernel).stacked_bytes
+
+    @staticmethod
+    def checked_blocks(call, x, edges, weights, row_offset, first_block, *args, **kwargs):
+        """``call`` on consecutive blocks once their values are checked, all at once; the
+        error names the first bad block."""
+        try:
+            check_values(x)
+        except ValueError:
+            for b, (lo, hi) in enumerate(pairwise(edges)):
+                check_values(x[lo:hi], row_offset + int(lo), first_block + b)
+            raise
+        return call(x, edges, weights, row_offset, first_block, *args, **kwargs)
 
 
 class Shifted:

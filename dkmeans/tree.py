@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from functools import reduce
-from typing import Any
+from typing import Any, Protocol, Self
 
 from .statistics import Combinable
 
@@ -88,3 +88,35 @@ def node_values(
         return combine_all(value((level - 1, child)) for child in children)
 
     return [value(node) for node in nodes]
+
+
+class Stacked(Protocol):
+    """Partial results of consecutive blocks (or nodes), one per entry of a leading
+    axis, whose ``combine`` combines them entry by entry (``BlockStats``)."""
+
+    def __len__(self) -> int: ...
+
+    def take(self, index: slice) -> Self: ...
+
+    def combine(self, other: Self) -> Self: ...
+
+    def concat(self, other: Self) -> Self: ...
+
+    def value(self) -> Combinable:
+        """The one partial result of a stack of one entry."""
+
+
+def fold(stacked: Stacked, levels: int, split_every: int = SPLIT_EVERY) -> Stacked:
+    """The values of the nodes ``levels`` levels above the entries of ``stacked`` (the
+    first entry's block the first of a node at that level), level by level: the
+    children of every node combined left to right, as :func:`combine_all` would, all
+    nodes of a level at once."""
+    for _ in range(levels):
+        full = len(stacked) // split_every * split_every  # the nodes with every child
+        groups = [stacked.take(slice(j, full, split_every)) for j in range(split_every)]
+        folded = combine_all(groups) if full else None
+        rest = [stacked.take(slice(i, i + 1)) for i in range(full, len(stacked))]
+        if rest:
+            folded = combine_all(rest) if folded is None else folded.concat(combine_all(rest))
+        stacked = folded
+    return stacked
