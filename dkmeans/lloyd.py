@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cosine import Metric, inertia_per_squared_distance, unit_centers
-from .io import ZERO_WEIGHTS
 from .groups import CentreGroups
+from .io import ZERO_WEIGHTS
 from .kernels import pass_statistics
 from .resources import may_remember
 from .row_memory import (

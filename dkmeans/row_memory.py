@@ -81,9 +81,12 @@ class DistanceBounds:
             eps=float(eps),
         )
 
-
     def group_screen(
-        self, lower: np.ndarray, centers: np.ndarray, bounds: np.ndarray, gemm: np.ndarray,
+        self,
+        lower: np.ndarray,
+        centers: np.ndarray,
+        bounds: np.ndarray,
+        gemm: np.ndarray,
         squared_norms: np.ndarray,
     ) -> GroupScreen:
         """The group bounds of a pass as the compiled screening reads them; ``gemm`` and

@@ -30,11 +30,8 @@ def lloyd_problems(draw, max_centers: int = 12):
     x = x.astype(dtype)
     cuts = sorted(set(draw(st.lists(st.integers(1, n_rows - 1), max_size=3))))
     chunks = np.diff([0, *cuts, n_rows])
-    runs = [
-        x[rng.choice(n_rows, draw(st.integers(1, min(max_centers, n_rows))), replace=False)]
-        .astype(float)
-        for _ in range(draw(st.integers(1, 2)))
-    ]
+    sizes = [draw(st.integers(1, min(max_centers, n_rows))) for _ in range(draw(st.integers(1, 2)))]
+    runs = [x[rng.choice(n_rows, k, replace=False)].astype(float) for k in sizes]
     return x, tuple(int(c) for c in chunks), runs
 
 
@@ -57,16 +54,21 @@ def bounds_on_any_data(monkeypatch, min_skipped: float = 0.0) -> None:
 def test_bounded_passes_equal_full_passes(problem, max_iter, min_skipped, monkeypatch):
     """Whether every pass uses the bounds, or some passes are full ones between passes
     that use (and renew) them, the statistics are those of full passes."""
-    x, chunks, runs = problem
-
-    def fit():
-        source = InMemorySource.of_array(x, chunks=chunks, threads=2)
-        return lloyd(source, runs, max_iter=max_iter, tol=0)
-
     bounds_on_any_data(monkeypatch, min_skipped)
-    bounded = fit()
+    bounded = fit_problem(problem, max_iter)
     monkeypatch.undo()
-    full = fit()
+    assert_same_fits(bounded, fit_problem(problem, max_iter))
+
+
+def fit_problem(problem, max_iter: int) -> list:
+    """Lloyd on a :func:`lloyd_problems` example, its blocks on two threads."""
+    x, chunks, runs = problem
+    source = InMemorySource.of_array(x, chunks=chunks, threads=2)
+    return lloyd(source, runs, max_iter=max_iter, tol=0)
+
+
+def assert_same_fits(bounded: list, full: list) -> None:
+    """The runs ended with the same centres, counts, inertia and iterations, bitwise."""
     for a, b in zip(bounded, full, strict=True):
         np.testing.assert_array_equal(a.centers, b.centers)
         np.testing.assert_array_equal(a.counts, b.counts)
@@ -251,22 +253,11 @@ def test_group_bounded_fits_equal_full_fits(problem, max_iter, implementation, m
     """Lloyd with group bounds ends with the centres, counts, inertia and iterations of
     full passes, bitwise, float32 and float64, on both engines (the NumPy engine makes
     full passes whatever the bounds)."""
-    x, chunks, runs = problem
-
-    def fit():
-        source = InMemorySource.of_array(x, chunks=chunks, threads=2)
-        return lloyd(source, runs, max_iter=max_iter, tol=0)
-
     made = group_bounds_on_any_data(monkeypatch)
-    bounded = fit()
-    grouped = max(len(r) for r in runs) >= 3
-    assert bool(made) == grouped
+    bounded = fit_problem(problem, max_iter)
+    assert bool(made) == (max(len(r) for r in problem[2]) >= 3)  # groups of 3
     monkeypatch.undo()
-    full = fit()
-    for a, b in zip(bounded, full, strict=True):
-        np.testing.assert_array_equal(a.centers, b.centers)
-        np.testing.assert_array_equal(a.counts, b.counts)
-        assert a.inertia == b.inertia and a.n_iter == b.n_iter
+    assert_same_fits(bounded, fit_problem(problem, max_iter))
 
 
 @pytest.mark.skipif("numba" not in engine.available(), reason="bounds need the compiled loops")
