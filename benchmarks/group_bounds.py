@@ -1,22 +1,24 @@
-"""Lloyd iterations without bounds, with Hamerly's and with Yinyang's group bounds.
+"""Lloyd passes without bounds, with Hamerly's and with Yinyang's group bounds.
 
-For every case (rows x features, k, data kind) the data is made in memory (float32) and
-``KMeans(k, init=shared centres, tol=0)`` fitted for ``a`` and for ``b`` iterations in
-every mode, the modes alternating; the time per iteration is the difference over
-``b - a`` (the marginal cost of an iteration once the bounds are made), the median over
-the repeats. Modes (the knobs of :mod:`dkmeans.lloyd`):
+For every case (rows x features, k, data kind) the data is made in memory (float32), and
+Lloyd's centres from shared initial centres are computed once by full passes
+(``--iterations`` of them). Then, step by step along those centres, every mode makes its
+pass, the modes alternating within each step, in one process: the time per iteration of
+a mode is its mean pass time over the steps after the first two (once its bounds are
+made and have seen the centres move). Modes (the knobs of :mod:`dkmeans.lloyd`):
 
 - ``none``: every pass a full pass (no bounds kept);
 - ``hamerly``: Hamerly's bounds at every k;
-- ``yinyang``: Yinyang's group bounds at every k;
+- ``yinyang``: Yinyang's group bounds at every k (Hamerly's where a run has too few
+  centres for ``MIN_GROUPS`` groups);
 - ``auto``: as shipped (group bounds from ``GROUP_BOUNDS_MIN_CENTERS`` centres).
 
-Each mode still decides per pass from its prediction of the rows it would skip whether
-to use its bounds. Also reported: the passes that used the bounds, and whether all
-modes ended with the same centres.
+Each mode still decides per pass, from its prediction of the rows it would skip, whether
+to use its bounds; the passes that did are reported, and whether every mode's statistics
+equal the full pass's.
 
     python -m benchmarks.group_bounds                    # the issue's shapes
-    python -m benchmarks.group_bounds --case 100000x64x1024:noise --repeats 1
+    python -m benchmarks.group_bounds --case 100000x64x1024:noise --iterations 6
 
 Results go to ``benchmarks/results/group_bounds.json`` (``--out``).
 """
@@ -27,14 +29,17 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import time
 from collections.abc import Iterator
 
 import numpy as np
 
-import dkmeans
 from dkmeans import lloyd as lloyd_module
+from dkmeans.io import numpy_row_chunks
+from dkmeans.kernels import pass_statistics
+from dkmeans.lloyd import updated_centers
+from dkmeans.resources import limit_blas, local_threads
+from dkmeans.sources import InMemorySource
 
 from .measures import RESULTS, initial_centers, make_data, make_noise
 
@@ -51,76 +56,80 @@ CASES = (
 MODES = ("none", "hamerly", "yinyang", "auto")
 
 
+KNOBS = {
+    "none": {"BOUNDS_MIN_WORK": float("inf")},
+    "hamerly": {"GROUP_BOUNDS_MIN_CENTERS": float("inf")},
+    "yinyang": {"GROUP_BOUNDS_MIN_CENTERS": 0},
+    "auto": {},
+}
+
+
 @contextlib.contextmanager
-def mode(name: str) -> Iterator[list[bool]]:
-    """Set the knobs of :mod:`dkmeans.lloyd` for a mode; yields a list that receives,
-    per pass, whether it used bounds."""
-    knobs = {
-        "none": {"BOUNDS_MIN_WORK": float("inf")},
-        "hamerly": {"GROUP_BOUNDS_MIN_CENTERS": float("inf")},
-        "yinyang": {"GROUP_BOUNDS_MIN_CENTERS": 0},
-        "auto": {},
-    }[name]
-    saved = {key: getattr(lloyd_module, key) for key in knobs}
-    used: list[bool] = []
-    for_pass = lloyd_module.RowBounds.for_pass
-
-    def recording(self, *args, **kwargs):
-        bounds = for_pass(self, *args, **kwargs)
-        used.append(bounds is not None)
-        return bounds
-
-    lloyd_module.RowBounds.for_pass = recording
-    for key, value in knobs.items():
+def mode(name: str) -> Iterator[None]:
+    """Set the knobs of :mod:`dkmeans.lloyd` for a mode."""
+    saved = {key: getattr(lloyd_module, key) for key in KNOBS[name]}
+    for key, value in KNOBS[name].items():
         setattr(lloyd_module, key, value)
     try:
-        yield used
+        yield
     finally:
-        lloyd_module.RowBounds.for_pass = for_pass
         for key, value in saved.items():
             setattr(lloyd_module, key, value)
 
 
-def fit(x: np.ndarray, centers: np.ndarray, iterations: int) -> tuple[float, np.ndarray]:
-    """Seconds of a fit of ``iterations`` iterations from ``centers``, and its centres."""
-    started = time.perf_counter()
-    km = dkmeans.KMeans(len(centers), init=centers, n_init=1, max_iter=iterations, tol=0)
-    km.fit(x)
-    return time.perf_counter() - started, km.cluster_centers_
+def centre_path(source: InMemorySource, centers: np.ndarray, steps: int) -> list[np.ndarray]:
+    """The centres of ``steps`` Lloyd iterations from ``centers``, by full passes."""
+    path, bounds = [centers], np.array([0, len(centers)])
+    for _ in range(steps - 1):
+        stats = source.map_reduce(pass_statistics, path[-1], bounds)
+        path.append(updated_centers(path[-1], stats.sums, stats.counts, stats.far[0]))
+    return path
 
 
 def run_case(case: str, args: argparse.Namespace) -> dict:
-    """Time every mode on one case."""
+    """Time every mode's passes along the same centres."""
     shape, kind = case.split(":")
     n, d, k = (int(v) for v in shape.split("x"))
     x = make_data(n, d, k, "float32") if kind == "blobs" else make_noise(n, d, "float32")
-    centers = initial_centers(x, k)
-    a, b = args.iterations
-    per_iteration: dict[str, list[float]] = {m: [] for m in args.modes}
-    used: dict[str, list[bool]] = {}
-    finals: dict[str, np.ndarray] = {}
-    with mode("auto"):
-        fit(x, centers, 1)  # compiles, warms the caches
-    for _ in range(args.repeats):
+    source = InMemorySource.of_array(
+        x, chunks=numpy_row_chunks(n, d * x.itemsize), threads=local_threads()
+    )
+    bounds = np.array([0, k])
+    with limit_blas():
+        path = centre_path(source, initial_centers(x, k), args.iterations)
+        row_bounds = {}
         for name in args.modes:
-            with mode(name) as passes:
-                short, _ = fit(x, centers, a)
-                passes.clear()
-                long, finals[name] = fit(x, centers, b)
-            per_iteration[name].append((long - short) / (b - a))
-            used[name] = list(passes)
-    medians = {m: statistics.median(v) for m, v in per_iteration.items()}
-    first = finals[args.modes[0]]
+            with mode(name):
+                row_bounds[name] = lloyd_module.RowBounds(source, [path[0]])
+        seconds = {name: [] for name in args.modes}
+        used = {name: [] for name in args.modes}
+        same = {name: True for name in args.modes}
+        for centers in path:
+            full = None
+            for name in args.modes:
+                with mode(name):
+                    distance_bounds = row_bounds[name].for_pass([0], centers, bounds)
+                    started = time.perf_counter()
+                    stats = source.map_reduce(
+                        pass_statistics, centers, bounds, distance_bounds=distance_bounds
+                    )
+                    seconds[name].append(time.perf_counter() - started)
+                used[name].append(distance_bounds is not None)
+                full = stats if full is None else full
+                same[name] &= bool(np.array_equal(stats.counts, full.counts))
+    per_iteration = {name: float(np.mean(v[2:])) for name, v in seconds.items()}
     result = {
         "case": case,
-        "seconds_per_iteration": medians,
-        "all_seconds": per_iteration,
+        "groups": {name: row_bounds[name].groups_per_run for name in args.modes},
+        "seconds_per_iteration": per_iteration,
+        "ratio_to_first_mode": {
+            name: v / per_iteration[args.modes[0]] for name, v in per_iteration.items()
+        },
+        "seconds_per_pass": seconds,
         "passes_with_bounds": used,
-        "same_centers": {m: bool(np.array_equal(c, first)) for m, c in finals.items()},
+        "same_counts_as_first_mode": same,
     }
-    if "none" in medians:
-        result["ratio_to_none"] = {m: v / medians["none"] for m, v in medians.items()}
-    print(json.dumps({key: result[key] for key in ("case", "seconds_per_iteration")}))
+    print(json.dumps({key: result[key] for key in ("case", "ratio_to_first_mode")}))
     return result
 
 
@@ -128,15 +137,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", action="append", help="NxDxK:blobs|noise (repeatable)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--iterations", nargs=2, type=int, default=(4, 10), metavar=("A", "B"))
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=8)
     parser.add_argument("--out", default=str(RESULTS / "group_bounds.json"))
     args = parser.parse_args(argv)
     results = [run_case(case, args) for case in args.case or CASES]
     report = {
         "load_average": os.getloadavg(),
         "cpu_count": os.cpu_count(),
-        "iterations": list(args.iterations),
+        "iterations": args.iterations,
         "results": results,
     }
     with open(args.out, "w") as out:
