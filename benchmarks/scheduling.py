@@ -1,16 +1,32 @@
-"""Per-pass scheduling overhead against the number of blocks, and per-block compute cost.
+"""Time per Lloyd pass against the number of blocks on a distributed cluster (issue 22).
 
-On a LocalCluster, times one ``DaskSource.map_reduce(pass_statistics, ...)`` pass (one
-Lloyd iteration) over persisted arrays of tiny blocks (so that the time is almost all
-scheduling), for 100 to 10,000 blocks, split into building the graph on the client and
-running it; fits ``seconds = fixed + per_task * tasks``. Then times the kernel on one
-large block (compute cost per row), a pass over large blocks on the cluster, the
-combine step of the reduction tree and the size of one partial result (what moves
-between workers). These numbers feed ``docs/scaling.md``.
+On a LocalCluster of single-thread worker processes (8 by default: on a small machine
+the point is the scheduler's load, not the compute), the same float32 array (default
+400,000 x 32, 51 MB) is cut into each number of row blocks given (1,000 / 10,000 /
+50,000: 400 / 40 / 8 rows a block) and passed over with ``pass_statistics`` (k = 16):
 
-    python benchmarks/scheduling.py --blocks 100 1000 10000 --workers 2
+- *held*: the blocks scattered into the workers' memory (as a persisted array);
+- *streamed*: a Zarr store with one stored chunk per block, read at every pass;
 
-Results: a table on stdout and ``benchmarks/results/scheduling.json``.
+each by two designs:
+
+- *new*: ``DaskSource.map_reduce`` on the client, a few tasks per worker thread
+  (``dkmeans/spans.py``), each taking whole nodes of the combining tree at once;
+- *old*: the graph of one task per block and its combine tree (``DaskSource.graph``,
+  what passes on a cluster were before issue 22, and still are without a distributed
+  client), computed on the same client (only up to ``--old-max-blocks``).
+
+Every pass is timed (median of ``--repeats``) and its tasks are counted from the
+scheduler (a scheduler plugin: tasks that finished). ``old`` per-task time is fitted as
+``pass = fixed + per_task x tasks``. Then the kernel's throughput on one large block,
+the combine of 8 partial results and the size of one (what moves between workers).
+Everything feeds ``docs/scaling.md``::
+
+    python -m benchmarks.scheduling                       # 1,000 / 10,000 / 50,000 blocks
+    python -m benchmarks.scheduling --blocks 1000 10000 --workers 4 --repeats 3
+
+Results: a table on stdout and ``benchmarks/results/scheduling.json`` (with the load
+average before and after every point).
 """
 
 from __future__ import annotations
@@ -20,6 +36,7 @@ import json
 import os
 import pickle
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,69 +45,130 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
-from distributed import Client, LocalCluster, wait
+import zarr
+from dask.highlevelgraph import HighLevelGraph
+from distributed import Client, LocalCluster
+from distributed.diagnostics.plugin import SchedulerPlugin
 from threadpoolctl import threadpool_limits
 
+import dkmeans.io
 from dkmeans.kernels import pass_statistics
-from dkmeans.sources import SPLIT_EVERY, DaskSource, combine_all
+from dkmeans.sources import DaskSource
+from dkmeans.tree import SPLIT_EVERY, combine_all
 
 RESULTS = Path(__file__).parent / "results"
 
 
+class FinishedTasks(SchedulerPlugin):
+    """Counts the tasks that finish on the scheduler."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def transition(self, key, start, finish, *args, **kwargs) -> None:
+        if start == "processing" and finish == "memory":
+            self.count += 1
+
+
+def seconds_of(action: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
 def median_seconds(action: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def persisted(client: Client, n_blocks: int, rows: int, d: int) -> da.Array:
-    """Random float32 rows in ``n_blocks`` blocks, held in the workers' memory."""
-    x = da.random.default_rng(0).random((n_blocks * rows, d), chunks=(rows, d), dtype=np.float32)
-    x = client.persist(x)
-    wait(x)
-    return x
-
-
-def one_pass(source: DaskSource, centers: np.ndarray, bounds: np.ndarray) -> Any:
-    """One Lloyd pass: one compute of the tree-reduced statistics.
-
-    The centres move a little at every call, as in Lloyd: a graph with the keys of the
-    previous pass would find its results still held by the scheduler.
-    """
-    moved = centers + np.random.default_rng().uniform(0, 1e-9, centers.shape)
-    return source.map_reduce(pass_statistics, moved, bounds)
+    return statistics.median(seconds_of(action) for _ in range(repeats))
 
 
 def centers_and_bounds(k: int, d: int) -> tuple[np.ndarray, np.ndarray]:
     return np.random.default_rng(1).random((k, d)), np.array([0, k])
 
 
-def count_tasks(source: DaskSource, centers: np.ndarray, bounds: np.ndarray) -> int:
-    """Tasks a pass submits (the persisted blocks themselves are not recomputed)."""
-    graph = dict(source.graph(pass_statistics, centers, bounds).__dask_graph__())
-    return sum(1 for key in graph if not str(key).startswith("('random"))
+def moved(centers: np.ndarray) -> np.ndarray:
+    """The centres moved a little, as in Lloyd: a pass never finds its results held."""
+    return centers + np.random.default_rng().uniform(0, 1e-9, centers.shape)
 
 
-def blocks_point(client: Client, n_blocks: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Pass time over ``n_blocks`` tiny blocks: graph building and running."""
-    x = persisted(client, n_blocks, args.tiny_rows, args.features)
-    source = DaskSource(x)
+def held(client: Client, rows: np.ndarray, n_blocks: int) -> da.Array:
+    """``rows`` cut into ``n_blocks`` blocks held in the workers' memory, a contiguous run
+    per worker (scattered: persisting 50,000 tasks costs the scheduler a minute)."""
+    size = len(rows) // n_blocks
+    blocks = [rows[i * size : (i + 1) * size] for i in range(n_blocks)]
+    workers = sorted(client.nthreads())
+    per = -(-n_blocks // len(workers))
+    futures = []
+    for j, worker in enumerate(workers):
+        futures += client.scatter(blocks[j * per : (j + 1) * per], workers=[worker])
+    name = f"held-{n_blocks}"
+    layer = {(name, i, 0): future for i, future in enumerate(futures)}
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
+    return da.Array(graph, name, ((size,) * n_blocks, (rows.shape[1],)), rows.dtype)
+
+
+def stored(rows: np.ndarray, n_blocks: int, folder: Path) -> da.Array:
+    """``rows`` in a Zarr store of ``n_blocks`` chunks (uncompressed), as dkmeans reads
+    it, one block per chunk."""
+    path = folder / f"blocks-{n_blocks}.zarr"
+    array = zarr.create_array(
+        store=str(path),
+        shape=rows.shape,
+        chunks=(len(rows) // n_blocks, rows.shape[1]),
+        dtype=rows.dtype,
+        compressors=None,
+        overwrite=True,
+    )
+    array[:] = rows
+    dkmeans.io.MERGE_BELOW = 0.0  # keep one block per stored chunk
+    return dkmeans.io.check_data(dkmeans.io.to_dask_array(str(path)))
+
+
+def timed_passes(cluster: LocalCluster, run: Callable[[], Any], repeats: int) -> tuple[float, int]:
+    """Median seconds of ``repeats`` runs of ``run`` (after one warm-up that plans the
+    spans and compiles the kernels) and the tasks of the first."""
+    run()
+    counter = FinishedTasks()
+    cluster.scheduler.add_plugin(counter, name="count-tasks")
+    try:
+        times = [seconds_of(run)]
+    finally:
+        cluster.scheduler.remove_plugin(name="count-tasks")
+    times += [seconds_of(run) for _ in range(repeats - 1)]
+    return statistics.median(times), counter.count
+
+
+def blocks_point(
+    cluster: LocalCluster, client: Client, x: da.Array, kind: str, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Time and tasks per pass over ``x`` by the new design and, for few blocks, the old."""
     centers, bounds = centers_and_bounds(args.clusters, args.features)
-    one_pass(source, centers, bounds)  # warm-up
-    build = median_seconds(lambda: source.graph(pass_statistics, centers, bounds), args.repeats)
-    total = median_seconds(lambda: one_pass(source, centers, bounds), args.repeats)
-    client.cancel(x)
-    tasks = count_tasks(source, centers, bounds)
-    return {
-        "blocks": n_blocks,
-        "tasks": tasks,
-        "build_s": build,
-        "pass_s": total,
-        "per_task_ms": 1e3 * total / tasks,
-    }
+    source = DaskSource(x)
+    designs = {"new": lambda: source.map_reduce(pass_statistics, moved(centers), bounds)}
+    if x.numblocks[0] <= args.old_max_blocks:
+        designs["old"] = lambda: client.compute(
+            source.graph(pass_statistics, moved(centers), bounds)
+        ).result()
+    points = []
+    for design, run in designs.items():
+        load_before = os.getloadavg()[0]
+        seconds, tasks = timed_passes(cluster, run, args.repeats)
+        points.append(
+            {
+                "kind": kind,
+                "design": design,
+                "blocks": x.numblocks[0],
+                "block_rows": x.chunks[0][0],
+                "workers": args.workers,
+                "tasks": tasks,
+                "pass_s": seconds,
+                "load": [load_before, os.getloadavg()[0]],
+            }
+        )
+        print(
+            f"{kind:8} {design:3} {x.numblocks[0]:7,} blocks: {1e3 * seconds:8.0f} ms per pass, "
+            f"{tasks:6,} tasks (load {load_before:.1f} -> {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
+    return points
 
 
 def kernel_seconds(rows: int, d: int, k: int, repeats: int) -> float:
@@ -108,17 +186,10 @@ def partial_result(rows: int, d: int, k: int) -> Any:
     return pass_statistics(block, None, 0, 0, centers, bounds)
 
 
-def compute_costs(client: Client, args: argparse.Namespace) -> dict[str, Any]:
-    """Kernel time per block, a cluster pass over big blocks, combine time, result bytes."""
+def compute_costs(args: argparse.Namespace) -> dict[str, Any]:
+    """Kernel time per large block, combine time, pickled partial result bytes."""
     rows, d, k = args.big_rows, args.features, args.clusters
     kernel = kernel_seconds(rows, d, k, args.repeats)
-    n_big = 2 * args.workers
-    x = persisted(client, n_big, rows, d)
-    centers, bounds = centers_and_bounds(k, d)
-    source = DaskSource(x)
-    one_pass(source, centers, bounds)
-    big_pass = median_seconds(lambda: one_pass(source, centers, bounds), args.repeats)
-    client.cancel(x)
     partials = [partial_result(1000, d, k) for _ in range(SPLIT_EVERY)]
     combine = median_seconds(lambda: combine_all(partials), 10 * args.repeats)
     sizes = {kk: len(pickle.dumps(partial_result(1000, d, kk))) for kk in (k, 256, 1024)}
@@ -127,75 +198,68 @@ def compute_costs(client: Client, args: argparse.Namespace) -> dict[str, Any]:
         "block_mb": rows * d * 4 / 2**20,
         "kernel_s": kernel,
         "kernel_gb_per_s": rows * d * 4 / kernel / 1e9,
-        "big_blocks": n_big,
-        "big_pass_s": big_pass,
         "combine_ms": 1e3 * combine,
         "partial_bytes": sizes,
     }
 
 
-def fit_line(points: list[dict[str, Any]]) -> tuple[float, float]:
-    """Least-squares ``pass_s = fixed + per_task * tasks``."""
-    tasks = np.array([p["tasks"] for p in points], dtype=float)
-    seconds = np.array([p["pass_s"] for p in points])
-    per_task, fixed = np.polyfit(tasks, seconds, 1)
-    return float(fixed), float(per_task)
-
-
-def print_table(
-    points: list[dict[str, Any]], costs: dict[str, Any], fit: tuple[float, float]
-) -> None:
-    print(f"{'blocks':>7} {'tasks':>7} {'build s':>8} {'pass s':>8} {'ms/task':>8}")
-    for p in points:
-        print(
-            f"{p['blocks']:7d} {p['tasks']:7d} {p['build_s']:8.3f} {p['pass_s']:8.3f} "
-            f"{p['per_task_ms']:8.2f}"
-        )
-    fixed, per_task = fit
-    print(f"fit: pass_s = {fixed:.3f} + {1e3 * per_task:.3f} ms x tasks")
-    print(
-        f"kernel, 1 thread, {costs['block_rows']} x {costs['features']} float32 "
-        f"({costs['block_mb']:.0f} MiB), k={costs['clusters']}: {costs['kernel_s']:.3f} s "
-        f"({costs['kernel_gb_per_s']:.2f} GB/s)"
-    )
-    print(
-        f"cluster pass over {costs['big_blocks']} such blocks on {costs['workers']} workers: "
-        f"{costs['big_pass_s']:.3f} s"
-    )
-    print(f"combine of {SPLIT_EVERY} partial results: {costs['combine_ms']:.3f} ms")
-    print(f"pickled partial result bytes by k: {costs['partial_bytes']}")
+def per_task_fit(points: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Least squares ``pass_s = fixed + per_task * tasks`` over the old design's passes."""
+    old = [p for p in points if p["design"] == "old"]
+    if len({p["tasks"] for p in old}) < 2:
+        return None
+    per_task, fixed = np.polyfit([p["tasks"] for p in old], [p["pass_s"] for p in old], 1)
+    return {"fixed_s": float(fixed), "per_task_s": float(per_task)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blocks", type=int, nargs="+", default=[100, 300, 1000, 3000, 10000])
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--tiny-rows", type=int, default=8)
-    parser.add_argument("--big-rows", type=int, default=250_000)
+    parser.add_argument("--blocks", type=int, nargs="+", default=[1000, 10000, 50000])
+    parser.add_argument("--kinds", nargs="+", default=["held", "streamed"])
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--rows", type=int, default=400_000)
     parser.add_argument("--features", type=int, default=32)
     parser.add_argument("--clusters", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--old-max-blocks", type=int, default=10_000)
+    parser.add_argument("--big-rows", type=int, default=250_000)
     args = parser.parse_args()
+    rows = np.random.default_rng(0).random((args.rows, args.features), dtype=np.float32)
+    points = []
     with (
+        tempfile.TemporaryDirectory() as folder,
         LocalCluster(
             n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
         Client(cluster) as client,
         dask.config.set({"distributed.admin.large-graph-warning-threshold": "1GB"}),
     ):
-        points = [blocks_point(client, n, args) for n in args.blocks]
-        costs = compute_costs(client, args)
-    costs.update(features=args.features, clusters=args.clusters, workers=args.workers)
-    fit = fit_line(points)
-    print_table(points, costs, fit)
+        for n_blocks in args.blocks:
+            if "held" in args.kinds:
+                x = held(client, rows, n_blocks)
+                points += blocks_point(cluster, client, x, "held", args)
+                client.cancel(x)
+            if "streamed" in args.kinds:
+                x = stored(rows, n_blocks, Path(folder))
+                points += blocks_point(cluster, client, x, "streamed", args)
+    costs = compute_costs(args)
+    fit = per_task_fit(points)
+    print(
+        f"kernel, 1 thread, {costs['block_rows']:,} x {args.features} float32, "
+        f"k={args.clusters}: {costs['kernel_s'] * 1e3:.1f} ms "
+        f"({costs['kernel_gb_per_s']:.2f} GB/s); "
+        f"combine of {SPLIT_EVERY} partials {costs['combine_ms']:.3f} ms; "
+        f"partial bytes by k {costs['partial_bytes']}"
+    )
+    if fit is not None:
+        print(f"old: pass = {fit['fixed_s']:.3f} s + {1e3 * fit['per_task_s']:.3f} ms x tasks")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "scheduling.json"
     record = {
         "args": vars(args),
         "cpus": os.cpu_count(),
-        "load_average": os.getloadavg(),
         "points": points,
-        "fit": {"fixed_s": fit[0], "per_task_s": fit[1]},
+        "old_per_task_fit": fit,
         "costs": costs,
         "split_every": SPLIT_EVERY,
     }

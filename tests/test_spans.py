@@ -2,17 +2,20 @@
 
 Spans of blocks combine into the root with exactly the calls of ``combine`` of the
 fixed tree (checked on expressions that record their shape, for any cuts); spans follow
-the runs of blocks each worker holds. On a LocalCluster of 4 single-thread worker
-processes (one per module): a pass over 2,000 blocks held in the workers' memory and
-over a store of 2,000 chunks submits a few tasks per worker thread and equals the pass
-on threads bitwise; a fit that loses a worker mid-way ends as an undisturbed fit and as
-the same fit on the threaded scheduler.
+the runs of blocks each worker holds. A task takes the blocks of a node of the tree at
+once (one compiled call, the blocks' results folded in the tree's order) with the bits
+of one block at a time, on both engines, in bounded memory. On a LocalCluster of 4
+single-thread worker processes (one per module): a pass over 20,000 blocks held in the
+workers' memory and over a store of 20,000 chunks submits a few tasks per worker thread
+and equals the pass on threads bitwise; fits that lose a worker mid-way (held blocks,
+and the store) end as undisturbed ones.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import tracemalloc
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,14 +34,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dkmeans.io
+import dkmeans.spans
 from dkmeans import KMeans
-from dkmeans.kernels import pass_statistics
-from dkmeans.sources import DaskSource, InMemorySource
-from dkmeans.spans import cuts, merge_spans
-from dkmeans.tree import combine_all, node_blocks, node_values, span_nodes, tree_level
+from dkmeans.kernels import pass_statistics, pass_statistics_of_blocks
+from dkmeans.sources import DaskSource, InMemorySource, prepared_kernel
+from dkmeans.spans import BlockRecipe, SpanPlan, cuts, merge_spans, span_pass
+from dkmeans.tree import (
+    SPLIT_EVERY,
+    combine_all,
+    fold,
+    node_blocks,
+    node_values,
+    span_nodes,
+    tree_level,
+)
 
 #: Blocks of the arrays the cluster passes over, and their rows.
-N_BLOCKS, BLOCK_ROWS, FEATURES = 2_000, 4, 3
+N_BLOCKS, BLOCK_ROWS, FEATURES = 20_000, 2, 3
 WORKERS = 4
 
 
@@ -107,6 +119,104 @@ def test_cuts_of_unheld_or_scattered_blocks_are_even() -> None:
         assert all(e % 64 == 0 for e in edges[:-1])  # few tree nodes per span
 
 
+def lloyd_tree(parts: list) -> object:
+    """The partial results of blocks combined as DaskSource's graph combines them."""
+    while len(parts) > 1:
+        parts = [combine_all(group) for group in tree_level(parts, SPLIT_EVERY)]
+    return parts[0]
+
+
+def same_stats(a, b) -> bool:
+    """Whether two Lloyd passes' statistics are equal to the last bit."""
+    fields = ("sums", "counts", "cluster_inertia")
+    same = all(np.array_equal(getattr(a, f), getattr(b, f)) for f in fields)
+    for x, y in zip(a.far, b.far, strict=True):
+        fields = ("rows", "distances", "labels", "weights", "index")
+        same &= all(np.array_equal(getattr(x, f), getattr(y, f)) for f in fields)
+    if a.moments is not None:
+        same &= a.moments.count == b.moments.count
+        same &= np.array_equal(a.moments.mean, b.moments.mean)
+        same &= np.array_equal(a.moments.m2, b.moments.m2)
+    return bool(same)
+
+
+def one_at_a_time(blocks: list[np.ndarray], weights, centers, bounds, **options):
+    """The pass over ``blocks`` one block at a time, combined in the tree."""
+    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blocks])[:-1]])
+    return lloyd_tree(
+        [
+            pass_statistics(block, w, int(offset), i, centers, bounds, **options)
+            for i, (block, w, offset) in enumerate(zip(blocks, weights, offsets, strict=True))
+        ]
+    )
+
+
+# the first two are the kinds of the passes on the cluster below (compiled once here)
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"with_moments": True},
+        {"far_capacity": 2},
+        {"far_capacity": 0, "shift": np.full(5, 0.5), "dtype": np.float16, "weighted": True},
+    ],
+)
+def test_blocks_at_once_give_the_bits_of_blocks_one_at_a_time(implementation, options) -> None:
+    options = dict(options)
+    dtype, weighted = options.pop("dtype", np.float32), options.pop("weighted", False)
+    rng = np.random.default_rng(3)
+    sizes = rng.integers(0, 20, size=75)
+    sizes[[3, 40]] = 0  # empty blocks too
+    edges = np.concatenate([[0], np.cumsum(sizes)])
+    x = rng.normal(size=(edges[-1], 5)).astype(dtype)
+    weights = rng.random(edges[-1]) if weighted else None
+    if weighted:
+        weights[::7] = 0
+    centers, bounds = rng.normal(size=(7, 5)), np.array([0, 3, 7])
+    blocks = [x[a:b] for a, b in pairwise(edges)]
+    block_weights = [None if w is None else w[a:b] for w in [weights] for a, b in pairwise(edges)]
+    reference = one_at_a_time(blocks, block_weights, centers, bounds, **options)
+    stacked = pass_statistics_of_blocks(x, edges, weights, 0, 0, centers, bounds, **options)
+    assert same_stats(fold(stacked, 3).value(), reference)  # 75 blocks: 3 levels
+
+
+def plan_of(blocks: list[np.ndarray]) -> tuple[SpanPlan, dict]:
+    """A plan of one span over all of ``blocks``, held and fetched for the task."""
+    n = len(blocks)
+    recipes = tuple(BlockRecipe(("x", i, 0), ((("x", i, 0), f"x-{i}"),), None) for i in range(n))
+    rows = tuple(len(b) for b in blocks)
+    offsets = tuple(int(o) for o in np.concatenate([[0], np.cumsum(rows)[:-1]]))
+    row_bytes = blocks[0].shape[1] * blocks[0].itemsize
+    plan = SpanPlan(0, n, n, SPLIT_EVERY, recipes, None, offsets, rows, row_bytes, None)
+    return plan, {f"x-{i}": block for i, block in enumerate(blocks)}
+
+
+def test_a_task_takes_nodes_of_blocks_at_once_in_bounded_memory(monkeypatch) -> None:
+    rng = np.random.default_rng(5)
+    blocks = [rng.normal(size=(r, 16)).astype(np.float32) for r in rng.integers(1, 40, 3000)]
+    centers, bounds = rng.normal(size=(4, 16)), np.array([0, 4])
+    options = {"with_moments": True}
+    reference = one_at_a_time(blocks, [None] * len(blocks), centers, bounds, **options)
+    plan, fetched = plan_of(blocks)
+    monkeypatch.setattr(dkmeans.spans, "BATCH_BYTES", 2**16)  # nodes of 8 to 64 blocks
+    kernel = prepared_kernel(pass_statistics, None, check=True)
+    args = (centers, bounds)
+    ((_, stats),) = span_pass(plan, kernel, args, options, fetched)
+    assert same_stats(stats, reference)
+    tracemalloc.start()
+    try:
+        span_pass(plan, kernel, args, options, fetched)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    span = sum(b.nbytes for b in blocks)  # 3.6 MiB
+    assert peak < 6 * 2**16 < span / 8, f"peak {peak} bytes for a span of {span}"
+    # a bad value is named with its block, as when blocks are taken one at a time
+    blocks[1234][0, 2] = np.nan
+    plan, fetched = plan_of(blocks)
+    with pytest.raises(ValueError, match=r"block 1234 \(rows"):
+        span_pass(plan, kernel, args, options, fetched)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def small_blocks() -> Iterator[None]:
     """Keep row blocks as given: one block per stored chunk or Dask chunk."""
@@ -171,13 +281,6 @@ def held(client: Client, blocks: list[np.ndarray]) -> da.Array:
     return da.Array(graph, name, chunks, blocks[0].dtype)
 
 
-def same_stats(a, b) -> bool:
-    return all(
-        np.array_equal(getattr(a, field), getattr(b, field))
-        for field in ("sums", "counts", "cluster_inertia")
-    ) and np.array_equal(a.far[0].index, b.far[0].index)
-
-
 @pytest.fixture(scope="module")
 def rows() -> np.ndarray:
     rng = np.random.default_rng(11)
@@ -188,9 +291,38 @@ CENTERS = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 0.0], [-1.0, 0.0, 1.0]])
 ONE_RUN = np.array([0, 3])
 
 
-def test_a_pass_over_held_blocks_is_a_few_tasks_per_thread(cluster, rows) -> None:
+@pytest.fixture(scope="module")
+def threads_pass(rows):
+    """The pass over the blocks of ``rows`` as on threads (one block at a time)."""
+    return InMemorySource(blocks_of(rows)).map_reduce(pass_statistics, CENTERS, ONE_RUN)
+
+
+@pytest.fixture(scope="module")
+def store(rows, tmp_path_factory) -> str:
+    """``rows`` in a Zarr store of one uncompressed chunk per block. The chunks are
+    written as the files Zarr writes (its bytes, at its keys ``c/i/0``): through Zarr,
+    20,000 chunks took 24 s, more than the passes over them."""
+    path = tmp_path_factory.mktemp("spans") / "small.zarr"
+    array = zarr.create_array(
+        store=str(path),
+        shape=rows.shape,
+        chunks=(BLOCK_ROWS, FEATURES),
+        dtype="float32",
+        compressors=None,
+    )
+    for i, block in enumerate(blocks_of(rows)):
+        key = path / array.metadata.encode_chunk_key((i, 0))
+        key.parent.mkdir(parents=True, exist_ok=True)
+        key.write_bytes(block.tobytes())
+    for i in (0, 7, N_BLOCKS - 1):  # as Zarr reads them
+        np.testing.assert_array_equal(
+            array[i * BLOCK_ROWS : (i + 1) * BLOCK_ROWS], blocks_of(rows)[i]
+        )
+    return str(path)
+
+
+def test_a_pass_over_held_blocks_is_a_few_tasks_per_thread(cluster, rows, threads_pass) -> None:
     scheduler, client = cluster
-    reference = InMemorySource(blocks_of(rows)).map_reduce(pass_statistics, CENTERS, ONE_RUN)
     x = held(client, blocks_of(rows))
     with client.as_current():
         source = DaskSource(x)
@@ -199,41 +331,46 @@ def test_a_pass_over_held_blocks_is_a_few_tasks_per_thread(cluster, rows) -> Non
         stats = counted(
             scheduler, plugin, lambda: source.map_reduce(pass_statistics, CENTERS, ONE_RUN)
         )
-    assert same_stats(stats, reference)
+    assert same_stats(stats, threads_pass)
     spans = plugin.finished.count("pass_statistics")
     assert WORKERS <= spans <= 4 * WORKERS
     assert len(plugin.finished) <= spans + 4  # the args and the combines
     # spans run where their blocks are: only blocks past the edges of a worker's run
-    # (cuts fall on multiples of 64 blocks) come from another worker
-    assert sum(len(remote) for (_, remote), _ in source.spans.spans) <= WORKERS * 32
+    # (cuts fall on multiples of 512 blocks) come from another worker
+    assert sum(len(remote) for (_, remote), _ in source.spans.spans) <= WORKERS * 256
+    client.cancel(x)
 
 
 def test_a_pass_over_a_store_of_small_chunks_reads_them_in_the_tasks(
-    cluster, rows, tmp_path
+    cluster, store, threads_pass
 ) -> None:
     scheduler, client = cluster
-    path = str(tmp_path / "small.zarr")
-    store = zarr.create_array(
-        store=path, shape=rows.shape, chunks=(BLOCK_ROWS, FEATURES), dtype="float32"
-    )
-    store[:] = rows
-    x = dkmeans.io.check_data(dkmeans.io.to_dask_array(path))
+    x = dkmeans.io.check_data(dkmeans.io.to_dask_array(store))
     assert x.numblocks[0] == N_BLOCKS
-    reference = InMemorySource(blocks_of(rows)).map_reduce(pass_statistics, CENTERS, ONE_RUN)
     with client.as_current():
         source = DaskSource(x)
         plugin = FinishedTasks()
         stats = counted(
             scheduler, plugin, lambda: source.map_reduce(pass_statistics, CENTERS, ONE_RUN)
         )
-    assert same_stats(stats, reference)
+    assert same_stats(stats, threads_pass)
     assert WORKERS <= plugin.finished.count("pass_statistics") <= 4 * WORKERS
     assert len(plugin.finished) <= 6 * WORKERS  # plans, args, spans, combines: no reads
 
 
-def fit(x: da.Array, **params) -> KMeans:
-    init = np.array([[0.0] * 8, [3.0] * 8, [-3.0] * 8, [0.0] * 4 + [3.0] * 4])
-    return KMeans(4, init=init, max_iter=6, tol=0, **params).fit(x)
+def fit(x, init: np.ndarray | None = None, max_iter: int = 6, **params) -> KMeans:
+    if init is None:
+        init = np.array([[0.0] * 8, [3.0] * 8, [-3.0] * 8, [0.0] * 4 + [3.0] * 4])
+    return KMeans(len(init), init=init, max_iter=max_iter, tol=0, **params).fit(x)
+
+
+def killing(cluster: LocalCluster, client: Client, at: int, action):
+    """``action()`` while a worker is killed when the ``at``-th span of a pass ends."""
+    killer = FinishedTasks("pass_statistics", at, min(client.run(os.getpid).values()))
+    result = counted(cluster, killer, action)
+    assert killer.killed, Counter(killer.finished)
+    client.wait_for_workers(WORKERS)
+    return result
 
 
 @pytest.mark.slow
@@ -250,13 +387,24 @@ def test_a_fit_that_loses_a_worker_ends_as_an_undisturbed_one(cluster) -> None:
         x = client.persist(lazy)  # recomputable: a lost worker's blocks come back
         wait(x)
         undisturbed = fit(x)
-        pids = client.run(os.getpid)
         # the middle of the third pass (8 spans a pass)
-        killer = FinishedTasks("pass_statistics", 2 * 8 + 4, min(pids.values()))
-        disturbed = counted(scheduler, killer, lambda: fit(x))
-    assert killer.killed, Counter(killer.finished)
-    client.wait_for_workers(WORKERS)
+        disturbed = killing(scheduler, client, 2 * 8 + 4, lambda: fit(x))
     for other in (undisturbed, disturbed):
         np.testing.assert_array_equal(other.cluster_centers_, threads.cluster_centers_)
         assert other.inertia_ == threads.inertia_
         assert other.n_iter_ == threads.n_iter_ == 6
+
+
+@pytest.mark.slow
+def test_a_fit_of_a_store_of_small_chunks_that_loses_a_worker_ends_as_an_undisturbed_one(
+    cluster, store
+) -> None:
+    scheduler, client = cluster
+    client.wait_for_workers(WORKERS)
+    with client.as_current():
+        undisturbed = fit(store, CENTERS, max_iter=1, persist=False)
+        # the middle of the first pass (8 spans a pass)
+        again = lambda: fit(store, CENTERS, max_iter=1, persist=False)  # noqa: E731
+        disturbed = killing(scheduler, client, 4, again)
+    np.testing.assert_array_equal(disturbed.cluster_centers_, undisturbed.cluster_centers_)
+    assert disturbed.inertia_ == undisturbed.inertia_
