@@ -336,7 +336,7 @@ def test_a_pass_over_held_blocks_is_a_few_tasks_per_thread(cluster, rows, thread
     assert WORKERS <= spans <= 4 * WORKERS
     assert len(plugin.finished) <= spans + 4  # the args and the combines
     # spans run where their blocks are: only blocks past the edges of a worker's run
-    # (cuts fall on multiples of 512 blocks) come from another worker
+    # (cuts fall on multiples of 64 blocks) come from another worker
     assert sum(len(remote) for (_, remote), _ in source.spans.spans) <= WORKERS * 256
     client.cancel(x)
 
