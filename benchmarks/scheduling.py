@@ -206,7 +206,7 @@ def compute_costs(args: argparse.Namespace) -> dict[str, Any]:
 def per_task_fit(points: list[dict[str, Any]]) -> dict[str, float] | None:
     """Least squares ``pass_s = fixed + per_task * tasks`` over the old design's passes."""
     old = [p for p in points if p["design"] == "old"]
-    if len({p["tasks"] for p in old}) < 2:
+    if len({p["blocks"] for p in old}) < 2:
         return None
     per_task, fixed = np.polyfit([p["tasks"] for p in old], [p["pass_s"] for p in old], 1)
     return {"fixed_s": float(fixed), "per_task_s": float(per_task)}
