@@ -42,9 +42,17 @@ BOUNDS_MIN_WORK = 2**22
 #: multiply-adds per row on average (skipped fraction times the centres of a run times
 #: d) and at least :data:`BOUNDS_MIN_SKIPPED` of the rows: a bounded pass that skips
 #: little costs more than a full one (it also finds every gathered row's second-nearest
-#: centre). With fewer centres times features than this, bounds are never kept.
-BOUNDS_MIN_SAVING = 256
+#: centre). With fewer centres times features than this, bounds are never kept. At
+#: k = 16, d = 32 (2M rows, one pass at a time on 2 threads), a full pass took 55 ms
+#: and a bounded one 63-97 ms at 81-89% of the rows skipped, 45-55 ms at 98%.
+BOUNDS_MIN_SAVING = 448
 BOUNDS_MIN_SKIPPED = 0.15
+#: Hamerly's bounds (runs of fewer than :data:`GROUP_BOUNDS_MIN_CENTERS` centres) need
+#: more: their pass cuts a sub-block's GEMM only where fewer than a quarter of its rows
+#: are gathered (:func:`~dkmeans.loops.assign_block`), and below that costs a full pass
+#: plus the screening (2M x 32 structureless rows, k = 16: 1.4x a full pass at about
+#: half the rows skipped).
+HAMERLY_MIN_SKIPPED = 0.8
 #: A pass that streams X from its store (not held in memory) keeps bounds only where its
 #: arithmetic outweighs the reading, with at least this many centres per run, and where
 #: the bounds take at most :data:`STREAMED_BOUNDS_FRACTION` of X's bytes (a streaming
@@ -69,8 +77,12 @@ GROUP_BOUNDS_BYTES_PER_ROW_AND_RUN = 16
 #: k = 1,024).
 FAR_POINTS_PER_RUN = 32
 #: After this many full passes in a row (the bounds predicted too few skips), the next
-#: pass renews the bounds anyway: the centres may have settled since.
+#: pass renews the bounds anyway: the centres may have settled since. Every renewal
+#: after which the bounds still predict too few skips doubles the wait (structureless
+#: data, where renewing costs more than a full pass every time), up to
+#: 2**:data:`MAX_RENEWAL_BACKOFF` times.
 BOUNDS_RENEWED_AFTER = 4
+MAX_RENEWAL_BACKOFF = 6
 #: A full pass renews the bounds at once when the centres' last step is under
 #: 1/BOUNDS_SETTLED of the drift since the bounds were made: the centres have settled,
 #: and fresh bounds will skip most rows from the next pass on.
@@ -249,6 +261,8 @@ class RowBounds:
         self.previous: np.ndarray | None = None  # the centres the bounds belong to
         self.latest: np.ndarray | None = None  # the centres of the last pass
         self.full_passes = 0  # full passes since the bounds were last updated
+        self.fresh = False  # the last pass renewed the bounds without a prediction
+        self.backoff = 0  # renewals in a row that did not pay: the wait is 2**backoff
 
     def for_pass(
         self, runs: list[int], stacked: np.ndarray, bounds: np.ndarray, *, last: bool = False
@@ -271,14 +285,23 @@ class RowBounds:
         self.latest = stacked
         # stale bounds are renewed after a few full passes, or at once when the centres
         # have settled since (their last step a small part of the drift the bounds carry)
-        renew = (
-            self.full_passes >= BOUNDS_RENEWED_AFTER or BOUNDS_SETTLED * step.max() < drift.max()
+        wait = 1 << self.backoff
+        settled = BOUNDS_SETTLED * step.max() < drift.max()
+        renew = self.full_passes >= BOUNDS_RENEWED_AFTER * wait or (
+            settled and self.full_passes >= wait
         )
+        fresh, self.fresh = self.fresh, False
         if self.memory.blocks and (last or not renew):
             skipped = skipped_fraction(self.memory, drift, bounds, self.groups)
-            if skipped < BOUNDS_MIN_SKIPPED or skipped * self.row_work < BOUNDS_MIN_SAVING:
+            least = BOUNDS_MIN_SKIPPED if self.groups is not None else HAMERLY_MIN_SKIPPED
+            if skipped < least or skipped * self.row_work < BOUNDS_MIN_SAVING:
+                if fresh:
+                    self.backoff = min(self.backoff + 1, MAX_RENEWAL_BACKOFF)
                 self.full_passes += 1
                 return None
+            self.backoff = 0
+        else:  # renewed (the first bounds of the runs come without evidence either way)
+            self.fresh = bool(self.memory.blocks)
         self.previous, self.full_passes = stacked, 0
         return DistanceBounds(self.memory, drift, self.groups)
 

@@ -90,8 +90,9 @@ def test_bounds_are_kept_only_where_they_can_pay(monkeypatch):
 
 def test_passes_use_the_bounds_only_while_they_skip_enough_rows():
     """Structureless data whose centres move far: the bounds predict few skips, so the
-    passes are full ones, but for a renewal every BOUNDS_RENEWED_AFTER passes. Once the
-    centres stand still, every row is predicted skipped and the bounds are used."""
+    passes are full ones, but for a renewal after BOUNDS_RENEWED_AFTER passes, a wait
+    that doubles with every renewal that did not pay. Once the centres are back where
+    the bounds were made, every row is predicted skipped and the bounds are used."""
     rng = np.random.default_rng(1)
     x = rng.normal(size=(40_000, 32))
     centers = x[:16].copy()
@@ -99,16 +100,18 @@ def test_passes_use_the_bounds_only_while_they_skip_enough_rows():
     row_bounds = RowBounds(source, [centers])
     run_bounds = np.array([0, 16])
     used = []
-    for step in range(12):
-        stacked = centers + (rng.normal(size=centers.shape) if step < 9 else 0.0)
+    for step in range(16):
+        stacked = centers + (rng.normal(size=centers.shape) if step < 13 else 0.0)
         distance_bounds = row_bounds.for_pass([0], stacked, run_bounds)
         used.append(distance_bounds is not None)
         source.map_reduce(pass_statistics, stacked, run_bounds, distance_bounds=distance_bounds)
         if distance_bounds is not None:
             centers = stacked
-    renewal = lloyd_module.BOUNDS_RENEWED_AFTER + 1
-    assert used[: renewal + 2] == [True] + [False] * (renewal - 1) + [True, False]
-    assert used[-2:] == [True, True]
+    wait = lloyd_module.BOUNDS_RENEWED_AFTER
+    # made; renewed after `wait` full passes, and did not pay: the next renewal would
+    # wait twice as long (pass 14, not 10), but the centres are back where the bounds were
+    # renewed: every row predicted skipped, and the bounds used
+    assert used == [True] + [False] * wait + [True] + [False] * 7 + [True] * 3
     assert skipped_fraction(row_bounds.memory, np.zeros(16), run_bounds) > 0.99
     assert skipped_fraction(row_bounds.memory, np.full(16, 100.0), run_bounds) == 0.0
 
