@@ -114,10 +114,10 @@ def source_blocks(
     ahead: int = READ_AHEAD,
 ) -> Iterator[Rows]:
     """The blocks of ``source`` in ``order`` as its kernels see them: in its frame (or
-    divided by their norms, for a source of unit rows: :mod:`dkmeans.cosine`), checked (NaN, infinity, magnitudes) when no pass
-    has read them yet, and with ``shuffle``, the rows of every block in the order of
-    ``shuffle.permutation`` (drawn block after block). Counts as one pass of the source
-    once exhausted."""
+    divided by their norms, for a source of unit rows: :mod:`dkmeans.cosine`), checked
+    (NaN, infinity, magnitudes) when no pass has read them yet, and with ``shuffle``,
+    the rows of every block in the order of ``shuffle.permutation`` (drawn block after
+    block). Counts as one pass of the source once exhausted."""
     check = source.check_finite and source.passes == 0
     view = prepared_kernel(_as_seen, source.shift, check, unit=source.unit)
     sizes = np.diff([*source.row_offsets, source.n_rows])
