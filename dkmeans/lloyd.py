@@ -65,7 +65,10 @@ STREAMED_BOUNDS_FRACTION = 0.125
 #: the row's centre and distance (16 bytes). At most :data:`MAX_GROUPS` groups, and the
 #: bounds take at most :data:`GROUP_BOUNDS_FRACTION` of X's bytes (streamed:
 #: :data:`STREAMED_BOUNDS_FRACTION`); fewer than :data:`MIN_GROUPS` groups: Hamerly's.
-GROUP_BOUNDS_MIN_CENTERS = 128
+#: Measured on blobs (`benchmarks/group_bounds.py`, quiet, per iteration relative to full
+#: passes, Hamerly / Yinyang): k = 256: 0.46 / 0.51 (d = 768), 0.52 / 0.64 (d = 64);
+#: k = 512: 0.49 / 0.52, 0.47 / 0.47; k = 1,024: 0.63 / 0.50; k = 4,096: 0.76 / 0.62.
+GROUP_BOUNDS_MIN_CENTERS = 1024
 CENTERS_PER_GROUP = 10
 MAX_GROUPS = 256
 MIN_GROUPS = 4

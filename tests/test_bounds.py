@@ -219,9 +219,9 @@ def test_streamed_passes_keep_bounds_where_the_arithmetic_dominates(tmp_path, mo
     narrow = DaskSource(da.from_array(x[:, :8].astype(np.float32), chunks=(1_000, 8)))
     assert not RowBounds(narrow, [runs[0][:, :8]]).allowed  # bounds as big as X
     made = []
-    original = lloyd_module.group_bounds_memory  # 128 centres: in groups
+    original = lloyd_module.distance_bounds_memory  # 128 centres: Hamerly's
     monkeypatch.setattr(
-        lloyd_module, "group_bounds_memory", lambda *n: made.append(n) or original(*n)
+        lloyd_module, "distance_bounds_memory", lambda *n: made.append(n) or original(*n)
     )
     bounded = lloyd(source(), runs, max_iter=6, tol=0)[0]
     assert made  # the passes kept bounds
@@ -316,8 +316,8 @@ def test_group_bounds_are_chosen_for_many_centres(tmp_path):
         row_bounds = RowBounds(source, [np.zeros((k, n_features))])
         return row_bounds.groups_per_run if row_bounds.allowed else None
 
-    assert groups(64, 127) == 0  # Hamerly's
-    assert groups(768, 256) == 25  # k / 10
+    assert groups(64, 1023) == 0  # Hamerly's
+    assert groups(768, 1024) == 102  # k / 10
     assert groups(64, 1024) == 28  # (256 / 2 - 16) / 4 bytes per group
     assert groups(128, 4096) == 60
     assert groups(8, 1024, np.float64) == 4
