@@ -5,9 +5,12 @@ one after another, on the client. The blocks are made ready on :data:`READ_THREA
 threads of their own, a few ahead of the one being processed, so that reading overlaps
 the updates: a Dask source's block is computed there (by Dask's threaded scheduler or
 the cluster, watched as a pass is, :mod:`dkmeans.watch`), every block is checked and
-brought into the source's frame, and for a shuffled epoch its rows are permuted, so that
-every batch is consecutive rows of a block. At most ``ahead + 1`` blocks are held at a
-time (each twice while it is permuted), and the one being processed.
+brought into the source's frame, and for a shuffled epoch the order its rows are taken
+in is drawn: runs of :data:`RUN_ROWS` consecutive rows in a random order
+(:func:`run_order`). The block is not permuted: every batch gathers its rows from it
+(:func:`~dkmeans.kernels.minibatch_rows`), which costs less than a permuted copy and
+leaves the rows' values for the GEMM in the cache. At most ``ahead + 1`` blocks are held
+at a time, and the one being processed.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import dask
 import numpy as np
 
 from .frame import computing_dtype
-from .kernels import permuted_rows
 from .sources import DaskSource, InMemorySource, own_pool, prepared_kernel
 from .watch import compute as watched_compute
 from .watch import distributed_client
@@ -32,37 +34,62 @@ if TYPE_CHECKING:
 
 #: Blocks made ready ahead of the one being processed.
 READ_AHEAD = 2
-#: Threads that make them ready: reading and permuting a block of an uncompressed store
-#: in the page cache cost about as much (32 MiB of float32 rows: 20 ms each), and both
-#: together more than the batches of the block; two threads keep up with the client.
+#: Threads that make them ready: reading and checking a block of an uncompressed store in
+#: the page cache (32 MiB of float32 rows) costs about as much as its batches; two
+#: threads keep up with the client.
 READ_THREADS = 2
+#: Consecutive rows that a shuffled epoch keeps together. Gathering runs of 16 rows of 32
+#: float32 (2 KiB) costs a fraction of gathering single rows, and drawing the order of
+#: 16,384 runs a fraction of drawing 262,144 rows'; the final inertia stays that of single
+#: rows, on blobs and on data stored sorted by cluster (``benchmarks/minibatch.py``).
+RUN_ROWS = 16
 
 
 @dataclass(frozen=True)
 class Rows:
     """Rows as the kernels see them (in the source's frame, float32 or float64,
-    C-contiguous) and their weights."""
+    C-contiguous), their weights, and the order they are taken in."""
 
     x: np.ndarray  # (m, d)
     weights: np.ndarray | None  # (m,) float64, or None for all ones
+    order: np.ndarray | None = None  # (n,) intp: rows of x in the order taken; None: x's
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.x) if self.order is None else len(self.order)
 
     def take(self, rows: slice) -> Rows:
-        """A slice of the rows (a view)."""
+        """The rows in positions ``rows`` of the order (``x`` not copied)."""
+        if self.order is not None:
+            return Rows(self.x, self.weights, self.order[rows])
         return Rows(self.x[rows], None if self.weights is None else self.weights[rows])
 
-    def permuted(self, order: np.ndarray) -> Rows:
-        """The rows in ``order`` (a copy)."""
-        weights = None if self.weights is None else self.weights[order]
-        return Rows(permuted_rows(self.x, order), weights)
+    def ordered(self) -> Rows:
+        """The rows in their order (copied when they have an order)."""
+        if self.order is None:
+            return self
+        weights = None if self.weights is None else self.weights[self.order]
+        return Rows(np.take(self.x, self.order, axis=0), weights)
 
     @classmethod
     def concatenate(cls, parts: Sequence[Rows]) -> Rows:
-        """The rows of ``parts`` one after another (a copy)."""
+        """The rows of ``parts`` in order, one after another (a copy)."""
+        parts = [p.ordered() for p in parts]
         weights = None if parts[0].weights is None else np.concatenate([p.weights for p in parts])
         return cls(np.concatenate([p.x for p in parts]), weights)
+
+
+def run_order(n_rows: int, seed: int, run_rows: int = RUN_ROWS) -> np.ndarray:
+    """The positions ``0 .. n_rows - 1`` in runs of ``run_rows`` consecutive ones (the
+    last run of the block may be shorter), the runs in a random order drawn from
+    ``seed``.
+
+    Returns
+    -------
+    ndarray of shape (n_rows,), intp
+    """
+    runs = np.random.default_rng(seed).permutation(-(-n_rows // run_rows))
+    order = (runs[:, None] * run_rows + np.arange(run_rows)).ravel()
+    return order if n_rows % run_rows == 0 else order[order < n_rows]
 
 
 def _as_seen(block: np.ndarray, weights, row_offset: int, block_index: int) -> Rows:
@@ -76,10 +103,13 @@ def _read(
     source: DaskSource, index: int, client: Client | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Block ``index`` of a Dask source (and its weights), computed on ``client`` (the
-    client of the caller's thread, its workers watched) or else as Dask computes it here."""
-    parts = [source.x.blocks[index]]
+    client of the caller's thread, its workers watched) or else as Dask computes it here.
+
+    Computed as the chunks themselves: a Dask array of one chunk would be copied once
+    more (6 ms per 32 MiB block)."""
+    parts = [source.x.blocks[index].to_delayed().item()]
     if source.weights is not None:
-        parts.append(source.weights.blocks[index])
+        parts.append(source.weights.blocks[index].to_delayed().item())
     if client is not None:
         what = f"the read of block {index} for a mini-batch epoch"
         read = watched_compute(client, dask.delayed(tuple)(parts), source.blocks, what)
@@ -92,18 +122,18 @@ def _ready(
     source: InMemorySource | DaskSource,
     view: Callable[..., Rows],
     index: int,
-    order: Future | None,
+    seed: int | None,
     client: Client | None,
 ) -> Rows:
-    """Block ``index`` read, seen through ``view``, and its rows in the order that the
-    future ``order`` draws."""
+    """Block ``index`` read, seen through ``view``, and its rows taken in the
+    :func:`run_order` of ``seed`` (None: in order)."""
     if isinstance(source, InMemorySource):
         block = source.blocks[index]
         weights = None if source.weight_blocks is None else source.weight_blocks[index]
     else:
         block, weights = _read(source, index, client)
     rows = view(block, weights, int(source.row_offsets[index]), index)
-    return rows if order is None else rows.permuted(order.result())
+    return rows if seed is None else Rows(rows.x, rows.weights, run_order(len(rows), seed))
 
 
 def source_blocks(
@@ -116,15 +146,13 @@ def source_blocks(
     """The blocks of ``source`` in ``order`` as its kernels see them: in its frame (or
     divided by their norms, for a source of unit rows: :mod:`dkmeans.cosine`), checked
     (NaN, infinity, magnitudes) when no pass has read them yet, and with ``shuffle``,
-    the rows of every block in the order of ``shuffle.permutation`` (drawn block after
-    block). Counts as one pass of the source once exhausted."""
+    the rows of every block taken in a :func:`run_order` seeded by ``shuffle`` (one seed
+    drawn per block, block after block). Counts as one pass of the source once
+    exhausted."""
     check = source.check_finite and source.passes == 0
     view = prepared_kernel(_as_seen, source.shift, check, unit=source.unit)
-    sizes = np.diff([*source.row_offsets, source.n_rows])
     client = None if isinstance(source, InMemorySource) else distributed_client(source.x)
     reader = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="dkmeans-read")
-    # one thread draws the permutations, in order: 7 ms of the GIL per 262,144 rows
-    drawer = ThreadPoolExecutor(1, thread_name_prefix="dkmeans-shuffle")
     try:
         upcoming = iter(order)
         pending: deque[Future] = deque()
@@ -132,9 +160,8 @@ def source_blocks(
         def ready_next() -> None:
             index = next(upcoming, None)
             if index is not None:
-                size = int(sizes[index])
-                rows = None if shuffle is None else drawer.submit(shuffle.permutation, size)
-                pending.append(reader.submit(_ready, source, view, int(index), rows, client))
+                seed = None if shuffle is None else int(shuffle.integers(2**63))
+                pending.append(reader.submit(_ready, source, view, int(index), seed, client))
 
         for _ in range(ahead + 1):
             ready_next()
@@ -145,7 +172,6 @@ def source_blocks(
             del block  # only the blocks ahead are held while the consumer works
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
-        drawer.shutdown(wait=True, cancel_futures=True)
     source.passes += 1
 
 

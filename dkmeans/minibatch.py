@@ -14,15 +14,17 @@ when the smoothed batch inertia has not improved for ``max_no_improvement`` batc
 when a batch moved the centres by at most ``tol`` (squared, absolute). What differs is
 how batches are drawn: scikit-learn draws rows at random from X in memory; here an
 epoch reads every row exactly once, the blocks in a random order and the rows of every
-block permuted (``shuffle``), or in the order of X. So one epoch costs one read of X
-and memory is bounded by a few blocks; the result depends on the seed and the chunking,
-not on the scheduler.
+block in runs of :data:`~dkmeans.batches.RUN_ROWS` consecutive rows in a random order
+(``shuffle``), or in the order of X. So one epoch costs one read of X and memory is
+bounded by a few blocks; the result depends on the seed and the chunking, not on the
+scheduler.
 
 The batches of a block run in one compiled call (:func:`~dkmeans.kernels.minibatch_rows`:
 GEMM, update, reassignment check and stopping rule per batch, no Python in between),
 which returns here only for a batch whose centres of low count are reassigned, since
-those draws come from a NumPy generator. Meanwhile the next blocks are read and
-permuted on threads of their own (:func:`~dkmeans.batches.source_blocks`).
+those draws come from a NumPy generator; it gathers every batch's rows from the block in
+their shuffled order. Meanwhile the next blocks are read, checked and their orders drawn
+on threads of their own (:func:`~dkmeans.batches.source_blocks`).
 """
 
 from __future__ import annotations
@@ -117,9 +119,9 @@ def run_batches(
     reassignment_ratio: float,
     early: EarlyStopping | None = None,
 ) -> bool:
-    """Update the centres (in place) with the rows ``start:stop`` of ``rows``, in
-    batches of ``rows_per_batch`` consecutive rows; returns whether ``early`` stopped
-    the fit.
+    """Update the centres (in place) with the rows in positions ``start:stop`` of
+    ``rows``, in batches of ``rows_per_batch`` consecutive positions; returns whether
+    ``early`` stopped the fit.
 
     The batches run in compiled calls (:func:`~dkmeans.kernels.minibatch_rows`), which
     come back here only for a batch whose centres of low count are reassigned (the
@@ -129,7 +131,7 @@ def run_batches(
     ----------
     state : MiniBatchState
     rows : Rows
-        In the source's frame, float32 or float64, C-contiguous.
+        In the source's frame, float32 or float64, C-contiguous, in their order.
     start, stop : int
     rows_per_batch : int
     batch_size : int
@@ -150,13 +152,21 @@ def run_batches(
     position = start
     while position < stop:
         status, position, inertia = minibatch_rows(
-            rows.x, rows.weights, position, stop, rows_per_batch, state.model, rule, early
+            rows.x,
+            rows.weights,
+            rows.order,
+            position,
+            stop,
+            rows_per_batch,
+            state.model,
+            rule,
+            early,
         )
         if status == loops.STOPPED:
             return True
         if status == loops.REASSIGN:
             first = start + (position - 1 - start) // rows_per_batch * rows_per_batch
-            _reassign(state, rows.take(slice(first, position)), reassignment_ratio)
+            _reassign(state, rows.take(slice(first, position)).ordered(), reassignment_ratio)
             if loops.finish_step(model=state.model, inertia=inertia, early=early):
                 return True
     return False
@@ -249,7 +259,8 @@ def epoch(
     """One read of ``source`` in batches; returns whether ``early`` ended it early.
 
     With ``shuffle``, the blocks are read in a random order and the rows of every block
-    permuted; without, the rows come in the order of the source.
+    taken in runs in a random order (:func:`~dkmeans.batches.run_order`); without, the
+    rows come in the order of the source.
     """
     n_blocks = len(source.row_offsets)
     order = range(n_blocks) if shuffle is None else shuffle.permutation(n_blocks)
