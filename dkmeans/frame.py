@@ -10,12 +10,14 @@ subtracts a *shift* chosen from the first rows of X (no extra pass over the data
 copy of X), and only when the data needs it, so that data near the origin is clustered
 exactly as before. Everything is reported in the user's frame.
 
-Pure NumPy; no Dask.
+One block at a time; no Dask graphs.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from . import engine, loops
 
 #: Rows from the start of X that choose the shift (one read of the first block).
 SAMPLE_ROWS = 1024
@@ -26,6 +28,9 @@ FAR_FROM_ORIGIN = 4.0
 #: Largest magnitude accepted in X: squared distances, summed over features and rows
 #: (inertia), stay finite in float64 (``1e308``) for up to 10⁸ features·rows squared.
 MAX_MAGNITUDE = 1e150
+#: Bytes of the row groups in which NumPy checks a block's values: its min and max of a
+#: group read it from the cache, so that the block is read from memory once.
+CHECK_GROUP_BYTES = 1 << 20
 
 
 def choose_shift(sample: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
@@ -96,11 +101,7 @@ def check_values(block: np.ndarray, row_offset: int = 0, block_index: int | None
     ValueError
         Naming the block (if given), the first bad row, and what to do.
     """
-    if block.size == 0 or block.dtype.kind != "f":
-        return
-    # NaN propagates through min and max: no temporary of the block's size
-    low, high = float(block.min()), float(block.max())
-    if np.isfinite(low) and np.isfinite(high) and max(-low, high) <= MAX_MAGNITUDE:
+    if block.size == 0 or block.dtype.kind != "f" or values_within(block, MAX_MAGNITUDE):
         return
     where = (
         ""
@@ -114,9 +115,36 @@ def check_values(block: np.ndarray, row_offset: int = 0, block_index: int | None
             f"X contains NaN or infinity{where}; first at row {first}: remove or impute "
             "these values before clustering"
         )
-    first = int(np.flatnonzero((np.abs(block) > MAX_MAGNITUDE).any(axis=1))[0]) + row_offset
+    magnitudes = np.abs(block)
+    first = int(np.flatnonzero((magnitudes > MAX_MAGNITUDE).any(axis=1))[0]) + row_offset
     raise ValueError(
-        f"X holds values up to {max(-low, high):.3g} in magnitude{where}; first at row "
+        f"X holds values up to {float(magnitudes.max()):.3g} in magnitude{where}; first at row "
         f"{first}: squared distances would overflow float64 above {MAX_MAGNITUDE:.0e}. "
         "Rescale X (e.g. divide it by its largest magnitude) before clustering"
     )
+
+
+def values_within(block: np.ndarray, limit: float) -> bool:
+    """Whether every value of a float block is a number (not NaN, not infinite) of
+    magnitude at most ``limit``, in one read of the block and no temporary of its size.
+
+    Parameters
+    ----------
+    block : ndarray of shape (rows, d), floating
+    limit : float
+        Positive.
+    """
+    limit = min(limit, float(np.finfo(block.dtype).max))  # infinity is beyond it
+    compiled = block.dtype in (np.float32, np.float64) and (
+        block.flags.c_contiguous or block.flags.f_contiguous  # raveled without a copy
+    )
+    if compiled and engine.current() == "numba":
+        limit_in_dtype = block.dtype.type(limit)
+        return bool(loops.all_within(values=block.ravel(order="K"), limit=limit_in_dtype))
+    group = max(CHECK_GROUP_BYTES // max(block[:1].nbytes, 1), 1)
+    for start in range(0, len(block), group):
+        rows = block[start : start + group]
+        # NaN propagates through min and max, and fails both comparisons
+        if not (-limit <= rows.min() and rows.max() <= limit):
+            return False
+    return True

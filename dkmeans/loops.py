@@ -213,6 +213,16 @@ def sub_block_gemm(partial, centers_gemm, xs, by_centers):
 
 
 @_compile
+def all_within(values, limit):
+    """Whether every value of the 1-D ``values`` is a number of magnitude at most
+    ``limit`` (of their dtype): one read, no temporary (NaN fails the comparison)."""
+    outside = False
+    for i in range(len(values)):
+        outside |= not abs(values[i]) <= limit
+    return not outside
+
+
+@_compile
 def rows_of(values, start, stop):
     """``values[start:stop]``, or None for None."""
     return None if values is None else values[start:stop]
@@ -718,9 +728,61 @@ def merge_moments(xs, moments):
     count[0] = total
 
 
+class BlockScratch(NamedTuple):
+    """Scratch of :func:`assign_rows`, for sub-blocks of up to as many rows as
+    ``nearest`` has (see :func:`block_scratch`)."""
+
+    partial: np.ndarray  # (rows * K,) the GEMM of a sub-block, in the GEMM dtype
+    nearest: np.ndarray  # (rows, R) uint64 stacked index of every row's nearest centre
+    scan: Scan  # best value and index of every row; with bounds, its second best and ||x||²
+    gathered_rows: np.ndarray  # (rows or 0, d) copies of the rows the bounds let through
+    gathered: np.ndarray  # (rows or 0,) int64 their block rows
+    groups: GroupScratch  # with group bounds (else of no rows)
+    moved: np.ndarray  # (rows or 0, d) a sub-block widened or shifted (else of no rows)
+
+
+@_compile
+def block_scratch(block, centres, screen, groups, rows):
+    """:class:`BlockScratch` of :func:`assign_rows` for ``block`` (:class:`BlockRows`:
+    only its dtype, features, shift and widening) in sub-blocks of up to ``rows`` rows;
+    ``screen`` and ``groups`` as :func:`assign_block` gets them (None: no scratch)."""
+    n_features, bounds = block.x.shape[1], centres.bounds
+    n_centers, dtype = centres.gemm.shape[0], centres.gemm.dtype
+    screened = 0 if screen is None else rows
+    n_groups = group_count(groups)
+    grouped = rows if n_groups else 0
+    copied = block.shift is not None or block.widen is not None
+    return BlockScratch(
+        partial=np.empty(rows * n_centers, dtype=dtype),
+        nearest=np.empty((rows, len(bounds) - 1), dtype=np.uint64),
+        scan=Scan(
+            best_value=np.empty(rows, dtype=dtype),
+            best_index=np.empty(rows, dtype=np.int64),
+            second=np.empty(screened, dtype=dtype),
+            x_sq=np.empty(screened),
+        ),
+        gathered_rows=np.empty((screened, n_features), dtype=dtype),
+        gathered=np.empty(screened, dtype=np.int64),
+        groups=GroupScratch(
+            gathered=np.empty(grouped, dtype=np.int64),
+            kept=np.empty((grouped, len(bounds) - 1), dtype=np.bool_),
+            x_sq=np.empty(grouped),
+            rows=np.empty((grouped, n_features), dtype=dtype),
+            scan=Scan(
+                best_value=np.empty((n_groups, grouped), dtype=dtype),
+                best_index=np.empty((n_groups, grouped), dtype=np.int64),
+                second=np.empty((n_groups, grouped), dtype=dtype),
+                x_sq=np.empty(0),
+            ),
+        ),
+        moved=np.empty((rows if copied else 0, n_features), dtype=dtype),
+    )
+
+
 @_compile
 def assign_block(block, centres, out, screen, groups, step, by_centers):
-    """The whole block in one compiled call: GEMM per sub-block, then the fused scan.
+    """The whole block in one compiled call: GEMM per sub-block, then the fused scan
+    (:func:`assign_rows` with its :func:`block_scratch`).
 
     Runs without the GIL from start to end (numba's ``np.dot`` calls BLAS), so the
     threads of a Dask worker never wait on each other between sub-blocks. ``block``
@@ -737,43 +799,33 @@ def assign_block(block, centres, out, screen, groups, step, by_centers):
     copied, widened and minus the shift (:mod:`dkmeans.frame`), into a buffer that stays
     in cache, and everything is computed from that copy.
     """
-    x, bounds = block.x, centres.bounds
-    n_rows, n_features = x.shape
-    n_centers, rows = centres.gemm.shape[0], min(step, n_rows)
-    dtype = centres.gemm.dtype
-    partial = np.empty(rows * n_centers, dtype=dtype)
-    nearest = np.empty((rows, len(bounds) - 1), dtype=np.uint64)
-    screened = 0 if screen is None else rows
-    # best value and index of every row; with bounds, also its second best and ||x||²
-    scan = Scan(
-        best_value=np.empty(rows, dtype=dtype),
-        best_index=np.empty(rows, dtype=np.int64),
-        second=np.empty(screened, dtype=dtype),
-        x_sq=np.empty(screened),
+    scratch = block_scratch(
+        block=block, centres=centres, screen=screen, groups=groups, rows=min(step, len(block.x))
     )
-    xg = np.empty((screened, n_features), dtype=dtype)
-    gathered = np.empty(screened, dtype=np.int64)
-    n_groups = group_count(groups)
-    grouped = rows if n_groups else 0
-    group_scratch = GroupScratch(
-        gathered=np.empty(grouped, dtype=np.int64),
-        kept=np.empty((grouped, len(bounds) - 1), dtype=np.bool_),
-        x_sq=np.empty(grouped),
-        rows=np.empty((grouped, n_features), dtype=dtype),
-        scan=Scan(
-            best_value=np.empty((n_groups, grouped), dtype=dtype),
-            best_index=np.empty((n_groups, grouped), dtype=np.int64),
-            second=np.empty((n_groups, grouped), dtype=dtype),
-            x_sq=np.empty(0),
-        ),
+    assign_rows(
+        block=block,
+        centres=centres,
+        out=out,
+        screen=screen,
+        groups=groups,
+        step=step,
+        by_centers=by_centers,
+        scratch=scratch,
     )
-    copied = block.shift is not None or block.widen is not None
-    moved = np.empty((rows if copied else 0, n_features), dtype=dtype)
+
+
+@_compile
+def assign_rows(block, centres, out, screen, groups, step, by_centers, scratch):
+    """:func:`assign_block` with its scratch (:class:`BlockScratch`) given: blocks that
+    follow one another share one (:func:`assign_blocks`)."""
+    x, bounds, partial = block.x, centres.bounds, scratch.partial
+    nearest, scan, gathered = scratch.nearest, scratch.scan, scratch.gathered
+    n_rows = x.shape[0]
     for start in range(0, n_rows, step):
         stop = min(start + step, n_rows)
         block_nearest = nearest[: stop - start]
         xs = rows_seen(
-            x=x, start=start, stop=stop, shift=block.shift, widen=block.widen, buffer=moved
+            x=x, start=start, stop=stop, shift=block.shift, widen=block.widen, buffer=scratch.moved
         )
         if groups is not None:
             scan_nearest_groups(
@@ -785,7 +837,7 @@ def assign_block(block, centres, out, screen, groups, step, by_centers):
                 last=out.per_row,
                 groups=groups,
                 nearest=block_nearest,
-                scratch=group_scratch,
+                scratch=scratch.groups,
             )
         elif screen is None:
             scan_nearest(
@@ -809,9 +861,12 @@ def assign_block(block, centres, out, screen, groups, step, by_centers):
             # few rows: the GEMM of a copy of them; most: all rows, as without bounds
             if 4 * n < stop - start:
                 for g in range(n):
-                    xg[g] = xs[gathered[g] - start]
+                    scratch.gathered_rows[g] = xs[gathered[g] - start]
                 partial_t = sub_block_gemm(
-                    partial=partial, centers_gemm=centres.gemm, xs=xg[:n], by_centers=True
+                    partial=partial,
+                    centers_gemm=centres.gemm,
+                    xs=scratch.gathered_rows[:n],
+                    by_centers=True,
                 )
             else:
                 n = stop - start
@@ -1052,14 +1107,22 @@ def empty_far_slots(far):
 
 
 @_compile
-def merge_far_slots(far, block_far, first_row):
+def merge_far_slots(far, block_far, first_row, order):
     """Offer a block's far-point slots to ``far``, as rows ``first_row + row``, in the
     order of their rows: ``far`` ends as if :func:`accumulate_rows` had seen the
-    block's rows itself (the farthest rows, ties to the earlier). None: nothing."""
+    block's rows itself (the farthest rows, ties to the earlier). ``order``: scratch of
+    one entry per slot. None: nothing."""
     if far is None:
         return
-    for r in range(far.rows.shape[0]):
-        for slot in np.argsort(block_far.rows[r]):  # empty slots (-1) first
+    rows = block_far.rows
+    for r in range(rows.shape[0]):
+        for slot in range(rows.shape[1]):  # slots by row (empty, -1, first): an insertion
+            position = slot
+            while position > 0 and rows[r, order[position - 1]] > rows[r, slot]:
+                order[position] = order[position - 1]
+                position -= 1
+            order[position] = slot
+        for slot in order:
             squared = block_far.distances[r, slot]
             if block_far.rows[r, slot] >= 0 and squared > far.worst[r]:
                 row = first_row + block_far.rows[r, slot]
@@ -1072,12 +1135,20 @@ def assign_blocks(block, edges, centres, out, step, by_centers):
     ``edges[b]:edges[b + 1]`` of ``block`` are block ``b``, processed exactly as alone
     (its own sub-blocks and GEMMs). ``out`` (:class:`PassOutputs` without per-row
     results) holds totals and moments stacked by block (a leading axis), and the far
-    points of all blocks, as rows of ``block``."""
+    points of all blocks, as rows of ``block``. The scratch is allocated once for all
+    blocks (per block it cost more than the arithmetic of a block of 8 rows)."""
     block_far = far_slots_like(out.far)
+    largest = 0
+    for b in range(len(edges) - 1):
+        largest = max(largest, edges[b + 1] - edges[b])
+    scratch = block_scratch(
+        block=block, centres=centres, screen=None, groups=None, rows=min(step, largest)
+    )
+    order = np.empty(0 if out.far is None else out.far.rows.shape[1], dtype=np.int64)
     for b in range(len(edges) - 1):
         lo, hi = edges[b], edges[b + 1]
         empty_far_slots(block_far)
-        assign_block(
+        assign_rows(
             block=BlockRows(
                 x=block.x[lo:hi],
                 weights=rows_of(block.weights, lo, hi),
@@ -1095,8 +1166,9 @@ def assign_blocks(block, edges, centres, out, step, by_centers):
             groups=None,
             step=step,
             by_centers=by_centers,
+            scratch=scratch,
         )
-        merge_far_slots(far=out.far, block_far=block_far, first_row=lo)
+        merge_far_slots(far=out.far, block_far=block_far, first_row=lo, order=order)
 
 
 #: What :func:`minibatch_rows` stopped at: all its rows done, a batch whose centres of

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from sklearn.metrics import adjusted_rand_score
 
 import dkmeans
 from dkmeans import KMeans
-from dkmeans.frame import MAX_MAGNITUDE, check_values, choose_shift
+from dkmeans.frame import MAX_MAGNITUDE, check_values, choose_shift, values_within
 from dkmeans.kernels import pass_statistics
 from dkmeans.lloyd import lloyd
 from dkmeans.sources import InMemorySource
@@ -169,6 +170,25 @@ def test_check_values_names_block_row_and_magnitude():
     block[3, 0] = np.nan
     with pytest.raises(ValueError, match=r"NaN or infinity in block 4 .*first at row 103"):
         check_values(block, 100, 4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+    layout=st.sampled_from(["C", "F", "strided"]),
+    bad=st.sampled_from([None, np.nan, np.inf, -np.inf, "largest", "beyond"]),
+    where=st.integers(0, 10**6),
+)
+def test_values_within_finds_any_bad_value_on_every_engine(dtype, layout, bad, where):
+    block = np.random.default_rng(where).normal(size=(300, 7)).astype(dtype)
+    limit = 1e3 if dtype == np.float16 else 1e30
+    if bad is not None:
+        block.flat[where % block.size] = {"largest": -limit, "beyond": -2 * limit}.get(bad, bad)
+    seen = {"C": block, "F": np.asfortranarray(block), "strided": block[::2]}[layout]
+    expected = bool(np.isfinite(seen).all() and np.abs(seen).max() <= limit)
+    for name in dkmeans.engine.available():
+        with dask.config.set({dkmeans.engine.CONFIG_KEY: name}):
+            assert values_within(seen, limit) is expected
 
 
 # values that change during a fit ---------------------------------------------------------
