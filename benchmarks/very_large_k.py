@@ -38,11 +38,17 @@ def fit_once(n: int, d: int, k: int, max_iter: int, library: str) -> dict[str, f
         centers, seeding = kmeans.centroids, float("nan")
     else:
         from dkmeans import KMeans
+        from dkmeans.io import numpy_row_chunks
+        from dkmeans.resources import limit_blas, local_threads
         from dkmeans.seeding import initial_centers
         from dkmeans.sources import InMemorySource
 
-        # the default fit's two steps, timed apart: k-means|| seeding, then Lloyd from it
-        [start] = initial_centers(InMemorySource.of_array(x, threads=2), "k-means||", [k], [0])
+        # the default fit's two steps, timed apart: k-means|| seeding over the blocks and
+        # threads a fit cuts in-memory data into, then Lloyd from those centres
+        chunks = numpy_row_chunks(n, d * x.itemsize)
+        source = InMemorySource.of_array(x, chunks=chunks, threads=local_threads())
+        with limit_blas():  # as a fit does: one BLAS thread inside each of its threads
+            [start] = initial_centers(source, "k-means||", [k], [0])
         seeding = time.perf_counter() - started
         kmeans = KMeans(k, init=start, n_init=1, max_iter=max_iter, random_state=0)
         centers = kmeans.fit(x).cluster_centers_
