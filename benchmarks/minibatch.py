@@ -14,8 +14,15 @@ asks of the cores however loaded the machine is), and the inertia after
 ``--store-epochs`` epochs against ``KMeans`` run to convergence from the same initial
 centres (goal: at most 1.02x).
 
+Run lengths (``--only run-lengths``): a shuffled epoch takes the rows of a block in runs of
+``dkmeans.batches.RUN_ROWS`` consecutive rows; for every length in ``--run-lengths``, the
+process CPU seconds of an epoch in memory and the final inertia after ``--epochs`` epochs
+against ``KMeans`` to convergence from the same k-means++ start, over ``--seeds`` seeds, on
+a mixture stored shuffled and stored sorted by cluster (where runs could hurt).
+
     python -m benchmarks.minibatch                                  # the full run
     python -m benchmarks.minibatch --only out-of-core --tag out-of-core   # the 4.1 GB store
+    python -m benchmarks.minibatch --only run-lengths --tag run-lengths
     python -m benchmarks.minibatch --n-samples 200000 --store-samples 1e6 --repeats 1
 
 Results: a table on stdout and ``benchmarks/results/minibatch[-TAG].json``.
@@ -33,9 +40,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zarr
 from sklearn.cluster import MiniBatchKMeans as ScikitLearnMiniBatchKMeans
+from sklearn.cluster import kmeans_plusplus
 
+import dkmeans.batches
 from dkmeans import KMeans, MiniBatchKMeans
 from dkmeans.cli import count, reuse_freed_memory
 
@@ -183,6 +193,40 @@ def out_of_core(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def run_lengths(args: argparse.Namespace) -> dict[str, Any]:
+    X = make_data(args.sweep_samples, 32, K, "float32")
+    starts = [kmeans_plusplus(X[::16], K, random_state=seed)[0] for seed in range(args.seeds)]
+    lloyds = [KMeans(K, init=start).fit(X) for start in starts]
+    stored = {"shuffled": [X] * args.seeds}
+    stored["sorted"] = [X[np.argsort(lloyd.labels_, kind="stable")] for lloyd in lloyds]
+    default = dkmeans.batches.RUN_ROWS
+    result: dict[str, Any] = {"shape": list(X.shape), "epochs": args.epochs, "by_run_rows": {}}
+    try:
+        for run_rows in args.run_lengths:
+            dkmeans.batches.RUN_ROWS = run_rows
+            entry: dict[str, Any] = {"epoch_cpu_s": []}
+            for order, datasets in stored.items():
+                ratios = []
+                for seed, (data, start, lloyd) in enumerate(
+                    zip(datasets, starts, lloyds, strict=True)
+                ):
+                    fit = MiniBatchKMeans(
+                        K, init=start, batch_size=args.batch_size, max_iter=args.epochs,
+                        max_no_improvement=None, compute_labels=False, random_state=seed,
+                    )  # fmt: skip
+                    started = time.process_time()
+                    fit.fit(data)
+                    if order == "shuffled":
+                        entry["epoch_cpu_s"].append((time.process_time() - started) / args.epochs)
+                    inertia = brute_force_inertia(data, fit.cluster_centers_)
+                    ratios.append(inertia / lloyd.inertia_)
+                entry[f"inertia_over_kmeans_{order}"] = ratios
+            result["by_run_rows"][str(run_rows)] = entry
+    finally:
+        dkmeans.batches.RUN_ROWS = default
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-samples", type=count, default=2_000_000)
@@ -192,9 +236,15 @@ def main() -> None:
     parser.add_argument("--store", default=None, help="default: the out-of-core benchmark's")
     parser.add_argument("--store-samples", type=count, default=32_000_000)
     parser.add_argument("--store-epochs", type=int, default=2)
+    parser.add_argument("--sweep-samples", type=count, default=500_000)
+    parser.add_argument("--run-lengths", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--tag", default="", help="suffix of the results file name")
     parser.add_argument(
-        "--only", choices=["in-memory", "out-of-core"], default=None, help="run one part"
+        "--only",
+        choices=["in-memory", "out-of-core", "run-lengths"],
+        default=None,
+        help="run one part",
     )
     args = parser.parse_args()
     if args.store is None and args.store_samples == 32_000_000:
@@ -227,6 +277,13 @@ def main() -> None:
             ("store: epoch / read pass, CPU seconds", store["epoch_over_read_cpu"], ""),
             ("store: inertia mini-batch / KMeans", store["inertia_ratio"], "<= 1.02"),
         ]
+    if args.only == "run-lengths":  # not part of the full run
+        sweep = result["run_lengths"] = run_lengths(args)
+        for run_rows, entry in sweep["by_run_rows"].items():
+            rows.append((f"runs of {run_rows}: epoch CPU s", min(entry["epoch_cpu_s"]), ""))
+            for order in ("shuffled", "sorted"):
+                ratios = entry[f"inertia_over_kmeans_{order}"]
+                rows.append((f"runs of {run_rows}: inertia / KMeans, {order}", max(ratios), ""))
     result["load_average_after"] = os.getloadavg()
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"minibatch{'-' + args.tag if args.tag else ''}.json"

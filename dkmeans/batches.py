@@ -133,7 +133,9 @@ def _ready(
     else:
         block, weights = _read(source, index, client)
     rows = view(block, weights, int(source.row_offsets[index]), index)
-    return rows if seed is None else Rows(rows.x, rows.weights, run_order(len(rows), seed))
+    if seed is None:
+        return rows
+    return Rows(rows.x, rows.weights, run_order(len(rows), seed, RUN_ROWS))
 
 
 def source_blocks(
