@@ -39,6 +39,7 @@ from dask.utils import funcname
 
 from .cosine import unit_rows
 from .frame import check_values, shifted
+from .resources import limit_blas
 from .spans import SpanPasses, many_blocks
 from .tree import SPLIT_EVERY, combine_all, tree_level
 from .watch import Blocks, check_worker_memory, distributed_client
@@ -198,7 +199,8 @@ class InMemorySource:
 
         blocks = range(len(self.blocks))
         if self.threads > 1 and len(blocks) > 1:
-            return list(own_threads(self.threads).map(block_result, blocks))
+            with limit_blas(self.threads):
+                return list(own_threads(self.threads).map(block_result, blocks))
         return [block_result(i) for i in blocks]
 
     def map_reduce(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

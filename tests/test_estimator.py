@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import warnings
@@ -501,3 +502,42 @@ def test_transform_of_float32_after_a_float64_fit_stays_float32(blobs):
     np.testing.assert_allclose(distances, ref.transform(X32), rtol=1e-5, atol=1e-5)
     fitted32 = KMeans(5, init=X32[:5]).fit(X32)
     assert fitted32.transform(X).dtype == np.float64 == sklearn_fit(X32, X32[:5]).transform(X).dtype
+
+
+def blas_threads_seen() -> int:
+    """The most threads a BLAS library of this process would use for a call now."""
+    from threadpoolctl import threadpool_info
+
+    return max(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas")
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: BLAS has one thread anyway")
+def test_threads_that_work_on_blocks_call_blas_without_nested_threads(monkeypatch) -> None:
+    """predict, transform and score hand blocks to threads of their own with BLAS
+    limited so that threads times BLAS threads stay within the cores (nested BLAS
+    threads made a predict 20-40x slower on a busy 2-core machine)."""
+    import dkmeans.estimator
+    import dkmeans.kernels
+
+    seen: list[int] = []
+
+    def seeing(kernel):
+        def spy(*args, **kwargs):
+            seen.append(blas_threads_seen())
+            return kernel(*args, **kwargs)
+
+        return spy
+
+    x = np.random.default_rng(0).normal(size=(4_000, 3))
+    model = KMeans(4, init="random", n_init=1, max_iter=2, random_state=0).fit(x)
+    chunks = [400] * 10
+    monkeypatch.setattr(dkmeans.estimator, "numpy_row_chunks", lambda n, row_bytes: tuple(chunks))
+    monkeypatch.setattr(dkmeans.estimator, "_rows_kernel", seeing(dkmeans.estimator._rows_kernel))
+    monkeypatch.setattr(
+        dkmeans.estimator, "pass_statistics", seeing(dkmeans.estimator.pass_statistics)
+    )
+    assert blas_threads_seen() >= 2
+    model.predict(x), model.transform(x), model.score(x), model.score(da.from_array(x, 500))
+    per_thread = max(1, os.cpu_count() // dkmeans.resources.local_threads())
+    assert len(seen) >= 3 * len(chunks) + 1 and set(seen) == {per_thread}
+    assert blas_threads_seen() >= 2
