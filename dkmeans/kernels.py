@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from itertools import pairwise
 
 import numpy as np
 
@@ -36,7 +37,8 @@ from .loops import (
     Totals,
 )
 from .row_memory import DistanceBounds
-from .statistics import BlockStats, FarPoints, Moments, PassStats, StackedMoments
+from .statistics import FarPoints, Moments, PassStats, StackedMoments
+from .tree import combine_all, depth, fold, tree_level
 
 #: Elements (rows x (centres + features)) of one row sub-block. Chosen by measurement
 #: (250,000 x 32 float32 rows, k=16, one thread, 2-core EPYC with 1 MiB L2 per core):
@@ -521,6 +523,7 @@ def pass_statistics_of_blocks(
     weights: np.ndarray | None,
     row_offset: int,
     first_block: int,
+    split_every: int,
     centers: np.ndarray,
     bounds: np.ndarray,
     *,
@@ -528,13 +531,18 @@ def pass_statistics_of_blocks(
     far_capacity: int | None = None,
     distance_bounds: None = None,
     shift: np.ndarray | None = None,
-) -> BlockStats:
-    """:func:`pass_statistics` of consecutive blocks in one call, block by block.
+) -> PassStats:
+    """:func:`pass_statistics` of consecutive blocks in one call, combined as the fixed
+    tree combines them.
 
-    Every block is processed exactly as alone (its own sub-blocks and GEMMs), so its
-    statistics are bitwise those of :func:`pass_statistics` on it; with the numba
-    engine the blocks run in one compiled loop, without a Python call per block (a
-    block of a few rows cost ~100 us of calls and allocations, 20x its arithmetic).
+    Every block is processed exactly as alone (its own sub-blocks and GEMMs), and the
+    blocks' statistics are combined level by level in groups of ``split_every``, left to
+    right (:mod:`dkmeans.tree`), so the result is bitwise that of :func:`pass_statistics`
+    on every block combined in that tree: the value of a tree node whose blocks these
+    are. With the numba engine the blocks run in one compiled loop that adds every
+    block's totals into the nodes above it as it goes (:func:`~dkmeans.loops.fold_totals`),
+    without a Python call or a partial result per block (a block of a few rows cost
+    ~100 us of calls and allocations, 20x its arithmetic).
 
     Parameters
     ----------
@@ -547,6 +555,8 @@ def pass_statistics_of_blocks(
         Global index of the first row of ``x``.
     first_block : int
         Position of the first block.
+    split_every : int
+        Fan-in of the combining tree.
     centers, bounds, with_moments, far_capacity, shift
         As :func:`pass_statistics`.
     distance_bounds : None
@@ -554,37 +564,38 @@ def pass_statistics_of_blocks(
 
     Returns
     -------
-    BlockStats
-        Every block's sums, counts, inertia and moments; the far points of all blocks.
+    PassStats
     """
     if distance_bounds is not None:
         raise ValueError("distance bounds are kept per block: pass the blocks one at a time")
     capacities = far_capacities(bounds, far_capacity)
-    if engine.current() != "numba":
-        return BlockStats.of(
-            [
-                pass_statistics(
-                    x[lo:hi],
-                    None if weights is None else weights[lo:hi],
-                    row_offset + lo,
-                    first_block + b,
-                    centers,
-                    bounds,
-                    with_moments=with_moments,
-                    far_capacity=far_capacity,
-                    shift=shift,
-                )
-                for b, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True))
-            ]
-        )
     n_blocks, (n_centers, n_features) = len(edges) - 1, centers.shape
+    if engine.current() != "numba":
+        parts = [
+            pass_statistics(
+                x[lo:hi],
+                None if weights is None else weights[lo:hi],
+                row_offset + lo,
+                first_block + b,
+                centers,
+                bounds,
+                with_moments=with_moments,
+                far_capacity=far_capacity,
+                shift=shift,
+            )
+            for b, (lo, hi) in enumerate(pairwise(edges))
+        ]
+        while len(parts) > 1:
+            parts = [combine_all(group) for group in tree_level(parts, split_every)]
+        return parts[0]
     dtype, centres = stacked_centres(x, centers, bounds)
     capacity = max(capacities, default=0)
     out = _Accumulator.empty(0, len(bounds) - 1, n_centers, n_features, capacity)
-    totals = Totals(
-        sums=np.zeros((n_blocks, n_centers, n_features)),
-        counts=np.zeros((n_blocks, n_centers)),
-        inertia=np.zeros((n_blocks, n_centers)),
+    levels = depth(n_blocks, split_every)
+    totals = Totals(  # one entry per level of the tree: the last is the result
+        sums=np.zeros((levels + 1, n_centers, n_features)),
+        counts=np.zeros((levels + 1, n_centers)),
+        inertia=np.zeros((levels + 1, n_centers)),
     )
     moments = MomentSums(
         count=np.zeros((n_blocks, 1)),
@@ -604,26 +615,27 @@ def pass_statistics_of_blocks(
         ),
         step=sub_block_rows(n_centers, n_features),
         by_centers=gemm_by_centers(n_centers, n_features, dtype),
+        split_every=split_every,
     )
     far = tuple(
         out.far_points(x, weights, row_offset, run, capacity, shift)
         for run, capacity in enumerate(capacities)
     )
-    stacked = (
-        StackedMoments(moments.count[:, 0], moments.mean, moments.m2) if with_moments else None
-    )
-    return BlockStats(totals.sums, totals.counts, totals.inertia, far, stacked)
+    node_moments = None
+    if with_moments:  # folded by NumPy, whose arithmetic Moments.combine is
+        stacked = StackedMoments(moments.count[:, 0], moments.mean, moments.m2)
+        node_moments = fold(stacked, levels, split_every).value()
+    return PassStats(totals.sums[-1], totals.counts[-1], totals.inertia[-1], far, node_moments)
 
 
-def stacked_bytes(centers: np.ndarray, *_: object, **__: object) -> int:
-    """Bytes of one block's entry in :func:`pass_statistics_of_blocks`'s result."""
-    n_centers, n_features = centers.shape
-    return 8 * (n_centers * (n_features + 2) + 2 * n_features + 1)
+def kept_bytes(centers: np.ndarray, *_: object, with_moments: bool = False, **__: object) -> int:
+    """Bytes that :func:`pass_statistics_of_blocks` keeps per block: its moments."""
+    return 8 * (2 * centers.shape[1] + 1) if with_moments else 0
 
 
 #: The kernel over many blocks at once (:mod:`dkmeans.spans`), and its memory per block.
 pass_statistics.of_blocks = pass_statistics_of_blocks
-pass_statistics.stacked_bytes = stacked_bytes
+pass_statistics.kept_bytes = kept_bytes
 
 
 def cluster_totals(x: np.ndarray, weights: np.ndarray | None, centers: np.ndarray) -> Totals:

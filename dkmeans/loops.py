@@ -811,13 +811,15 @@ def assign_block(block, centres, out, screen, groups, step, by_centers):
         step=step,
         by_centers=by_centers,
         scratch=scratch,
+        first_row=0,
     )
 
 
 @_compile
-def assign_rows(block, centres, out, screen, groups, step, by_centers, scratch):
-    """:func:`assign_block` with its scratch (:class:`BlockScratch`) given: blocks that
-    follow one another share one (:func:`assign_blocks`)."""
+def assign_rows(block, centres, out, screen, groups, step, by_centers, scratch, first_row):
+    """:func:`assign_block` with its scratch (:class:`BlockScratch`) given, the block's
+    rows numbered from ``first_row`` in ``out.far``: blocks that follow one another
+    share one scratch and one set of far-point slots (:func:`assign_blocks`)."""
     x, bounds, partial = block.x, centres.bounds, scratch.partial
     nearest, scan, gathered = scratch.nearest, scratch.scan, scratch.gathered
     n_rows = x.shape[0]
@@ -889,7 +891,7 @@ def assign_rows(block, centres, out, screen, groups, step, by_centers, scratch):
             weights=rows_of(block.weights, start, stop),
             nearest=block_nearest,
             centres=centres,
-            first_row=start,
+            first_row=first_row + start,
             per_row=per_row_of(out.per_row, start, stop),
             totals=out.totals,
             far=out.far,
@@ -1067,14 +1069,6 @@ def chosen_distances(xs, centers, chosen, out):
 
 
 @_compile
-def totals_of_block(totals, b):
-    """Block ``b``'s :class:`Totals` of totals stacked by block, or None for None."""
-    if totals is None:
-        return None
-    return Totals(sums=totals.sums[b], counts=totals.counts[b], inertia=totals.inertia[b])
-
-
-@_compile
 def moments_of_block(moments, b):
     """Block ``b``'s :class:`MomentSums` of moments stacked by block, or None for None."""
     if moments is None:
@@ -1083,71 +1077,67 @@ def moments_of_block(moments, b):
 
 
 @_compile
-def far_slots_like(far):
-    """:class:`FarSlots` shaped as ``far`` (to be emptied), or None for None."""
-    if far is None:
-        return None
-    return FarSlots(
-        distances=np.empty_like(far.distances),
-        rows=np.empty_like(far.rows),
-        labels=np.empty_like(far.labels),
-        worst=np.empty_like(far.worst),
-    )
+def leaf_totals(totals):
+    """Entry 0 of ``totals`` (:class:`Totals` with a leading axis), emptied."""
+    leaf = Totals(sums=totals.sums[0], counts=totals.counts[0], inertia=totals.inertia[0])
+    leaf.sums[:] = 0.0
+    leaf.counts[:] = 0.0
+    leaf.inertia[:] = 0.0
+    return leaf
 
 
 @_compile
-def empty_far_slots(far):
-    """Empty every slot of ``far``; None: nothing."""
-    if far is None:
-        return
-    far.distances[:] = -np.inf
-    far.rows[:] = -1
-    far.labels[:] = 0
-    far.worst[:] = -np.inf
+def add_into(target, source, first):
+    """``target`` becomes ``source`` if ``first``, else ``target + source``."""
+    if first:
+        target[:] = source
+    else:
+        target += source
 
 
 @_compile
-def merge_far_slots(far, block_far, first_row, order):
-    """Offer a block's far-point slots to ``far``, as rows ``first_row + row``, in the
-    order of their rows: ``far`` ends as if :func:`accumulate_rows` had seen the
-    block's rows itself (the farthest rows, ties to the earlier). ``order``: scratch of
-    one entry per slot. None: nothing."""
-    if far is None:
-        return
-    rows = block_far.rows
-    for r in range(rows.shape[0]):
-        for slot in range(rows.shape[1]):  # slots by row (empty, -1, first): an insertion
-            position = slot
-            while position > 0 and rows[r, order[position - 1]] > rows[r, slot]:
-                order[position] = order[position - 1]
-                position -= 1
-            order[position] = slot
-        for slot in order:
-            squared = block_far.distances[r, slot]
-            if block_far.rows[r, slot] >= 0 and squared > far.worst[r]:
-                row = first_row + block_far.rows[r, slot]
-                keep_far(far=far, run=r, squared=squared, row=row, label=block_far.labels[r, slot])
+def fold_totals(totals, b, n_blocks, split_every):
+    """Fold block ``b``'s totals, entry 0 of ``totals`` (:class:`Totals` with one entry
+    per level of the combining tree of fan-in ``split_every`` over ``n_blocks`` blocks),
+    into the nodes that it completes: entry ``l + 1`` is the node of level ``l + 1``
+    being summed, its children's values added left to right as they complete, as
+    :func:`~dkmeans.tree.combine_all` adds them (the first copied, the others added:
+    the same additions, to the last bit)."""
+    width = 1
+    for level in range(totals.counts.shape[0] - 1):
+        if (b + 1) % width != 0 and b != n_blocks - 1:
+            return  # the child of this level is not complete yet
+        first = b // width % split_every == 0
+        add_into(totals.sums[level + 1], totals.sums[level], first)
+        add_into(totals.counts[level + 1], totals.counts[level], first)
+        add_into(totals.inertia[level + 1], totals.inertia[level], first)
+        width *= split_every
 
 
 @_compile
-def assign_blocks(block, edges, centres, out, step, by_centers):
-    """:func:`assign_block` on consecutive blocks in one call: rows
+def assign_blocks(block, edges, centres, out, step, by_centers, split_every):
+    """:func:`assign_block` on consecutive blocks in one call, their totals combined as
+    the fixed tree of fan-in ``split_every`` over them combines them (the blocks are the
+    leaves of a tree of their own, or of one node of a larger one): rows
     ``edges[b]:edges[b + 1]`` of ``block`` are block ``b``, processed exactly as alone
-    (its own sub-blocks and GEMMs). ``out`` (:class:`PassOutputs` without per-row
-    results) holds totals and moments stacked by block (a leading axis), and the far
-    points of all blocks, as rows of ``block``. The scratch is allocated once for all
-    blocks (per block it cost more than the arithmetic of a block of 8 rows)."""
-    block_far = far_slots_like(out.far)
+    (its own sub-blocks and GEMMs, its totals from zero).
+
+    ``out`` (:class:`PassOutputs` without per-row results): ``totals`` holds one entry
+    per level of that tree (:func:`fold_totals`; the last receives the combined totals),
+    ``moments`` one entry per block, and ``far`` the far points of all blocks, as rows
+    of ``block``: one set of slots that sees the blocks' rows in order keeps what the
+    blocks' own slots, merged, would (the farthest rows, ties to the earlier). Scratch
+    is allocated once for all blocks: per block it cost more than the arithmetic of a
+    block of 8 rows, and so did a stack of every block's totals folded afterwards."""
+    n_blocks = len(edges) - 1
     largest = 0
-    for b in range(len(edges) - 1):
+    for b in range(n_blocks):
         largest = max(largest, edges[b + 1] - edges[b])
     scratch = block_scratch(
         block=block, centres=centres, screen=None, groups=None, rows=min(step, largest)
     )
-    order = np.empty(0 if out.far is None else out.far.rows.shape[1], dtype=np.int64)
-    for b in range(len(edges) - 1):
+    for b in range(n_blocks):
         lo, hi = edges[b], edges[b + 1]
-        empty_far_slots(block_far)
         assign_rows(
             block=BlockRows(
                 x=block.x[lo:hi],
@@ -1158,8 +1148,8 @@ def assign_blocks(block, edges, centres, out, step, by_centers):
             centres=centres,
             out=PassOutputs(
                 per_row=None,
-                totals=totals_of_block(out.totals, b),
-                far=block_far,
+                totals=leaf_totals(out.totals),
+                far=out.far,
                 moments=moments_of_block(out.moments, b),
             ),
             screen=None,
@@ -1167,8 +1157,9 @@ def assign_blocks(block, edges, centres, out, step, by_centers):
             step=step,
             by_centers=by_centers,
             scratch=scratch,
+            first_row=lo,
         )
-        merge_far_slots(far=out.far, block_far=block_far, first_row=lo, order=order)
+        fold_totals(totals=out.totals, b=b, n_blocks=n_blocks, split_every=split_every)
 
 
 #: What :func:`minibatch_rows` stopped at: all its rows done, a batch whose centres of

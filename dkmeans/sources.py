@@ -234,8 +234,8 @@ class FiniteChecked:
         return None if inner is None else partial(self.checked_blocks, inner.call)
 
     @property
-    def stacked_bytes(self) -> Callable[..., int]:
-        return many_blocks(self.kernel).stacked_bytes
+    def kept_bytes(self) -> Callable[..., int]:
+        return many_blocks(self.kernel).kept_bytes
 
     @staticmethod
     def checked_blocks(call, x, edges, weights, row_offset, first_block, *args, **kwargs):

@@ -41,7 +41,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import dask.core
 import numpy as np
 
-from .tree import SPLIT_EVERY, Node, Stacked, fold, node_blocks, node_values, span_nodes, tree_level
+from .statistics import Combinable
+from .tree import SPLIT_EVERY, Node, node_blocks, node_values, span_nodes, tree_level
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -51,9 +52,9 @@ if TYPE_CHECKING:
 #: early can take another span; few, so that the scheduler's work stays small.
 TASKS_PER_THREAD = 2
 
-#: Bytes of rows, and of per-block results, that a task takes at once from blocks
-#: smaller than this (:func:`span_pass`): blocks of a few rows cost one call of the
-#: kernel per node of the tree that holds this much, not one per block.
+#: Bytes of rows (and of what the kernel keeps per block) that a task takes at once
+#: from blocks smaller than this (:func:`span_pass`): blocks of a few rows cost one call
+#: of the kernel per node of the tree that holds this much, not one per block.
 BATCH_BYTES = 4 * 2**20
 
 #: Times a pass is repeated when blocks were not where its plan expected them.
@@ -161,7 +162,7 @@ class SpanPlan:
 
     def fits(self, blocks: range, block_bytes: int) -> bool:
         """Whether a task can take ``blocks`` (positions in the array) at once: their
-        rows, and ``block_bytes`` of results per block, within :data:`BATCH_BYTES`."""
+        rows, and ``block_bytes`` kept per block, within :data:`BATCH_BYTES`."""
         rows = sum(self.rows[blocks.start - self.start : blocks.stop - self.start])
         return max(rows * self.row_bytes, len(blocks) * block_bytes) <= BATCH_BYTES
 
@@ -169,24 +170,25 @@ class SpanPlan:
 class ManyBlocks(NamedTuple):
     """A kernel's form over many consecutive blocks at once (``kernel.of_blocks``)."""
 
-    #: ``call(x, edges, weights, row_offset, first_block, *args, **kwargs)``: ``x`` the
-    #: blocks' rows one after another, block ``b`` rows ``edges[b]:edges[b + 1]``; returns
-    #: their results stacked (:class:`~dkmeans.tree.Stacked`).
-    call: Callable[..., Stacked]
-    #: ``stacked_bytes(*args, **kwargs)``: bytes of one block's entry of the result.
-    stacked_bytes: Callable[..., int]
+    #: ``call(x, edges, weights, row_offset, first_block, split_every, *args, **kwargs)``:
+    #: ``x`` the blocks' rows one after another, block ``b`` rows ``edges[b]:edges[b + 1]``;
+    #: returns their results combined as the tree of fan-in ``split_every`` over them
+    #: combines them (the value of the tree node whose blocks they are).
+    call: Callable[..., Combinable]
+    #: ``kept_bytes(*args, **kwargs)``: bytes the call keeps per block besides the rows.
+    kept_bytes: Callable[..., int]
 
 
 def many_blocks(kernel: Callable[..., Any]) -> ManyBlocks | None:
     """``kernel``'s form over many blocks (its attributes ``of_blocks`` and
-    ``stacked_bytes``; through a ``functools.partial`` of keywords), or None."""
+    ``kept_bytes``; through a ``functools.partial`` of keywords), or None."""
     if isinstance(kernel, partial) and not kernel.args:
         inner = many_blocks(kernel.func)
         if inner is None:
             return None
-        return ManyBlocks(partial(inner.call, **kernel.keywords), inner.stacked_bytes)
+        return ManyBlocks(partial(inner.call, **kernel.keywords), inner.kept_bytes)
     call = getattr(kernel, "of_blocks", None)
-    return None if call is None else ManyBlocks(call, kernel.stacked_bytes)
+    return None if call is None else ManyBlocks(call, kernel.kept_bytes)
 
 
 def span_pass(
@@ -200,12 +202,11 @@ def span_pass(
     nodes. ``fetched``: the held keys the span needs from other workers.
 
     A kernel with a form over many blocks (:func:`many_blocks`) runs once per node of
-    the tree whose blocks fit in :data:`BATCH_BYTES`, and the blocks' results are folded
-    into the node's value (:func:`~dkmeans.tree.fold`); any other kernel, or a block
-    that does not fit, runs one block at a time.
+    the tree whose blocks fit in :data:`BATCH_BYTES` and returns the node's value; any
+    other kernel, or a block that does not fit, runs one block at a time.
     """
     many = many_blocks(kernel)
-    block_bytes = 0 if many is None else many.stacked_bytes(*args, **kwargs)
+    block_bytes = 0 if many is None else many.kept_bytes(*args, **kwargs)
 
     def taken(recipes: tuple[BlockRecipe, ...] | None, blocks: range) -> list[Any]:
         if recipes is None:
@@ -222,16 +223,16 @@ def span_pass(
             return None
         xs, weights = taken(plan.blocks, blocks), taken(plan.weights, blocks)
         edges = np.concatenate([[0], np.cumsum([len(x) for x in xs])])
-        stacked = many.call(
+        return many.call(
             np.concatenate(xs),
             edges,
             None if plan.weights is None else np.concatenate(weights),
             offset,
             blocks.start,
+            plan.split_every,
             *args,
             **kwargs,
         )
-        return fold(stacked, node[0], plan.split_every).value()
 
     nodes = span_nodes(plan.start, plan.stop, plan.n_blocks, plan.split_every)
     values = node_values(nodes, known, plan.n_blocks, plan.split_every)

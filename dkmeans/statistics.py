@@ -154,19 +154,13 @@ class PassStats:
 @dataclass(frozen=True)
 class StackedMoments:
     """:class:`Moments` of consecutive parts, one per entry of a leading axis;
-    :meth:`combine` is :meth:`Moments.combine` entry by entry, to the last bit."""
+    :meth:`combine` is :meth:`Moments.combine` entry by entry, to the last bit (a
+    :class:`~dkmeans.tree.Stacked`: the moments of many blocks fold into their tree node
+    at once)."""
 
     count: np.ndarray  # (n,) float64
     mean: np.ndarray  # (n, d) float64
     m2: np.ndarray  # (n, d) float64
-
-    @classmethod
-    def of(cls, moments: list[Moments]) -> StackedMoments:
-        return cls(
-            np.array([m.count for m in moments], dtype=np.float64),
-            np.stack([m.mean for m in moments]),
-            np.stack([m.m2 for m in moments]),
-        )
 
     def __len__(self) -> int:
         return len(self.count)
@@ -190,72 +184,6 @@ class StackedMoments:
             np.concatenate([self.m2, other.m2]),
         )
 
-    def at(self, i: int) -> Moments:
-        return Moments(float(self.count[i]), self.mean[i].copy(), self.m2[i].copy())
-
-
-@dataclass(frozen=True)
-class BlockStats:
-    """:class:`PassStats` of consecutive blocks, one per entry of a leading axis, as a
-    kernel over many blocks returns them (:mod:`dkmeans.tree` folds them into the nodes
-    of the combining tree); :meth:`combine` is :meth:`PassStats.combine` entry by entry.
-
-    ``far`` holds the far points of all the blocks the stack was made from, kept as is
-    by every method: the farthest points of a union are the same whatever the order in
-    which its parts combine, so they are the far points of any node over those blocks.
-    """
-
-    sums: np.ndarray  # (n, K, d)
-    counts: np.ndarray  # (n, K)
-    cluster_inertia: np.ndarray  # (n, K)
-    far: tuple[FarPoints, ...]
-    moments: StackedMoments | None
-
-    @classmethod
-    def of(cls, parts: list[PassStats]) -> BlockStats:
-        """The statistics of consecutive blocks, stacked."""
-        far = parts[0].far
-        for part in parts[1:]:
-            far = tuple(a.combine(b) for a, b in zip(far, part.far, strict=True))
-        return cls(
-            np.stack([p.sums for p in parts]),
-            np.stack([p.counts for p in parts]),
-            np.stack([p.cluster_inertia for p in parts]),
-            far,
-            None if parts[0].moments is None else StackedMoments.of([p.moments for p in parts]),
-        )
-
-    def __len__(self) -> int:
-        return len(self.counts)
-
-    def take(self, index: slice) -> BlockStats:
-        moments = None if self.moments is None else self.moments.take(index)
-        return BlockStats(
-            self.sums[index], self.counts[index], self.cluster_inertia[index], self.far, moments
-        )
-
-    def combine(self, other: BlockStats) -> BlockStats:
-        moments = None if self.moments is None else self.moments.combine(other.moments)
-        return BlockStats(
-            self.sums + other.sums,
-            self.counts + other.counts,
-            self.cluster_inertia + other.cluster_inertia,
-            self.far,
-            moments,
-        )
-
-    def concat(self, other: BlockStats) -> BlockStats:
-        moments = None if self.moments is None else self.moments.concat(other.moments)
-        return BlockStats(
-            np.concatenate([self.sums, other.sums]),
-            np.concatenate([self.counts, other.counts]),
-            np.concatenate([self.cluster_inertia, other.cluster_inertia]),
-            self.far,
-            moments,
-        )
-
-    def value(self) -> PassStats:
-        """The one :class:`PassStats` of a stack of one entry."""
-        (sums,), (counts,), (inertia,) = self.sums, self.counts, self.cluster_inertia
-        moments = None if self.moments is None else self.moments.at(0)
-        return PassStats(sums, counts, inertia, self.far, moments)
+    def value(self) -> Moments:
+        """The one :class:`Moments` of a stack of one entry."""
+        return Moments(float(self.count[0]), self.mean[0].copy(), self.m2[0].copy())

@@ -92,7 +92,7 @@ def node_values(
 
 class Stacked(Protocol):
     """Partial results of consecutive blocks (or nodes), one per entry of a leading
-    axis, whose ``combine`` combines them entry by entry (``BlockStats``)."""
+    axis, whose ``combine`` combines them entry by entry (``StackedMoments``)."""
 
     def __len__(self) -> int: ...
 

@@ -42,7 +42,6 @@ from dkmeans.spans import BlockRecipe, SpanPlan, cuts, merge_spans, span_pass
 from dkmeans.tree import (
     SPLIT_EVERY,
     combine_all,
-    fold,
     node_blocks,
     node_values,
     span_nodes,
@@ -177,8 +176,8 @@ def test_blocks_at_once_give_the_bits_of_blocks_one_at_a_time(implementation, op
     blocks = [x[a:b] for a, b in pairwise(edges)]
     block_weights = [None if w is None else w[a:b] for w in [weights] for a, b in pairwise(edges)]
     reference = one_at_a_time(blocks, block_weights, centers, bounds, **options)
-    stacked = pass_statistics_of_blocks(x, edges, weights, 0, 0, centers, bounds, **options)
-    assert same_stats(fold(stacked, 3).value(), reference)  # 75 blocks: 3 levels
+    node = pass_statistics_of_blocks(x, edges, weights, 0, 0, 8, centers, bounds, **options)
+    assert same_stats(node, reference)  # 75 blocks: 3 levels of the tree
 
 
 def plan_of(blocks: list[np.ndarray]) -> tuple[SpanPlan, dict]:
