@@ -11,12 +11,16 @@ import itertools
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zarr
 from numcodecs.zstd import Zstd
 from zarr.codecs import BytesCodec, ZstdCodec
 from zarr.storage import LocalStore
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 
 class ChunkReadError(ValueError):
@@ -65,6 +69,22 @@ class NamedChunkReader:
             return f"holding rows {start} to {stop - 1}"
         shown = ", ".join(keys[:most])
         return shown if len(keys) <= most else f"{shown}, ... ({len(keys)} chunks)"
+
+
+def reader_of(array: da.Array) -> NamedChunkReader | None:
+    """The reader whose rows the blocks of ``array`` are, as
+    :func:`dkmeans.io.to_dask_array` wraps a Zarr array (block ``i`` is
+    ``reader[rows of block i, :]``, ``da.from_array``'s definition), so that many blocks
+    can be read in one call; None for any other array (sliced, converted or rechunked,
+    its blocks are no longer plain reads)."""
+    graph = array.__dask_graph__()
+    original = f"original-{array.name}"
+    if set(graph.layers) != {array.name, original} or array.numblocks[1:] != (1,):
+        return None
+    reader = graph.layers[original].get(original)
+    if not isinstance(reader, NamedChunkReader) or reader.shape != array.shape:
+        return None
+    return reader
 
 
 #: The first bytes of a Zstandard frame.

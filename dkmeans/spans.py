@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import dask.core
 import numpy as np
 
+from .readers import NamedChunkReader, reader_of
 from .statistics import Combinable
 from .tree import SPLIT_EVERY, Node, node_blocks, node_values, span_nodes, tree_level
 
@@ -159,6 +160,10 @@ class SpanPlan:
     row_bytes: int
     #: The worker that holds most of the span's held keys (None: any worker).
     worker: str | None
+    #: The reader whose rows the blocks are, one read per block (a Zarr array as
+    #: :func:`dkmeans.io.to_dask_array` wraps it; :func:`~dkmeans.readers.reader_of`):
+    #: the task reads the rows of many blocks at once. None: the blocks' recipes.
+    reader: NamedChunkReader | None = None
 
     def fits(self, blocks: range, block_bytes: int) -> bool:
         """Whether a task can take ``blocks`` (positions in the array) at once: their
@@ -208,25 +213,37 @@ def span_pass(
     many = many_blocks(kernel)
     block_bytes = 0 if many is None else many.kept_bytes(*args, **kwargs)
 
-    def taken(recipes: tuple[BlockRecipe, ...] | None, blocks: range) -> list[Any]:
+    def joined(recipes: tuple[BlockRecipe, ...] | None, blocks: range) -> np.ndarray | None:
+        """The values of ``blocks`` one after another (None for no recipes)."""
         if recipes is None:
-            return [None] * len(blocks)
-        return block_values(recipes[blocks.start - plan.start : blocks.stop - plan.start], fetched)
+            return None
+        values = block_values(
+            recipes[blocks.start - plan.start : blocks.stop - plan.start], fetched
+        )
+        return values[0] if len(values) == 1 else np.concatenate(values)
+
+    def rows(blocks: range) -> np.ndarray:
+        """The rows of ``blocks``: a run of a store's rows in one read (its chunks one
+        after another, without a task of the graph per block), else joined."""
+        if plan.reader is None:
+            return joined(plan.blocks, blocks)
+        first = plan.row_offsets[blocks.start - plan.start]
+        count = sum(plan.rows[blocks.start - plan.start : blocks.stop - plan.start])
+        return plan.reader[(slice(first, first + count), slice(None))]
 
     def known(node: Node) -> Any:
         blocks = node_blocks(node, plan.n_blocks, plan.split_every)
         offset = plan.row_offsets[blocks.start - plan.start]
         if len(blocks) == 1:
-            ((x,), (weights,)) = taken(plan.blocks, blocks), taken(plan.weights, blocks)
+            x, weights = rows(blocks), joined(plan.weights, blocks)
             return kernel(x, weights, offset, blocks.start, *args, **kwargs)
         if many is None or not plan.fits(blocks, block_bytes):
             return None
-        xs, weights = taken(plan.blocks, blocks), taken(plan.weights, blocks)
-        edges = np.concatenate([[0], np.cumsum([len(x) for x in xs])])
+        sizes = plan.rows[blocks.start - plan.start : blocks.stop - plan.start]
         return many.call(
-            np.concatenate(xs),
-            edges,
-            None if plan.weights is None else np.concatenate(weights),
+            rows(blocks),
+            np.concatenate([[0], np.cumsum(sizes)]),
+            joined(plan.weights, blocks),
             offset,
             blocks.start,
             plan.split_every,
@@ -301,6 +318,7 @@ def plan_spans(
 ) -> list[Span]:
     """The spans of a pass over the blocks of ``x`` on ``client``'s workers."""
     blocks, held = recipes(x)
+    reader = reader_of(x)
     weight_blocks = None
     if weights is not None:
         weight_blocks, held_weights = recipes(weights)
@@ -326,6 +344,7 @@ def plan_spans(
             tuple(int(r) for r in x.chunks[0][start:stop]),
             x.shape[1] * x.dtype.itemsize,
             worker,
+            reader,
         )
         spans.append((plan, {key: held[key] for key in needed if owner[key] != worker}))
     return spans
