@@ -53,6 +53,7 @@ from threadpoolctl import threadpool_limits
 
 import dkmeans.io
 from dkmeans.kernels import pass_statistics
+from dkmeans.readers import reader_of
 from dkmeans.sources import DaskSource
 from dkmeans.tree import SPLIT_EVERY, combine_all
 
@@ -122,6 +123,31 @@ def stored(rows: np.ndarray, n_blocks: int, folder: Path) -> da.Array:
     return dkmeans.io.check_data(dkmeans.io.to_dask_array(str(path)))
 
 
+def file_floor(x: da.Array) -> dict[str, float]:
+    """The floor of a streamed pass: every chunk file of ``x``'s store opened, read and
+    closed once (``os.open``, ``os.readv``, ``os.close``), in this process, best of 3."""
+    reader = reader_of(x)
+    array = reader.array
+    root = Path(array.store.root, array.path)
+    files = [str(root / array.metadata.encode_chunk_key((i, 0))) for i in range(len(x.chunks[0]))]
+    buffer = bytearray(array.chunks[0] * array.shape[1] * array.dtype.itemsize)
+
+    def read_all() -> None:
+        for file in files:
+            descriptor = os.open(file, os.O_RDONLY)
+            os.readv(descriptor, [buffer])
+            os.close(descriptor)
+
+    read_all()
+    cpu, wall = [], []
+    for _ in range(3):
+        start_cpu, start = time.process_time(), time.perf_counter()
+        read_all()
+        cpu.append(time.process_time() - start_cpu)
+        wall.append(time.perf_counter() - start)
+    return {"files": len(files), "floor_cpu_s": min(cpu), "floor_s": min(wall)}
+
+
 def timed_passes(cluster: LocalCluster, run: Callable[[], Any], repeats: int) -> tuple[float, int]:
     """Median seconds of ``repeats`` runs of ``run`` (after one warm-up that plans the
     spans and compiles the kernels) and the tasks of the first."""
@@ -153,6 +179,7 @@ def blocks_point(
         seconds, tasks = timed_passes(cluster, run, args.repeats)
         points.append(
             {
+                **(file_floor(x) if kind == "streamed" else {}),
                 "kind": kind,
                 "design": design,
                 "blocks": x.numblocks[0],
@@ -163,9 +190,11 @@ def blocks_point(
                 "load": [load_before, os.getloadavg()[0]],
             }
         )
+        floor = points[-1].get("floor_s")
         print(
             f"{kind:8} {design:3} {x.numblocks[0]:7,} blocks: {1e3 * seconds:8.0f} ms per pass, "
-            f"{tasks:6,} tasks (load {load_before:.1f} -> {os.getloadavg()[0]:.1f})",
+            f"{tasks:6,} tasks (load {load_before:.1f} -> {os.getloadavg()[0]:.1f})"
+            + ("" if floor is None else f"; its chunk files read once: {1e3 * floor:.0f} ms"),
             flush=True,
         )
     return points

@@ -34,6 +34,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dkmeans.io
+import dkmeans.readers
 import dkmeans.spans
 from dkmeans import KMeans
 from dkmeans.kernels import pass_statistics, pass_statistics_of_blocks
@@ -216,6 +217,49 @@ def test_a_task_takes_nodes_of_blocks_at_once_in_bounded_memory(monkeypatch) -> 
     plan, fetched = plan_of(blocks)
     with pytest.raises(ValueError, match=r"block 1234 \(rows"):
         span_pass(plan, kernel, args, options, fetched)
+
+
+class CountedReads:
+    """A reader that records the selections it is asked for."""
+
+    def __init__(self, reader) -> None:
+        self.reader, self.reads = reader, []
+
+    def __getitem__(self, selection):
+        self.reads.append(selection)
+        return self.reader[selection]
+
+
+def test_a_task_reads_a_node_of_stored_blocks_in_one_call(tmp_path) -> None:
+    rng = np.random.default_rng(6)
+    rows = rng.normal(size=(600, 4)).astype(np.float32)
+    path = str(tmp_path / "small.zarr")
+    zarr.create_array(store=path, data=rows, chunks=(5, 4), compressors=None)
+    x = dkmeans.io.to_dask_array(path)  # 120 blocks of one chunk each
+    reader = dkmeans.readers.reader_of(x)
+    assert reader is not None and x.numblocks == (120, 1)
+    for other in (x[1:], x.astype(np.float64), x.rechunk((10, 4)), x + 0):
+        assert dkmeans.readers.reader_of(other) is None  # not plain reads of the store
+    blocks, _ = dkmeans.spans.recipes(x)
+    offsets, sizes = tuple(range(0, 600, 5)), (5,) * 120
+    counted = CountedReads(reader)
+    centers, bounds = rng.normal(size=(3, 4)), np.array([0, 3])
+    kernel = prepared_kernel(pass_statistics, None, check=True)
+    results = [
+        span_pass(
+            SpanPlan(0, 120, 120, SPLIT_EVERY, tuple(blocks), None, offsets, sizes, 16, None, r),
+            kernel,
+            (centers, bounds),
+            {"with_moments": True},
+            {},
+        )
+        for r in (None, counted)
+    ]
+    assert len(counted.reads) == 1  # the one node of 120 blocks: one read of all rows
+    stored = [rows[i : i + 5] for i in range(0, 600, 5)]
+    reference = one_at_a_time(stored, [None] * 120, centers, bounds, with_moments=True)
+    for ((_, stats),) in results:
+        assert same_stats(stats, reference)
 
 
 @pytest.fixture(scope="module", autouse=True)
