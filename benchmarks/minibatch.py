@@ -255,6 +255,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "load_average_before": os.getloadavg(),
         "versions": versions(("dkmeans", "scikit-learn", "numpy", "dask", "zarr")),
+        "run_rows": dkmeans.batches.RUN_ROWS,  # rows a shuffled epoch keeps together
     }
     rows = []
     if args.only in (None, "in-memory"):
