@@ -121,6 +121,11 @@ class DirectChunkReader(NamedChunkReader):
         super().__init__(array)
         codecs = array.metadata.codecs if array.metadata.zarr_format == 3 else ()
         self.zstd = Zstd() if any(isinstance(c, ZstdCodec) for c in codecs) else None
+        #: The folder of the chunk files, rows of a chunk and bytes of a row (Zarr's
+        #: properties cost ~10 us a call, more than reading a small chunk).
+        self.directory = str(Path(array.store.root, array.path))
+        self.chunk_rows = array.chunks[0]
+        self.row_bytes = self.shape[1] * self.dtype.itemsize
 
     @staticmethod
     def handles(array: zarr.Array) -> bool:
@@ -147,7 +152,7 @@ class DirectChunkReader(NamedChunkReader):
         if step != 1 or columns.indices(self.shape[1]) != (0, self.shape[1], 1):
             return super().__getitem__(selection)
         out = np.empty((max(stop - start, 0), self.shape[1]), dtype=self.dtype)
-        chunk_rows = self.array.chunks[0]
+        chunk_rows = self.chunk_rows
         for chunk in range(start // chunk_rows, -(-stop // chunk_rows) if out.size else 0):
             lo, hi = max(start, chunk * chunk_rows), min(stop, (chunk + 1) * chunk_rows)
             self._read_chunk(chunk, lo - chunk * chunk_rows, out[lo - start : hi - start])
@@ -156,24 +161,26 @@ class DirectChunkReader(NamedChunkReader):
     def _read_chunk(self, chunk: int, first_row: int, target: np.ndarray) -> None:
         """Rows ``first_row, ...`` of stored chunk ``chunk`` into ``target``."""
         key = self.array.metadata.encode_chunk_key((chunk, 0))
-        row_bytes = self.shape[1] * self.dtype.itemsize
-        chunk_bytes, offset = self.array.chunks[0] * row_bytes, first_row * row_bytes
-        try:
-            with open(Path(self.array.store.root, self.array.path, key), "rb", buffering=0) as file:
-                if self.zstd is None:
-                    size = os.fstat(file.fileno()).st_size  # Zarr refuses any other size too
-                    if size != chunk_bytes:
-                        raise self._damaged(key, f"it holds {size} bytes, not {chunk_bytes}")
-                    file.seek(offset)
-                    file.readinto(memoryview(target).cast("B"))
-                    return
-                encoded = file.read()
+        chunk_bytes, offset = self.chunk_rows * self.row_bytes, first_row * self.row_bytes
+        try:  # os calls, not a file object: a chunk of a few rows cost 29 us, now 12 (of 6)
+            descriptor = os.open(os.path.join(self.directory, key), os.O_RDONLY)
         except FileNotFoundError:  # never written: the fill value (Zarr 2's None reads as 0)
             target[...] = 0 if self.array.fill_value is None else self.array.fill_value
             return
+        try:
+            if self.zstd is None:
+                size = os.fstat(descriptor).st_size  # Zarr refuses any other size too
+                if size != chunk_bytes:
+                    raise self._damaged(key, f"it holds {size} bytes, not {chunk_bytes}")
+                os.preadv(descriptor, [memoryview(target).cast("B")], offset)
+                return
+            with open(descriptor, "rb", buffering=0, closefd=False) as file:
+                encoded = file.read()
+        finally:
+            os.close(descriptor)
         size = zstd_content_size(encoded)
         if size is None:  # written without its size (not by Zarr): Zarr reads it
-            first = chunk * self.array.chunks[0] + first_row
+            first = chunk * self.chunk_rows + first_row
             target[...] = super().__getitem__((slice(first, first + len(target)), slice(None)))
             return
         if size != chunk_bytes:
