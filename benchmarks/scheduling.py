@@ -25,7 +25,7 @@ Everything feeds ``docs/scaling.md``::
     python -m benchmarks.scheduling                       # 1,000 / 10,000 / 50,000 blocks
     python -m benchmarks.scheduling --blocks 1000 10000 --workers 4 --repeats 3
 
-Results: a table on stdout and ``benchmarks/results/scheduling.json`` (with the load
+Results: a table on stdout and ``benchmarks/results/scheduling.json`` (or ``--out``; with the load
 average before and after every point).
 """
 
@@ -252,6 +252,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--old-max-blocks", type=int, default=10_000)
     parser.add_argument("--big-rows", type=int, default=250_000)
+    parser.add_argument("--out", type=Path, default=RESULTS / "scheduling.json")
     args = parser.parse_args()
     rows = np.random.default_rng(0).random((args.rows, args.features), dtype=np.float32)
     points = []
@@ -282,8 +283,8 @@ def main() -> None:
     )
     if fit is not None:
         print(f"old: pass = {fit['fixed_s']:.3f} s + {1e3 * fit['per_task_s']:.3f} ms x tasks")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "scheduling.json"
+    out = args.out
+    out.parent.mkdir(exist_ok=True)
     record = {
         "args": vars(args),
         "cpus": os.cpu_count(),
