@@ -178,3 +178,40 @@ def skipped_fraction(
         skipped += np.count_nonzero(stays)
         sampled += len(labels)
     return skipped / sampled if sampled else 0.0
+
+
+def fresh_skipped_fraction(
+    rows: np.ndarray, stacked: np.ndarray, bounds: np.ndarray, drift: np.ndarray
+) -> float:
+    """The fraction of ``rows`` that Hamerly's bounds made now, against ``stacked``,
+    would let the next pass skip if every centre then moved by ``drift``: as
+    :func:`skipped_fraction` predicts for bounds already kept, with each row's exact
+    nearest and second-nearest distances in place of its bounds.
+
+    Parameters
+    ----------
+    rows : ndarray of shape (m, d)
+        A sample of the rows, as the kernels see them (in the source's frame).
+    stacked : ndarray of shape (K, d)
+        The centres of every run, stacked.
+    bounds : ndarray of shape (R + 1,)
+        Run ``r`` owns stacked centres ``bounds[r]:bounds[r + 1]``.
+    drift : ndarray of shape (K,)
+        How far every centre is expected to move before the next pass.
+    """
+    rows = np.asarray(rows, dtype=np.float64)
+    squared = (
+        np.einsum("ij,ij->i", rows, rows)[:, None]
+        - 2 * rows @ stacked.T
+        + np.einsum("ij,ij->i", stacked, stacked)[None, :]
+    )
+    distances = np.sqrt(np.maximum(squared, 0))
+    stays = np.ones(len(rows), dtype=bool)
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        if hi - lo < 2:
+            continue
+        run = distances[:, lo:hi]
+        own = run.argmin(axis=1)
+        two = np.partition(run, 1, axis=1)
+        stays &= two[:, 0] + drift[lo + own] < two[:, 1] - drift[lo:hi].max()
+    return float(np.count_nonzero(stays) / len(rows)) if len(rows) else 0.0

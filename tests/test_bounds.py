@@ -12,7 +12,7 @@ from dkmeans import engine, resources
 from dkmeans import lloyd as lloyd_module
 from dkmeans.kernels import nearest_centers, pass_statistics
 from dkmeans.lloyd import RowBounds, lloyd
-from dkmeans.row_memory import skipped_fraction
+from dkmeans.row_memory import fresh_skipped_fraction, skipped_fraction
 from dkmeans.sources import InMemorySource
 
 
@@ -88,16 +88,16 @@ def test_bounds_are_kept_only_where_they_can_pay(monkeypatch):
     assert not RowBounds(InMemorySource.of_array(large), [large[:16]]).allowed
 
 
-def test_passes_use_the_bounds_only_while_they_skip_enough_rows():
-    """Structureless data whose centres move far: the bounds predict few skips, so the
-    passes are full ones, but for a renewal after BOUNDS_RENEWED_AFTER passes, a wait
-    that doubles with every renewal that did not pay. Once the centres are back where
-    the bounds were made, every row is predicted skipped and the bounds are used."""
+def jumping_centres_passes(predict_renewals: bool) -> tuple[list[bool], RowBounds]:
+    """Passes over structureless data whose centres jump far for 13 passes, then come
+    back to where the bounds were last used; whether each pass used bounds."""
     rng = np.random.default_rng(1)
     x = rng.normal(size=(40_000, 32))
     centers = x[:16].copy()
     source = InMemorySource.of_array(x, chunks=(15_000, 25_000))
     row_bounds = RowBounds(source, [centers])
+    if not predict_renewals:  # as for group bounds and streamed data
+        row_bounds.sample = None
     run_bounds = np.array([0, 16])
     used = []
     for step in range(16):
@@ -107,6 +107,16 @@ def test_passes_use_the_bounds_only_while_they_skip_enough_rows():
         source.map_reduce(pass_statistics, stacked, run_bounds, distance_bounds=distance_bounds)
         if distance_bounds is not None:
             centers = stacked
+    return used, row_bounds
+
+
+def test_passes_use_the_bounds_only_while_they_skip_enough_rows():
+    """Where no sample predicts a renewal: the bounds predict few skips, so the passes
+    are full ones, but for a renewal after BOUNDS_RENEWED_AFTER passes, a wait that
+    doubles with every renewal that did not pay. Once the centres are back where the
+    bounds were made, every row is predicted skipped and the bounds are used."""
+    used, row_bounds = jumping_centres_passes(predict_renewals=False)
+    run_bounds = np.array([0, 16])
     wait = lloyd_module.BOUNDS_RENEWED_AFTER
     # made; renewed after `wait` full passes, and did not pay: the next renewal would
     # wait twice as long (pass 14, not 10), but the centres are back where the bounds were
@@ -114,6 +124,36 @@ def test_passes_use_the_bounds_only_while_they_skip_enough_rows():
     assert used == [True] + [False] * wait + [True] + [False] * 7 + [True] * 3
     assert skipped_fraction(row_bounds.memory, np.zeros(16), run_bounds) > 0.99
     assert skipped_fraction(row_bounds.memory, np.full(16, 100.0), run_bounds) == 0.0
+
+
+def test_renewals_that_would_not_pay_are_predicted_and_skipped():
+    """Data in memory: a renewal of Hamerly's bounds is first predicted on a sample of
+    the rows; while the centres jump, fresh bounds would skip nothing, so no pass renews
+    them (it would cost more than a full pass), and the bounds still serve once the
+    centres come back."""
+    used, _ = jumping_centres_passes(predict_renewals=True)
+    assert used == [True] + [False] * 12 + [True] * 3
+
+
+@pytest.mark.parametrize("step", [0.0, 0.02, 0.1, 1.0])
+def test_prediction_of_fresh_bounds_matches_the_bounds_a_pass_makes(step, monkeypatch):
+    """The fraction fresh_skipped_fraction predicts on all rows equals what the bounds a
+    pass makes at those centres predict for the same drift (up to their rounding)."""
+    bounds_on_any_data(monkeypatch)
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.normal(size=(3_000, 8)), 4 + rng.normal(size=(3_000, 8))])
+    centers = np.concatenate([x[:6], x[3_000:3_006]])
+    run_bounds = np.array([0, 5, 12])
+    source = InMemorySource.of_array(x)
+    row_bounds = RowBounds(source, [centers[:5], centers[5:]])
+    distance_bounds = row_bounds.for_pass([0, 1], centers, run_bounds)
+    assert distance_bounds is not None
+    source.map_reduce(pass_statistics, centers, run_bounds, distance_bounds=distance_bounds)
+    drift = np.full(len(centers), step)
+    made = skipped_fraction(row_bounds.memory, drift, run_bounds, sample_every=1)
+    predicted = fresh_skipped_fraction(x, centers, run_bounds, drift)
+    assert abs(predicted - made) <= 2 / len(x)
+    assert (predicted > 0.5) == (step < 0.5)
 
 
 def test_bounds_are_renewed_as_soon_as_the_centres_settle():
