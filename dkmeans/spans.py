@@ -4,11 +4,11 @@ One task per block costs the scheduler about a millisecond per task (with the co
 tasks, ~1.14 tasks per block for held data and ~2.14 streamed: ``docs/scaling.md``);
 at tens of thousands of blocks the scheduler, not the data, sets the pace. Here a pass
 cuts the blocks into a few contiguous *spans* per worker thread
-(:data:`TASKS_PER_THREAD`): one task per span runs the kernel over its blocks one at a
-time and returns the values of the span's nodes of the fixed combining tree
-(:mod:`dkmeans.tree`); spans combine into the root in a tree of their own, with the
-same calls of ``combine`` as one task per block, so the result is the same to the
-last bit.
+(:data:`TASKS_PER_THREAD`): one task per span runs the kernel over its blocks, a whole
+node of small blocks at a time (:func:`span_pass`), and returns the values of the span's
+nodes of the fixed combining tree (:mod:`dkmeans.tree`); spans combine into the root in a
+tree of their own, with the same calls of ``combine`` as one task per block, so the
+result is the same to the last bit.
 
 Where a span's blocks come from is decided once per fit (:class:`SpanPlan`):
 
@@ -20,8 +20,10 @@ Where a span's blocks come from is decided once per fit (:class:`SpanPlan`):
   the plan is lost, or a block is not where the plan expected it
   (:class:`BlocksMoved`), the spans are planned again and the pass repeated: the
   scheduler recomputes lost blocks, which the new plan takes as dependencies;
-- any other block is computed inside the task from its own part of the array's graph
-  (for a Zarr store: the read of its stored chunks), one block at a time.
+- the blocks of a Zarr store as :func:`dkmeans.io.to_dask_array` wraps it are read
+  inside the task, the rows of a node of blocks in one call of the store's reader
+  (:func:`~dkmeans.readers.reader_of`);
+- any other block is computed inside the task from its own part of the array's graph.
 
 The plans travel to the workers once per fit, as tasks; the kernel's array arguments
 (the centres) once per pass, as one task; so the client's work per pass does not grow
