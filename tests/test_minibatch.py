@@ -24,7 +24,7 @@ import dkmeans.io
 from dkmeans import InvalidParameterError, KMeans, MiniBatchKMeans, engine
 from dkmeans.batches import Rows, batch_spans, run_order, source_blocks
 from dkmeans.cli import main
-from dkmeans.minibatch import MiniBatchState, minibatch_step, run_batches
+from dkmeans.minibatch import MiniBatchState, early_stopping, minibatch_step, run_batches
 from dkmeans.sources import InMemorySource
 
 from .helpers import brute_force_inertia
@@ -129,8 +129,9 @@ def test_batches_gathered_in_order_equal_the_rows_copied_in_order(mixture, imple
     for taken in (rows, rows.ordered()):
         state = MiniBatchState.start(np.concatenate([mixture[:8], np.full((2, 8), 40)]), seed=0)
         run_batches(
-            state, taken, 100, 2900, rows_per_batch=256, batch_size=256, reassignment_ratio=0.2
-        )
+            state, taken, 100, 2900, rows_per_batch=256, batch_size=256, reassignment_ratio=0.2,
+            early=early_stopping(256, 3000, 0.0, None),  # never stops; compiled as fit's
+        )  # fmt: skip
         states.append(state)
     gathered, copied = states
     assert gathered.n_steps == 11 and np.abs(gathered.centers).max() < 20  # reassigned
