@@ -41,6 +41,10 @@ processes on the machine spreads over all of them; medians are reported. Measure
 4. **Ratios** of dkmeans to the best peer (fastest; lowest inertia for the inertia), and
    of the streamed column to dkmeans in memory.
 
+Before a shape is timed, dkmeans fits a tenth of its rows once in both modes, untimed,
+so that numba's cache holds every loop the timed fits compile (a stale cache after an
+edit of ``dkmeans/loops.py`` once put 2 s of compiling into a marginal measurement).
+
     python -m benchmarks.shapes                                  # the whole grid
     python -m benchmarks.shapes --shapes 1M-2-8,2M-32-16 --scale 0.01 --repeats 1
 
@@ -98,6 +102,8 @@ FIRST_ITERATIONS, SPAN = 2, (2, 18)
 SPAN_WORK = 4e11
 SUFFIXES = {"k": 1_000, "M": 1_000_000}
 PEERS = ("scikit-learn", "scikit-learn-intelex", "faiss-cpu")
+#: The share of a shape's rows on which dkmeans fills numba's cache before it is timed.
+WARM_CACHE_SCALE = 0.1
 #: Packages whose versions the results record.
 PACKAGES = ("dkmeans", "numpy", "scikit-learn", "scikit-learn-intelex", "faiss-cpu", "numba",
             "dask", "zarr")  # fmt: skip
@@ -247,11 +253,12 @@ def run_case(
     cosine k-means where the kind's metric is cosine)."""
     if kind in METRICS:
         libraries = [library for library in libraries if library in COSINE]
-    files = write_data(shape, kind, folder)
     plan: list[tuple[Mode, list[int]]] = [
         ("marginal", list(shape.marginal_iterations())),
         ("default", [DEFAULT_MAX_ITER]),
     ]
+    warm_cache(shape, kind, plan, args, folder)
+    files = write_data(shape, kind, folder)
     runs = []
     for mode, iterations in plan:
         for repeat in range(args.repeats):
@@ -262,6 +269,25 @@ def run_case(
                 print(describe(run), flush=True)
                 runs.append(run)
     return runs
+
+
+def warm_cache(
+    shape: Shape,
+    kind: str,
+    plan: list[tuple[Mode, list[int]]],
+    args: argparse.Namespace,
+    folder: Path,
+) -> None:
+    """Fit dkmeans (in memory and streamed) once in every mode on a tenth of the rows,
+    untimed: numba compiles a loop's specialisations into its on-disk cache when a fit
+    first needs them (bounded passes only from the second iteration on, after the fit
+    processes' one-iteration warm-up), and seconds of compiling must not count as
+    iterations."""
+    files = write_data(shape.scaled(WARM_CACHE_SCALE), kind, folder)
+    for mode, iterations in plan:
+        for library in ("dkmeans", "dkmeans streamed"):
+            run = Run(shape.name, shape.n, shape.d, shape.k, kind, library, mode, 0, iterations)
+            run_fit(run, files, args.threads, args.timeout)
 
 
 def describe(run: Run) -> str:
