@@ -93,7 +93,7 @@ MAX_RENEWAL_BACKOFF = 6
 #: nearest and second-nearest distances, and the centres' last step as their next one),
 #: and makes a full pass instead when too few: a renewal costs about two full passes, and
 #: on structureless data it never paid (2M x 32, k = 16: three in iterations 3-20).
-FRESH_SAMPLE_ROWS = 16_384
+FRESH_SAMPLE_ROWS = 4096
 #: A full pass renews the bounds at once when the centres' last step is under
 #: 1/BOUNDS_SETTLED of the drift since the bounds were made: the centres have settled,
 #: and fresh bounds will skip most rows from the next pass on.
