@@ -362,10 +362,9 @@ class CenterModel(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         shift = self._shift_for(X.dtype)
         centers = self._centers_in_frame(shift)
         source = make_source(X, shift=shift, unit=self.metric == "cosine")
-        with limit_blas():
-            stats = source.map_reduce(
-                pass_statistics, centers, np.array([0, len(centers)]), far_capacity=0
-            )
+        stats = source.map_reduce(
+            pass_statistics, centers, np.array([0, len(centers)]), far_capacity=0
+        )
         return -float(stats.cluster_inertia.sum()) * inertia_per_squared_distance(self.metric)
 
 

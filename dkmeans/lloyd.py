@@ -21,13 +21,12 @@ from .cosine import Metric, inertia_per_squared_distance, unit_centers, unit_row
 from .frame import shifted
 from .groups import CentreGroups
 from .io import ZERO_WEIGHTS
-from .kernels import pass_statistics
+from .kernels import pass_statistics, ranked_centers
 from .resources import may_remember
 from .row_memory import (
     DistanceBounds,
     RowMemory,
     distance_bounds_memory,
-    fresh_skipped_fraction,
     group_bounds_memory,
     skipped_fraction,
 )
@@ -332,6 +331,35 @@ class RowBounds:
             return True
         skipped = fresh_skipped_fraction(self.sample, stacked, bounds, step)
         return skipped >= HAMERLY_MIN_SKIPPED and skipped * self.row_work >= BOUNDS_MIN_SAVING
+
+
+def fresh_skipped_fraction(
+    rows: np.ndarray, stacked: np.ndarray, bounds: np.ndarray, drift: np.ndarray
+) -> float:
+    """The fraction of ``rows`` that Hamerly's bounds made now, against ``stacked``,
+    would let the next pass skip if every centre then moved by ``drift``: as
+    :func:`~dkmeans.row_memory.skipped_fraction` predicts for bounds already kept, with
+    each row's exact nearest and second-nearest distances in place of its bounds.
+
+    Parameters
+    ----------
+    rows : ndarray of shape (m, d)
+        A sample of the rows, as the kernels see them (in the source's frame).
+    stacked : ndarray of shape (K, d)
+        The centres of every run, stacked.
+    bounds : ndarray of shape (R + 1,)
+        Run ``r`` owns stacked centres ``bounds[r]:bounds[r + 1]``.
+    drift : ndarray of shape (K,)
+        How far every centre is expected to move before the next pass.
+    """
+    stays = np.ones(len(rows), dtype=bool)
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        if hi - lo < 2:
+            continue
+        nearest, squared = ranked_centers(rows, stacked[lo:hi], 2)
+        first, second = np.sqrt(squared).T
+        stays &= first + drift[lo + nearest[:, 0]] < second - drift[lo:hi].max()
+    return float(np.count_nonzero(stays) / len(rows)) if len(rows) else 0.0
 
 
 def sample_rows(source: InMemorySource, n_rows: int) -> np.ndarray:

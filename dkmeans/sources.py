@@ -448,7 +448,8 @@ class DaskSource:
         label = kernel_name(kernel)
         what = f"pass {self.passes + 1} ({label})"
         if self.spans is None:
-            result = self.compute(self.graph(kernel, *args, **kwargs), what)
+            with limit_blas():  # on this process's threads: one BLAS thread each
+                result = self.compute(self.graph(kernel, *args, **kwargs), what)
         else:
             client = self.spans.client
             result = self.spans.run(

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from dkmeans import engine, resources
 from dkmeans import lloyd as lloyd_module
 from dkmeans.kernels import nearest_centers, pass_statistics
-from dkmeans.lloyd import RowBounds, lloyd
-from dkmeans.row_memory import fresh_skipped_fraction, skipped_fraction
+from dkmeans.lloyd import RowBounds, fresh_skipped_fraction, lloyd
+from dkmeans.row_memory import skipped_fraction
 from dkmeans.sources import InMemorySource
 
 
