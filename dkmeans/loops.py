@@ -198,6 +198,22 @@ class Draws(NamedTuple):
     n_kept: np.ndarray  # (R,) int64 slots filled
 
 
+#: The counts of a round of :func:`measure_block`: none (no runs).
+NO_COUNTS = CandidateCounts(counts=np.zeros(0), edges=np.zeros(1, dtype=np.int64))
+
+
+def no_draws() -> Draws:
+    """The draws of a weighing pass of :func:`measure_block`: none (no runs)."""
+    return Draws(
+        oversampling=np.zeros(0),
+        streams=np.zeros(0, dtype=np.uint64),
+        first_row=0,
+        kept_rows=np.zeros((0, 0), dtype=np.int64),
+        kept_keys=np.zeros((0, 0)),
+        n_kept=np.zeros(0, dtype=np.int64),
+    )
+
+
 @_compile
 def sub_block_gemm(partial, centers_gemm, xs, by_centers):
     """``-2 c·x`` of a sub-block into the flat buffer ``partial``: centres by rows with
@@ -937,7 +953,10 @@ def measure_block(block, centres, runs, nearest, fresh, cost, counts, draws, ste
     key computed (``draws``, :class:`Draws`: a round). A row is kept in the draws' slots
     while its key is at least the cost so far (the block's cost only grows, so a row
     dropped here could never be kept). Returns False when a run keeps more rows than its
-    slots hold. ``counts`` or ``draws`` of None are compiled out. With ``fresh``,
+    slots hold. ``counts`` or ``draws`` of no runs (empty arrays: :data:`NO_COUNTS`,
+    :func:`no_draws`) are skipped: both kinds of pass share one compiled variant, which
+    numba loads from its disk cache once per process (tens of milliseconds each, paid
+    by a process's first k-means||). With ``fresh``,
     ``nearest`` (:class:`NearestCandidates`) is scratch of one sub-block; otherwise it
     holds the block's rows. ``by_centers`` chooses the GEMM's layout
     (:func:`~dkmeans.kernels.gemm_by_centers`).
@@ -945,6 +964,7 @@ def measure_block(block, centres, runs, nearest, fresh, cost, counts, draws, ste
     x, bounds, columns = block.x, centres.bounds, runs.columns
     n_rows, n_features = x.shape
     n_centers, dtype = centres.gemm.shape[0], centres.gemm.dtype
+    weighing, sampling = counts.edges.size > 1, draws.streams.size > 0
     partial = np.empty(min(step, n_rows) * n_centers, dtype=dtype)
     widened = np.empty((0 if block.widen is None else min(step, n_rows), n_features), dtype)
     scan = Scan(
@@ -987,9 +1007,9 @@ def measure_block(block, centres, runs, nearest, fresh, cost, counts, draws, ste
                 column = columns[r]
                 mass = w * max(rows.partial[i, column] + x_sq, 0.0)
                 cost[r] += mass
-                if counts is not None and rows.index[i, column] >= 0:
+                if weighing and rows.index[i, column] >= 0:
                     counts.counts[counts.edges[r] + rows.index[i, column]] += w
-                if draws is None or not mass > 0:
+                if not sampling or not mass > 0:
                     continue
                 row = np.uint64(draws.first_row + start + i)
                 u = uniform(draws.streams[r], row)
@@ -1396,17 +1416,25 @@ def moved_centres(model, totals, unit):
 
 
 @_compile
-def reassignment_due(model, rule):
-    """Whether the centres of low count are to be reassigned after this batch:
-    scikit-learn's schedule (a check when a centre has no weight, or after ``10 k``
-    rows), and some but not all centres below ``reassignment_ratio`` of the largest
-    count."""
+def reassignment_checked(model, rule):
+    """Whether the batch about to update the centres is followed by a reassignment
+    check: scikit-learn's schedule, decided before the update (a centre has no weight
+    yet, or ``10 k`` rows, counted in ``batch_size``, since the last check)."""
     counts, steps = model.counts, model.steps
     steps[1] += rule.batch_size
     if steps[1] < 10 * len(counts) and counts.min() > 0:
         return False
     steps[1] = 0
-    if not rule.reassignment_ratio > 0:
+    return True
+
+
+@_compile
+def reassignment_due(model, rule, checked):
+    """Whether the centres of low count are to be reassigned after this batch's update:
+    the batch is ``checked`` (:func:`reassignment_checked`), and some but not all
+    centres are below ``reassignment_ratio`` of the largest count."""
+    counts = model.counts
+    if not checked or not rule.reassignment_ratio > 0:
         return False
     low = 0
     threshold = rule.reassignment_ratio * counts.max()
@@ -1515,9 +1543,10 @@ def minibatch_rows(x, weights, order, start, stop, rows_per_batch, model, rule, 
                 by_centers=rule.by_centers,
                 step=rule.step,
             )
+        checked = reassignment_checked(model=model, rule=rule)
         moved_centres(model=model, totals=totals, unit=rule.unit)
         position = end
-        if reassignment_due(model=model, rule=rule):
+        if reassignment_due(model=model, rule=rule, checked=checked):
             return REASSIGN, position, inertia
         if finish_step(model=model, inertia=inertia, early=early):
             return STOPPED, position, inertia

@@ -22,11 +22,13 @@ import numpy as np
 from . import engine, kernels, loops
 from .kernels import block_rows, gemm_operands, sub_block_rows
 from .loops import (
+    NO_COUNTS,
     CandidateCounts,
     CandidateRuns,
     Draws,
     NearestCandidates,
     StackedCentres,
+    no_draws,
 )
 from .row_memory import RowMemory
 from .statistics import PerRun
@@ -169,8 +171,8 @@ def _measure_block(
         nearest=NearestCandidates(partial=nearest, index=index),
         fresh=fresh,
         cost=cost,
-        counts=counts,
-        draws=draws,
+        counts=NO_COUNTS if counts is None else counts,
+        draws=no_draws() if draws is None else draws,
         step=step,
         by_centers=kernels.gemm_by_centers(len(centers_sq), x.shape[1], dtype),
     )
