@@ -740,10 +740,11 @@ def minibatch_rows(
         end = min(position + rows_per_batch, stop)
         rows = slice(position, end) if order is None else order[position:end]
         totals = cluster_totals(x[rows], _rows(weights, rows), model.centers)
+        checked = loops.reassignment_checked(model=model, rule=rule)
         _moved_centres_numpy(model, totals, rule.unit)
         position = end
         inertia = float(totals.inertia.sum())
-        if loops.reassignment_due(model=model, rule=rule):
+        if loops.reassignment_due(model=model, rule=rule, checked=checked):
             return loops.REASSIGN, position, inertia
         if loops.finish_step(model=model, inertia=inertia, early=early):
             return loops.STOPPED, position, inertia

@@ -15,6 +15,7 @@ from distributed import Client, LocalCluster
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.base import clone
+from sklearn.cluster import MiniBatchKMeans as ScikitLearnMiniBatchKMeans
 from sklearn.cluster import kmeans_plusplus
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -211,6 +212,22 @@ def test_step_is_the_running_mean_of_the_rows_given():
     np.testing.assert_array_equal(
         state.counts, [np.sum(near0 == j) + np.sum(near1 == j) for j in range(2)]
     )
+
+
+def test_reassignment_check_is_scheduled_before_the_update_as_in_scikit_learn(implementation):
+    # a first batch of fewer than 10 k rows is checked (no centre had weight before it),
+    # although every centre gets rows: the centre given 1 row of 12 is reassigned, and
+    # its count becomes the other's, as scikit-learn's partial_fit does
+    x = np.concatenate([np.zeros((11, 2)), np.full((1, 2), 10.0)])
+    x += np.random.default_rng(0).normal(scale=0.1, size=x.shape)
+    centers = np.array([[0.0, 0.0], [10.0, 10.0]])
+    state = MiniBatchState.start(centers, seed=0)
+    minibatch_step(state, Rows(x, None), batch_size=12, reassignment_ratio=0.1)
+    reference = ScikitLearnMiniBatchKMeans(
+        2, init=centers, n_init=1, batch_size=12, reassignment_ratio=0.1, random_state=0
+    ).partial_fit(x)
+    np.testing.assert_array_equal(state.counts, [11, 11])
+    np.testing.assert_array_equal(state.counts, reference._counts)
 
 
 def test_integer_weights_are_repeated_rows(mixture):
