@@ -14,8 +14,12 @@ Modes:
 
 - ``marginal``: a fit of one iteration (the warm-up), then fits of ``a`` and ``b``
   iterations, all from the shared initial centres with ``tol=0``;
-- ``default``: a warm-up of one iteration on the first rows, then one whole fit with the
+- ``default``: a warm-up whole fit on the first rows (:func:`warm_up_rows`: enough for
+  dkmeans to seed them by k-means||, as it seeds X), then one whole fit with the
   library's own initialisation and ``max_iter = iterations[0]``, seeded with ``seed``.
+  A warm-up of one iteration on a few thousand rows, as before, left numba's loading of
+  k-means||'s and Lloyd's bounds' compiled loops (a process's first such fit pays it
+  once) in dkmeans's timed fit.
 
 Iterations are counted as each library counts them: ``n_iter_`` of the scikit-learn-like
 estimators, the length of ``iteration_stats`` for faiss. From the shared centres faiss runs
@@ -46,6 +50,8 @@ Mode = Literal["marginal", "default"]
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: Rows of the warm-up before a whole default fit, per centre.
 WARM_UP_ROWS_PER_CENTER = 4
+#: ``dkmeans.seeding.SMALL_DATA_VALUES`` (not imported: peers' processes never load dkmeans).
+DKMEANS_SMALL_DATA_VALUES = 2**20
 #: The folder the fit processes run in (``benchmarks`` must be importable from it).
 REPOSITORY = Path(__file__).parent.parent
 
@@ -181,6 +187,14 @@ def memory_mib(field: Literal["VmRSS", "VmHWM"]) -> float:
     raise RuntimeError(f"no {field} in /proc/self/status (Linux only)")
 
 
+def warm_up_rows(n_clusters: int, n_features: int) -> int:
+    """Rows of the warm-up before a whole default fit: at least 1,000 and 4 per centre, and
+    more values than dkmeans seeds by k-means++ on all rows, so that its warm-up runs the
+    code of the timed fit."""
+    small_data_rows = DKMEANS_SMALL_DATA_VALUES // n_features + 1
+    return max(WARM_UP_ROWS_PER_CENTER * n_clusters, 1_000, small_data_rows)
+
+
 def timed(fit: Fit, *args: Any) -> tuple[float, Fitted]:
     started = time.perf_counter()
     fitted = fit(*args)
@@ -208,9 +222,9 @@ def run(spec: Spec) -> dict[str, Any]:
             timed(fit, data, k, centers, 1, spec.seed)
             fits = [timed(fit, data, k, centers, m, spec.seed) for m in spec.iterations]
         else:
-            rows = max(WARM_UP_ROWS_PER_CENTER * k, 1_000)
+            rows = warm_up_rows(k, centers.shape[1])
             head = zarr.open_array(spec.store, mode="r")[:rows] if streamed else data[:rows]
-            timed(fit, head, k, None, 1, spec.seed)
+            timed(fit, head, k, None, spec.iterations[0], spec.seed)
             fits = [timed(fit, data, k, None, spec.iterations[0], spec.seed)]
     np.save(spec.out, np.asarray(fits[-1][1].centers, dtype=np.float64))
     return {

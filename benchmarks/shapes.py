@@ -35,7 +35,9 @@ processes on the machine spreads over all of them; medians are reported. Measure
 2. **Whole default fits**: each library's own initialisation (dkmeans k-means||,
    scikit-learn k-means++ with ``n_init=1``, scikit-learn-intelex's default, faiss's random
    rows), at most 20 iterations, its default tolerance, seed = the repeat's number;
-   wall time after a one-iteration warm-up on the first rows, and the final inertia
+   wall time after a warm-up whole fit on the first rows (enough of them for dkmeans to
+   seed by k-means||, :func:`benchmarks.fit_process.warm_up_rows`: a process's first
+   k-means|| loads its compiled loops from numba's cache), and the final inertia
    recomputed here by brute force in float64 from the centres (never a library's figure).
 3. **Peak RSS** of the whole-fit processes (the largest over the repeats).
 4. **Ratios** of dkmeans to the best peer (fastest; lowest inertia for the inertia), and
