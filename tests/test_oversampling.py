@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dkmeans import resources, seeding
+from dkmeans import engine, loops, resources, seeding
 from dkmeans.oversampling import Candidates, nearest_candidates, oversample, weigh_candidates
 from dkmeans.sources import DaskSource, InMemorySource
 
@@ -121,3 +121,15 @@ def test_rows_remember_only_where_the_kernels_run_in_this_process(blobs, monkeyp
     assert seeding.remembered_nearest(InMemorySource.of_array(blobs[0]), 10) is not None
     monkeypatch.setattr(resources, "available_memory", lambda: 1_000_000)
     assert seeding.remembered_nearest(InMemorySource.of_array(blobs[0]), 10) is None
+
+
+def test_rounds_and_the_weighing_pass_share_one_compiled_loop():
+    # numba loads each compiled variant from its cache once per process (tens of ms)
+    pytest.importorskip("numba")
+    x = np.random.default_rng(0).standard_normal((300, 3)).astype(np.float32)
+    candidates = Candidates.all_of(x[:4], np.array([0, 4]))
+    with dask.config.set({engine.CONFIG_KEY: "numba"}):
+        oversample(x, None, 0, 0, candidates, np.array([8.0]), np.array([1]), 0)
+        variants = set(loops.measure_block.signatures)
+        weigh_candidates(x, None, 0, 0, candidates, np.array([4]))
+    assert set(loops.measure_block.signatures) == variants
