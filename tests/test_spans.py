@@ -219,6 +219,44 @@ def test_a_task_takes_nodes_of_blocks_at_once_in_bounded_memory(monkeypatch) -> 
         span_pass(plan, kernel, args, options, fetched)
 
 
+@dataclass
+class FakeWorker:
+    """What :func:`dkmeans.spans.held_values` reads of a worker: ``data`` (its
+    ``SpillBuffer``: spilled values too) and ``data.fast.d`` (the values in memory)."""
+
+    data: object
+
+
+class SpillBuffer(dict):
+    def __init__(self, in_memory: dict, spilled: dict) -> None:
+        super().__init__({**in_memory, **spilled})
+        self.fast = type("Fast", (), {"d": in_memory})()
+
+
+def test_held_blocks_come_from_memory_fetched_or_spilled_in_order(monkeypatch) -> None:
+    rng = np.random.default_rng(8)
+    blocks = [rng.normal(size=(r, 3)).astype(np.float32) for r in rng.integers(1, 9, 200)]
+    plan, values = plan_of(blocks)
+    keys = list(values)
+    spilled = {key: values[key] for key in keys[5:200:7]}
+    fetched = {key: values[key] for key in keys[3:200:11] if key not in spilled}
+    in_memory = {key: v for key, v in values.items() if key not in spilled and key not in fetched}
+    buffer = SpillBuffer(in_memory, spilled)
+    monkeypatch.setattr("distributed.get_worker", lambda: FakeWorker(buffer))
+    held = dkmeans.spans.held_values(fetched)
+    assert all(
+        a is b for a, b in zip(held(keys[::-1]), [values[k] for k in keys[::-1]], strict=True)
+    )
+    centers, bounds = rng.normal(size=(4, 3)), np.array([0, 4])
+    kernel = prepared_kernel(pass_statistics, None, check=False)
+    ((_, stats),) = span_pass(plan, kernel, (centers, bounds), {}, fetched)
+    reference = one_at_a_time(blocks, [None] * len(blocks), centers, bounds)
+    assert same_stats(stats, reference)
+    del buffer[keys[7]], in_memory[keys[7]]
+    with pytest.raises(dkmeans.spans.BlocksMoved, match="not on this worker"):
+        held(keys)
+
+
 class CountedReads:
     """A reader that records the selections it is asked for."""
 
