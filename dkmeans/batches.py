@@ -7,10 +7,11 @@ the updates: a Dask source's block is computed there (by Dask's threaded schedul
 the cluster, watched as a pass is, :mod:`dkmeans.watch`), every block is checked and
 brought into the source's frame, and for a shuffled epoch the order its rows are taken
 in is drawn: runs of :data:`RUN_ROWS` consecutive rows in a random order
-(:func:`run_order`). The block is not permuted: every batch gathers its rows from it
-(:func:`~dkmeans.kernels.minibatch_rows`), which costs less than a permuted copy and
-leaves the rows' values for the GEMM in the cache. At most ``ahead + 1`` blocks are held
-at a time, and the one being processed.
+(:func:`run_order`), and the block is copied in that order
+(:func:`~dkmeans.kernels.rows_in_order`). The copy is work of the reading threads: the
+client, which updates the centres batch after batch, is what bounds an epoch, and its
+batches are then consecutive rows of a block (gathering them there cost it a third of
+its time). At most ``ahead + 1`` blocks are held at a time, and the one being processed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import dask
 import numpy as np
 
 from .frame import computing_dtype
+from .kernels import rows_in_order
 from .sources import DaskSource, InMemorySource, own_pool, prepared_kernel
 from .watch import compute as watched_compute
 from .watch import distributed_client
@@ -48,32 +50,26 @@ RUN_ROWS = 16
 @dataclass(frozen=True)
 class Rows:
     """Rows as the kernels see them (in the source's frame, float32 or float64,
-    C-contiguous), their weights, and the order they are taken in."""
+    C-contiguous) in the order they are taken in, and their weights."""
 
     x: np.ndarray  # (m, d)
     weights: np.ndarray | None  # (m,) float64, or None for all ones
-    order: np.ndarray | None = None  # (n,) intp: rows of x in the order taken; None: x's
 
     def __len__(self) -> int:
-        return len(self.x) if self.order is None else len(self.order)
+        return len(self.x)
 
     def take(self, rows: slice) -> Rows:
-        """The rows in positions ``rows`` of the order (``x`` not copied)."""
-        if self.order is not None:
-            return Rows(self.x, self.weights, self.order[rows])
+        """The rows ``rows`` (views)."""
         return Rows(self.x[rows], None if self.weights is None else self.weights[rows])
 
-    def ordered(self) -> Rows:
-        """The rows in their order (copied when they have an order)."""
-        if self.order is None:
-            return self
-        weights = None if self.weights is None else self.weights[self.order]
-        return Rows(np.take(self.x, self.order, axis=0), weights)
+    def in_order(self, order: np.ndarray) -> Rows:
+        """The rows in ``order`` (copied)."""
+        weights = None if self.weights is None else self.weights[order]
+        return Rows(rows_in_order(self.x, order), weights)
 
     @classmethod
     def concatenate(cls, parts: Sequence[Rows]) -> Rows:
         """The rows of ``parts`` in order, one after another (a copy)."""
-        parts = [p.ordered() for p in parts]
         weights = None if parts[0].weights is None else np.concatenate([p.weights for p in parts])
         return cls(np.concatenate([p.x for p in parts]), weights)
 
@@ -125,7 +121,7 @@ def _ready(
     seed: int | None,
     client: Client | None,
 ) -> Rows:
-    """Block ``index`` read, seen through ``view``, and its rows taken in the
+    """Block ``index`` read, seen through ``view``, and its rows copied in the
     :func:`run_order` of ``seed`` (None: in order)."""
     if isinstance(source, InMemorySource):
         block = source.blocks[index]
@@ -135,7 +131,7 @@ def _ready(
     rows = view(block, weights, int(source.row_offsets[index]), index)
     if seed is None:
         return rows
-    return Rows(rows.x, rows.weights, run_order(len(rows), seed, RUN_ROWS))
+    return rows.in_order(run_order(len(rows), seed, RUN_ROWS))
 
 
 def source_blocks(
@@ -148,7 +144,7 @@ def source_blocks(
     """The blocks of ``source`` in ``order`` as its kernels see them: in its frame (or
     divided by their norms, for a source of unit rows: :mod:`dkmeans.cosine`), checked
     (NaN, infinity, magnitudes) when no pass has read them yet, and with ``shuffle``,
-    the rows of every block taken in a :func:`run_order` seeded by ``shuffle`` (one seed
+    the rows of every block copied in a :func:`run_order` seeded by ``shuffle`` (one seed
     drawn per block, block after block). Counts as one pass of the source once
     exhausted."""
     check = source.check_finite and source.passes == 0

@@ -714,7 +714,6 @@ def minibatch_rule(
 def minibatch_rows(
     x: np.ndarray,
     weights: np.ndarray | None,
-    order: np.ndarray | None,
     start: int,
     stop: int,
     rows_per_batch: int,
@@ -722,19 +721,14 @@ def minibatch_rows(
     rule: MiniBatchRule,
     early: EarlyStopping | None,
 ) -> tuple[int, int, float]:
-    """Mini-batch k-means over the rows in positions ``start:stop`` of ``order``, in
-    batches of ``rows_per_batch`` consecutive positions, until they are done or a batch
-    needs the caller.
+    """Mini-batch k-means over the rows ``start:stop`` of ``x``, in batches of
+    ``rows_per_batch`` consecutive rows, until they are done or a batch needs the caller.
 
     Parameters
     ----------
     x : ndarray of shape (n, d), float32 or float64, C-contiguous
     weights : ndarray of shape (n,), float64, or None
-    order : ndarray of shape (m,), intp, or None
-        The rows of ``x`` in the order the batches take them (each batch's rows are
-        gathered); None: the order of ``x``.
     start, stop : int
-        Positions in ``order``.
     rows_per_batch : int
     model : MiniBatchModel
         Updated in place.
@@ -757,7 +751,6 @@ def minibatch_rows(
         return loops.minibatch_rows(
             x=x,
             weights=weights,
-            order=order,
             start=start,
             stop=stop,
             rows_per_batch=rows_per_batch,
@@ -768,8 +761,8 @@ def minibatch_rows(
     position = start
     while position < stop:
         end = min(position + rows_per_batch, stop)
-        rows = slice(position, end) if order is None else order[position:end]
-        totals = cluster_totals(x[rows], _rows(weights, rows), model.centers)
+        rows = slice(position, end)
+        totals = cluster_totals(x[rows], None if weights is None else weights[rows], model.centers)
         checked = loops.reassignment_checked(model=model, rule=rule)
         _moved_centres_numpy(model, totals, rule.unit)
         position = end
@@ -781,8 +774,24 @@ def minibatch_rows(
     return loops.BATCHES_DONE, position, 0.0
 
 
-def _rows(values: np.ndarray | None, rows: slice | np.ndarray) -> np.ndarray | None:
-    return None if values is None else values[rows]
+def rows_in_order(x: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``x[order]`` (rows), a new C-contiguous array: the rows of a block of a shuffled
+    mini-batch epoch in the order its batches take them.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, d), C-contiguous
+    order : ndarray of shape (m,), intp, values in ``[0, n)``
+
+    Returns
+    -------
+    ndarray of shape (m, d), the dtype of ``x``
+    """
+    if engine.current() != "numba":
+        return np.take(x, order, axis=0)
+    out = np.empty((len(order), x.shape[1]), dtype=x.dtype)
+    loops.take_rows(x=x, order=order, out=out)
+    return out
 
 
 def _moved_centres_numpy(model: MiniBatchModel, totals: Totals, unit: bool) -> None:

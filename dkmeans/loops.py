@@ -1251,8 +1251,6 @@ class EarlyStopping(NamedTuple):
 class BatchScratch(NamedTuple):
     """Scratch of the batches of one :func:`minibatch_rows` call, in the GEMM dtype."""
 
-    rows: np.ndarray  # (batch rows, d) a batch's rows gathered in order (none without one)
-    weights: np.ndarray  # (batch rows,) float64 their weights (none without)
     gemm: np.ndarray  # (k, d) -2 * centres
     squared_norms: np.ndarray  # (k,) ||c||² as rounded to the GEMM dtype
     partial: np.ndarray  # (sub-block rows * k,) the GEMM of a sub-block
@@ -1304,7 +1302,8 @@ PREFETCH_AHEAD = 8
 
 @_compile
 def take_rows(x, order, out):
-    """``out[i] = x[order[i]]``: rows gathered (the twin of ``np.take(x, order, axis=0)``).
+    """``out[i] = x[order[i]]``: rows gathered (the twin of ``np.take(x, order, axis=0)``),
+    for a block of a shuffled mini-batch epoch (:func:`~dkmeans.kernels.rows_in_order`).
 
     Rows in a random order of a block beyond the caches wait on memory one after the
     other; asking for the rows :data:`PREFETCH_AHEAD` ahead overlaps those waits (262,144
@@ -1320,37 +1319,10 @@ def take_rows(x, order, out):
 
 
 @_compile
-def batch_rows(x, weights, order, start, stop, gathered):
-    """The rows in positions ``start:stop`` of ``order`` (of ``x`` itself for None) and
-    their weights: views of ``x`` and ``weights`` without an order, else copied into
-    ``gathered`` (:class:`BatchScratch`) in that order."""
-    if order is None:
-        return x[start:stop], rows_of(weights, start, stop)
-    n_rows = stop - start
-    rows = gathered.rows[:n_rows]
-    take_rows(x=x, order=order[start:stop], out=rows)
-    return rows, weights_in_order(weights, order[start:stop], gathered.weights[:n_rows])
-
-
-@_compile
-def weights_in_order(weights, order, out):
-    """``weights[order]`` copied into ``out``, or None for weights of None."""
-    if weights is None:
-        return None
-    for i in range(len(order)):
-        out[i] = weights[order[i]]
-    return out
-
-
-@_compile
-def batch_scratch(x, n_rows, n_centers, step, gathered):
-    """:class:`BatchScratch` for batches of up to ``n_rows`` rows of the dtype of ``x``,
-    with room for their rows gathered when ``gathered``."""
+def batch_scratch(x, n_rows, n_centers, step):
+    """:class:`BatchScratch` for batches of up to ``n_rows`` rows of the dtype of ``x``."""
     rows = min(step, n_rows)
-    n_gathered = n_rows if gathered else 0
     return BatchScratch(
-        rows=np.empty((n_gathered, x.shape[1]), dtype=x.dtype),
-        weights=np.empty(n_gathered),
         gemm=np.empty((n_centers, x.shape[1]), dtype=x.dtype),
         squared_norms=np.empty(n_centers, dtype=x.dtype),
         partial=np.empty(rows * n_centers, dtype=x.dtype),
@@ -1515,9 +1487,7 @@ def wide_batch_totals(xs, weights, centers, rule):
     """:func:`batch_totals` of float32 rows in float64, for centres too large for a
     float32 GEMM (:data:`~dkmeans.kernels.FLOAT32_GEMM_MAX_CENTER`)."""
     wide = xs.astype(np.float64)
-    scratch = batch_scratch(
-        x=wide, n_rows=len(wide), n_centers=len(centers), step=rule.step, gathered=False
-    )
+    scratch = batch_scratch(x=wide, n_rows=len(wide), n_centers=len(centers), step=rule.step)
     inertia = batch_totals(
         xs=wide,
         weights=weights,
@@ -1530,12 +1500,10 @@ def wide_batch_totals(xs, weights, centers, rule):
 
 
 @_compile
-def minibatch_rows(x, weights, order, start, stop, rows_per_batch, model, rule, early):
-    """Mini-batch k-means over the rows in positions ``start:stop`` of ``order`` (of
-    ``x`` itself for None) in one compiled call, without the GIL: batches of
-    ``rows_per_batch`` consecutive positions (the last may be shorter; the rows of a
-    batch gathered in order, :func:`batch_rows`), each one GEMM (:func:`batch_totals`),
-    Sculley's update
+def minibatch_rows(x, weights, start, stop, rows_per_batch, model, rule, early):
+    """Mini-batch k-means over the rows ``start:stop`` of ``x`` in one compiled call,
+    without the GIL: batches of ``rows_per_batch`` consecutive rows (the last may be
+    shorter), each one GEMM (:func:`batch_totals`), Sculley's update
     (:func:`moved_centres`), the reassignment check and the stopping rule
     (:func:`finish_step`) on ``model`` (:class:`MiniBatchModel`) by ``rule``
     (:class:`MiniBatchRule`) and ``early`` (:class:`EarlyStopping`, None: never).
@@ -1550,14 +1518,11 @@ def minibatch_rows(x, weights, order, start, stop, rows_per_batch, model, rule, 
         n_rows=rows_per_batch,
         n_centers=len(model.centers),
         step=rule.step,
-        gathered=order is not None,
     )
     position = start
     while position < stop:
         end = min(position + rows_per_batch, stop)
-        xs, ws = batch_rows(
-            x=x, weights=weights, order=order, start=position, stop=end, gathered=scratch
-        )
+        xs, ws = x[position:end], rows_of(weights, position, end)
         if np.abs(model.centers).max() > rule.wide_above:
             inertia, totals = wide_batch_totals(xs=xs, weights=ws, centers=model.centers, rule=rule)
         else:

@@ -22,9 +22,10 @@ scheduler.
 The batches of a block run in one compiled call (:func:`~dkmeans.kernels.minibatch_rows`:
 GEMM, update, reassignment check and stopping rule per batch, no Python in between),
 which returns here only for a batch whose centres of low count are reassigned, since
-those draws come from a NumPy generator; it gathers every batch's rows from the block in
-their shuffled order. Meanwhile the next blocks are read, checked and their orders drawn
-on threads of their own (:func:`~dkmeans.batches.source_blocks`).
+those draws come from a NumPy generator. Meanwhile the next blocks are read, checked and
+copied in their shuffled order on threads of their own
+(:func:`~dkmeans.batches.source_blocks`), so that every batch is consecutive rows of a
+block.
 """
 
 from __future__ import annotations
@@ -154,7 +155,6 @@ def run_batches(
         status, position, inertia = minibatch_rows(
             rows.x,
             rows.weights,
-            rows.order,
             position,
             stop,
             rows_per_batch,
@@ -166,7 +166,7 @@ def run_batches(
             return True
         if status == loops.REASSIGN:
             first = start + (position - 1 - start) // rows_per_batch * rows_per_batch
-            _reassign(state, rows.take(slice(first, position)).ordered(), reassignment_ratio)
+            _reassign(state, rows.take(slice(first, position)), reassignment_ratio)
             if loops.finish_step(model=state.model, inertia=inertia, early=early):
                 return True
     return False

@@ -25,7 +25,7 @@ import dkmeans.io
 from dkmeans import InvalidParameterError, KMeans, MiniBatchKMeans, engine
 from dkmeans.batches import Rows, batch_spans, run_order, source_blocks
 from dkmeans.cli import main
-from dkmeans.minibatch import MiniBatchState, early_stopping, minibatch_step, run_batches
+from dkmeans.minibatch import MiniBatchState, minibatch_step, run_batches
 from dkmeans.sources import InMemorySource
 
 from .helpers import brute_force_inertia
@@ -88,7 +88,7 @@ def test_default_start_is_as_good_as_kmeans_best_of_three(mixture):
         assert MiniBatchKMeans(10, random_state=seed).fit(mixture).inertia_ <= INERTIA_BOUND * best
 
 
-def test_batches_are_consecutive_rows_across_blocks():
+def test_batches_are_consecutive_rows_across_blocks(implementation):
     x = np.arange(23.0)[:, None]
     blocks = [Rows(x[a:b], np.arange(a, b, dtype=float)) for a, b in [(0, 5), (5, 6), (6, 23)]]
     batches = [
@@ -99,14 +99,15 @@ def test_batches_are_consecutive_rows_across_blocks():
     assert [len(b) for b in batches] == [4] * 5 + [3]
     np.testing.assert_array_equal(np.concatenate([b.x for b in batches]), x)
     np.testing.assert_array_equal(np.concatenate([b.weights for b in batches]), x[:, 0])
-    # shuffled: the rows of every block taken in a run order, one seed drawn per block
-    source = InMemorySource.of_array(x, chunks=(5, 1, 17))
+    # shuffled: the rows of every block copied in a run order, one seed drawn per block
+    source = InMemorySource.of_array(x, 2 * x[:, 0], chunks=(5, 1, 17))
     shuffled = list(source_blocks(source, [2, 0, 1], np.random.default_rng(0)))
     seeds = np.random.default_rng(0).integers(2**63, size=3)
     expected = [6 + run_order(17, seeds[0]), run_order(5, seeds[1]), 5 + run_order(1, seeds[2])]
     for block, rows in zip(shuffled, expected, strict=True):
-        np.testing.assert_array_equal(block.ordered().x[:, 0], rows)
-        np.testing.assert_array_equal(block.take(slice(2, None)).ordered().x[:, 0], rows[2:])
+        np.testing.assert_array_equal(block.x[:, 0], rows)
+        np.testing.assert_array_equal(block.weights, 2 * rows)
+        np.testing.assert_array_equal(block.take(slice(2, None)).x[:, 0], rows[2:])
 
 
 @settings(max_examples=30, deadline=None)
@@ -120,24 +121,6 @@ def test_run_order_takes_every_row_once_in_runs(n_rows, run_rows, seed):
     for run in runs:
         np.testing.assert_array_equal(run, np.arange(run[0], min(run[0] + run_rows, n_rows)))
     np.testing.assert_array_equal(order, run_order(n_rows, seed, run_rows))
-
-
-def test_batches_gathered_in_order_equal_the_rows_copied_in_order(mixture, implementation):
-    # the loops gather every batch from the block: the same bits as the batches of a
-    # copy of the rows in that order, weights and reassignments too
-    rows = Rows(mixture[:3000], np.random.default_rng(2).uniform(0, 2, 3000), run_order(3000, 7))
-    states = []
-    for taken in (rows, rows.ordered()):
-        state = MiniBatchState.start(np.concatenate([mixture[:8], np.full((2, 8), 40)]), seed=0)
-        run_batches(
-            state, taken, 100, 2900, rows_per_batch=256, batch_size=256, reassignment_ratio=0.2,
-            early=early_stopping(256, 3000, 0.0, None),  # never stops; compiled as fit's
-        )  # fmt: skip
-        states.append(state)
-    gathered, copied = states
-    assert gathered.n_steps == 11 and np.abs(gathered.centers).max() < 20  # reassigned
-    np.testing.assert_array_equal(gathered.centers, copied.centers)
-    np.testing.assert_array_equal(gathered.counts, copied.counts)
 
 
 @pytest.mark.parametrize("container", ["numpy", "dask"])
