@@ -268,10 +268,12 @@ def main() -> None:
             if "held" in args.kinds:
                 x = held(client, rows, n_blocks)
                 points += blocks_point(cluster, client, x, "held", args)
+                written(args, points)
                 client.cancel(x)
             if "streamed" in args.kinds:
                 x = stored(rows, n_blocks, Path(folder))
                 points += blocks_point(cluster, client, x, "streamed", args)
+                written(args, points)
     costs = compute_costs(args)
     fit = per_task_fit(points)
     print(
@@ -283,8 +285,19 @@ def main() -> None:
     )
     if fit is not None:
         print(f"old: pass = {fit['fixed_s']:.3f} s + {1e3 * fit['per_task_s']:.3f} ms x tasks")
-    out = args.out
-    out.parent.mkdir(exist_ok=True)
+    written(args, points, costs, fit)
+    print(f"written {args.out}")
+
+
+def written(
+    args: argparse.Namespace,
+    points: list[dict[str, Any]],
+    costs: dict[str, Any] | None = None,
+    fit: dict[str, float] | None = None,
+) -> None:
+    """The results so far written to ``args.out`` (after every point too: closing a
+    cluster that held 50,000 scattered keys can time out on a loaded machine)."""
+    args.out.parent.mkdir(exist_ok=True)
     record = {
         "args": vars(args),
         "cpus": os.cpu_count(),
@@ -293,8 +306,7 @@ def main() -> None:
         "costs": costs,
         "split_every": SPLIT_EVERY,
     }
-    out.write_text(json.dumps(record, indent=2, default=str))
-    print(f"written {out}")
+    args.out.write_text(json.dumps(record, indent=2, default=str))
 
 
 if __name__ == "__main__":
