@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from itertools import pairwise
 
 import numpy as np
@@ -239,34 +238,6 @@ def _assign_numpy(
             totals.sums[lo:hi] += cluster_sums(xs, best, weights, hi - lo)
 
 
-@lru_cache(maxsize=64)
-def _unused_outputs(n_runs: int) -> PassOutputs:
-    """:func:`~dkmeans.loops.unused_outputs`, made once per number of runs: nothing is
-    ever written into them (arrays of no rows, no centres, no slots), so passes on any
-    thread can share them."""
-    return PassOutputs(*loops.unused_outputs(n_runs))
-
-
-def asked_outputs(
-    n_runs: int,
-    *,
-    per_row: RowResults | None = None,
-    totals: Totals | None = None,
-    far: FarSlots | None = None,
-    moments: MomentSums | None = None,
-) -> PassOutputs:
-    """The :class:`~dkmeans.loops.PassOutputs` of a compiled pass over ``n_runs`` runs:
-    the outputs given, and unused ones in place of those left None (moments stacked by
-    block, as :func:`~dkmeans.loops.assign_blocks` takes them, must be given)."""
-    unused = _unused_outputs(n_runs)
-    return PassOutputs(
-        per_row=unused.per_row if per_row is None else per_row,
-        totals=unused.totals if totals is None else totals,
-        far=unused.far if far is None else far,
-        moments=unused.moments if moments is None else moments,
-    )
-
-
 def gemm_by_centers(n_centers: int, n_features: int, dtype: np.dtype) -> bool:
     """Whether a sub-block's GEMM is laid out centres by rows, and scanned along the rows
     (:func:`~dkmeans.loops.argmin_rows`), rather than rows by centres and scanned row by row
@@ -355,8 +326,7 @@ def _assign(
         loops.assign_block(
             block=block_rows(x, weights, shift, dtype),
             centres=centres,
-            out=asked_outputs(
-                n_runs,
+            out=PassOutputs(
                 per_row=out.per_row if per_row else None,
                 totals=out.totals if accumulate else None,
                 far=out.far if track_far else None,
@@ -627,21 +597,21 @@ def pass_statistics_of_blocks(
         counts=np.zeros((levels + 1, n_centers)),
         inertia=np.zeros((levels + 1, n_centers)),
     )
-    moments = MomentSums(  # of no columns when not asked for: unused
-        count=np.zeros((n_blocks, int(with_moments))),
-        mean=np.zeros((n_blocks, n_features * with_moments)),
-        m2=np.zeros((n_blocks, n_features * with_moments)),
+    moments = MomentSums(
+        count=np.zeros((n_blocks, 1)),
+        mean=np.zeros((n_blocks, n_features)),
+        m2=np.zeros((n_blocks, n_features)),
     )
     shift = None if shift is None else np.asarray(shift, dtype=dtype)
     loops.assign_blocks(
         block=block_rows(x, weights, shift, dtype),
         edges=np.asarray(edges, dtype=np.int64),
         centres=centres,
-        out=asked_outputs(
-            len(bounds) - 1,
+        out=PassOutputs(
+            per_row=None,
             totals=totals,
             far=out.far if capacity else None,
-            moments=moments,
+            moments=moments if with_moments else None,
         ),
         step=sub_block_rows(n_centers, n_features),
         by_centers=gemm_by_centers(n_centers, n_features, dtype),

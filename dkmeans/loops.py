@@ -4,14 +4,11 @@ The block kernels (:mod:`dkmeans.kernels`, :mod:`dkmeans.oversampling`,
 :mod:`dkmeans.sampling`) call these when the engine is ``"numba"``
 (:mod:`dkmeans.engine`); each has a vectorised NumPy twin there. The loops take small
 named tuples (inputs, outputs, scratch), and are called with keywords: two arguments
-of the same type swapped would compile and give wrong numbers silently. An optional
-input of None is compiled out (numba prunes the branches on it); numba prunes only on
-arguments, so a loop passes an optional member on to a callee as an argument
-(:func:`rows_of`, :func:`weight_of`) rather than testing it itself. Optional outputs
-(:class:`PassOutputs`) are never None but arrays of no rows when not asked for
-(:func:`unused_outputs`), tested once per call: every combination of outputs then runs
-one compiled specialisation of the pass loops, where each combination compiled its own
-(four in a default fit, tens in the test suite, seconds each).
+of the same type swapped would compile and give wrong numbers silently. A member or
+argument of None is compiled out (numba prunes the branches on it), so optional
+outputs cost nothing when not asked for; numba prunes only on arguments, so a loop
+passes an optional member on to a callee as an argument (:func:`rows_of`,
+:func:`weight_of`) rather than testing it itself.
 
 Without numba this module imports, and its functions are the plain Python loops.
 """
@@ -108,13 +105,12 @@ class MomentSums(NamedTuple):
 
 
 class PassOutputs(NamedTuple):
-    """What one compiled pass over a block fills in; a member not asked for is one of
-    :func:`unused_outputs`' (no rows, no centres, no slots, no count), and skipped."""
+    """What one compiled pass over a block fills in; a member of None is compiled out."""
 
-    per_row: RowResults
-    totals: Totals
-    far: FarSlots
-    moments: MomentSums
+    per_row: RowResults | None
+    totals: Totals | None
+    far: FarSlots | None
+    moments: MomentSums | None
 
 
 class Screen(NamedTuple):
@@ -256,30 +252,10 @@ def weight_of(weights, i):
 
 @_compile
 def per_row_of(per_row, start, stop):
-    """The :class:`RowResults` of rows ``start:stop`` (of none for unused ones)."""
+    """The :class:`RowResults` of rows ``start:stop``, or None for None."""
+    if per_row is None:
+        return None
     return RowResults(labels=per_row.labels[start:stop], distances=per_row.distances[start:stop])
-
-
-@_compile
-def unused_outputs(n_runs):
-    """:class:`PassOutputs` of which a pass fills in nothing, each member of the type of a
-    used one: per-row results of no rows, totals of no centres, far-point slots of no
-    capacity and moments of no count. A pass asks for an output by putting a used one in
-    its place (``_replace``); :func:`assign_blocks` takes moments stacked by block, unused
-    ones then of shape (blocks, 0)."""
-    return PassOutputs(
-        per_row=RowResults(
-            labels=np.empty((0, n_runs), dtype=np.int64), distances=np.empty((0, n_runs))
-        ),
-        totals=Totals(sums=np.empty((0, 0)), counts=np.empty(0), inertia=np.empty(0)),
-        far=FarSlots(
-            distances=np.empty((n_runs, 0)),
-            rows=np.empty((n_runs, 0), dtype=np.int64),
-            labels=np.empty((n_runs, 0), dtype=np.int64),
-            worst=np.full(n_runs, np.inf),
-        ),
-        moments=MomentSums(count=np.empty(0), mean=np.empty(0), m2=np.empty(0)),
-    )
 
 
 @_compile
@@ -688,22 +664,18 @@ def accumulate_rows(xs, weights, nearest, centres, first_row, per_row, totals, f
     """Distances to the nearest centres and per-centre sums of a sub-block, compiled by
     numba: one read of every row.
 
-    ``weights`` of None (all ones) is compiled out; outputs not asked for are those of
-    :func:`unused_outputs` and skipped: ``per_row`` (:class:`RowResults`), ``totals``
-    (:class:`Totals`), ``far`` (:class:`FarSlots`: the farthest rows of weight > 0 are
-    kept in its slots, as block rows ``first_row + i``).
+    Arguments that are None are compiled out: ``weights`` (all ones), ``per_row``
+    (:class:`RowResults`), ``totals`` (:class:`Totals`), ``far`` (:class:`FarSlots`: the
+    farthest rows of weight > 0 are kept in its slots, as block rows ``first_row + i``).
     """
     n_rows, n_features = xs.shape
     bounds, centers64 = centres.bounds, centres.exact
-    with_per_row = per_row.labels.shape[0] > 0
-    with_totals = totals.counts.shape[0] > 0
-    with_far = far.distances.shape[1] > 0
     for i in range(n_rows):
         w = 1.0 if weights is None else weights[i]
         for r in range(len(bounds) - 1):
             best = nearest[i, r]  # unsigned: no negative-index checks
             squared = 0.0
-            if not with_totals:
+            if totals is None:
                 for f in range(n_features):
                     diff = np.float64(xs[i, f]) - centers64[best, f]
                     squared += diff * diff
@@ -716,10 +688,10 @@ def accumulate_rows(xs, weights, nearest, centres, first_row, per_row, totals, f
                 totals.counts[best] += w
                 totals.inertia[best] += w * squared
             label = np.int64(best) - bounds[r]
-            if with_per_row:
+            if per_row is not None:
                 per_row.labels[i, r] = label
                 per_row.distances[i, r] = squared
-            if with_far:
+            if far is not None:
                 if w > 0 and squared > far.worst[r]:
                     keep_far(far=far, run=r, squared=squared, row=first_row + i, label=label)
 
@@ -744,11 +716,11 @@ def keep_far(far, run, squared, row, label):
 @_compile
 def merge_moments(xs, moments):
     """Merge the per-feature moments of ``xs`` into ``moments`` (:class:`MomentSums`) in
-    place; unused ones (no count, :func:`unused_outputs`) are left alone.
+    place; None is compiled out.
 
     Two passes over the (cached) sub-block, then Chan et al.'s pairwise update.
     """
-    if moments.count.shape[0] == 0:
+    if moments is None:
         return
     n_rows, n_features = xs.shape
     if n_rows == 0:
@@ -1118,8 +1090,9 @@ def chosen_distances(xs, centers, chosen, out):
 
 @_compile
 def moments_of_block(moments, b):
-    """Block ``b``'s :class:`MomentSums` of moments stacked by block (unused ones for
-    unused ones)."""
+    """Block ``b``'s :class:`MomentSums` of moments stacked by block, or None for None."""
+    if moments is None:
+        return None
     return MomentSums(count=moments.count[b], mean=moments.mean[b], m2=moments.m2[b])
 
 
@@ -1169,7 +1142,7 @@ def assign_blocks(block, edges, centres, out, step, by_centers, split_every):
     ``edges[b]:edges[b + 1]`` of ``block`` are block ``b``, processed exactly as alone
     (its own sub-blocks and GEMMs, its totals from zero).
 
-    ``out`` (:class:`PassOutputs` with unused per-row results): ``totals`` holds one entry
+    ``out`` (:class:`PassOutputs` without per-row results): ``totals`` holds one entry
     per level of that tree (:func:`fold_totals`; the last receives the combined totals),
     ``moments`` one entry per block, and ``far`` the far points of all blocks, as rows
     of ``block``: one set of slots that sees the blocks' rows in order keeps what the
@@ -1194,7 +1167,7 @@ def assign_blocks(block, edges, centres, out, step, by_centers, split_every):
             ),
             centres=centres,
             out=PassOutputs(
-                per_row=out.per_row,
+                per_row=None,
                 totals=leaf_totals(out.totals),
                 far=out.far,
                 moments=moments_of_block(out.moments, b),
@@ -1361,7 +1334,7 @@ def batch_totals(xs, weights, centers, scratch, by_centers, step):
         exact=centers,
         bounds=np.array([0, n_centers], dtype=np.int64),
     )
-    totals, unused = scratch.totals, unused_outputs(1)
+    totals = scratch.totals
     totals.sums[:] = 0.0
     totals.counts[:] = 0.0
     totals.inertia[:] = 0.0
@@ -1382,9 +1355,9 @@ def batch_totals(xs, weights, centers, scratch, by_centers, step):
             nearest=nearest,
             centres=centres,
             first_row=start,
-            per_row=unused.per_row,
+            per_row=None,
             totals=totals,
-            far=unused.far,
+            far=None,
         )
     return totals.inertia.sum()
 
