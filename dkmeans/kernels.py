@@ -16,7 +16,7 @@ GEMM per row sub-block serves every run.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
@@ -208,7 +208,7 @@ class _Accumulator:
             distances, labels = self.distances[:, run], self.labels[:, run]
         w = np.ones(len(rows)) if weights is None else np.asarray(weights, dtype=np.float64)
         far = FarPoints.select(x, distances, labels, w, row_offset + rows, capacity)
-        return far if shift is None else replace(far, rows=far.rows - shift)
+        return far if shift is None else far.shifted(shift)
 
 
 def _assign_numpy(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -457,14 +458,17 @@ def _lloyd_pass(
     )
     if capacity is None:
         return stats
-    runs = zip(bounds[:-1], bounds[1:], strict=True)
-    cut_short = any(  # more empty clusters than far points, and more points than kept
-        np.count_nonzero(stats.counts[lo:hi] == 0) > len(far.distances) == capacity
-        for (lo, hi), far in zip(runs, stats.far, strict=True)
-    )
-    if not cut_short:
-        return stats
-    return source.map_reduce(pass_statistics, stacked, bounds, with_moments=with_moments)
+
+    def cut_short(counts: np.ndarray, far: FarPoints) -> bool:
+        # more empty clusters than far points, and more points than kept (the far points
+        # are selected only where a cluster is empty)
+        empty = np.count_nonzero(counts == 0)
+        return empty > 0 and empty > len(far.distances) == capacity
+
+    runs = zip(pairwise(bounds), stats.far, strict=True)
+    if any(cut_short(stats.counts[lo:hi], far) for (lo, hi), far in runs):
+        return source.map_reduce(pass_statistics, stacked, bounds, with_moments=with_moments)
+    return stats
 
 
 def _iterate(

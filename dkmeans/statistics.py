@@ -12,7 +12,8 @@ follow the same protocol.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Self
+from functools import cached_property
+from typing import NamedTuple, Protocol, Self
 
 import numpy as np
 
@@ -31,19 +32,50 @@ class PerRun(tuple):
         return PerRun(a.combine(b) for a, b in zip(self, other, strict=True))
 
 
-@dataclass(frozen=True)
-class FarPoints:
-    """The points farthest from their centre within one run, for empty-cluster relocation.
+#: Candidates a :class:`FarPoints` gathers from the parts it combines, in multiples of its
+#: capacity, before it selects among them. The selection costs more than the rest of a
+#: pass's combine (~50 us against ~5 us) and is needed only in the rare pass that leaves
+#: a cluster empty; the bound keeps the candidates of a tree of many blocks small.
+PENDING_CAPACITIES = 8
 
-    Kept sorted by decreasing distance, ties by increasing global row index, so that
-    combining partial results in any tree shape gives the same answer.
-    """
 
-    rows: np.ndarray  # (m, d) float64
+class FarCandidates(NamedTuple):
+    """Points that may be among the farthest of a run (any order)."""
+
+    rows: np.ndarray  # (m, d)
     distances: np.ndarray  # (m,) squared distance to the own centre
     labels: np.ndarray  # (m,) index of the own centre within the run
     weights: np.ndarray  # (m,)
     index: np.ndarray  # (m,) global row index
+
+    def farthest(self, capacity: int) -> FarCandidates:
+        """The ``capacity`` farthest of the points with weight, sorted by decreasing
+        distance, ties by increasing global row index."""
+        keep = self.weights > 0
+        if capacity == 0:
+            keep[:] = False
+        elif np.count_nonzero(keep) > capacity:
+            # only rows at or above the capacity-th largest distance of the rows with
+            # weight can be chosen
+            eligible = self.distances if keep.all() else np.where(keep, self.distances, -np.inf)
+            threshold = np.partition(eligible, len(eligible) - capacity)[-capacity]
+            keep &= self.distances >= threshold
+        order = np.lexsort((self.index[keep], -self.distances[keep]))[:capacity]
+        pick = np.flatnonzero(keep)[order]
+        return FarCandidates(*(values[pick] for values in self))
+
+
+@dataclass(frozen=True)
+class FarPoints:
+    """The points farthest from their centre within one run, for empty-cluster relocation.
+
+    Read sorted by decreasing distance, ties by increasing global row index, so that
+    combining partial results in any tree shape gives the same answer. Combining only
+    gathers the parts' candidates (up to :data:`PENDING_CAPACITIES` times the capacity);
+    the farthest are selected when first read.
+    """
+
+    parts: tuple[FarCandidates, ...]
     capacity: int
 
     @classmethod
@@ -56,36 +88,58 @@ class FarPoints:
         index: np.ndarray,
         capacity: int,
     ) -> FarPoints:
-        """Keep the ``capacity`` farthest of the given points."""
-        keep = weights > 0
-        if capacity == 0:
-            keep[:] = False
-        elif np.count_nonzero(keep) > capacity:
-            # only rows at or above the capacity-th largest distance of the rows with
-            # weight can be chosen
-            eligible = distances if keep.all() else np.where(keep, distances, -np.inf)
-            threshold = np.partition(eligible, len(eligible) - capacity)[-capacity]
-            keep &= distances >= threshold
-        order = np.lexsort((index[keep], -distances[keep]))[:capacity]
-        pick = np.flatnonzero(keep)[order]
-        return cls(
-            np.asarray(rows[pick], dtype=np.float64),
-            distances[pick],
-            labels[pick],
-            weights[pick],
-            index[pick],
-            capacity,
-        )
+        """The ``capacity`` farthest of the given points (``rows`` is read only where
+        they are chosen)."""
+        given = FarCandidates(rows, distances, labels, weights, index)
+        part = given.farthest(capacity) if len(distances) > capacity else given
+        return cls((part._replace(rows=np.asarray(part.rows, dtype=np.float64)),), capacity)
 
     def combine(self, other: FarPoints) -> FarPoints:
-        return FarPoints.select(
-            np.concatenate([self.rows, other.rows]),
-            np.concatenate([self.distances, other.distances]),
-            np.concatenate([self.labels, other.labels]),
-            np.concatenate([self.weights, other.weights]),
-            np.concatenate([self.index, other.index]),
-            self.capacity,
-        )
+        far = FarPoints(self.parts + other.parts, self.capacity)
+        pending = sum(len(part.index) for part in far.parts)
+        return far if pending <= PENDING_CAPACITIES * self.capacity else far.collected()
+
+    def collected(self) -> FarPoints:
+        """The same far points with their candidates selected into one part."""
+        return FarPoints((self.chosen,), self.capacity)
+
+    def shifted(self, shift: np.ndarray) -> FarPoints:
+        """The same far points with their rows minus ``shift`` (:mod:`dkmeans.frame`)."""
+        parts = tuple(part._replace(rows=part.rows - shift) for part in self.parts)
+        return FarPoints(parts, self.capacity)
+
+    @cached_property
+    def chosen(self) -> FarCandidates:
+        """The farthest candidates, sorted."""
+        if len(self.parts) == 1:
+            return self.parts[0].farthest(self.capacity)
+        fields = zip(*self.parts, strict=True)
+        return FarCandidates(*map(np.concatenate, fields)).farthest(self.capacity)
+
+    @property
+    def rows(self) -> np.ndarray:
+        """(m, d) float64, m <= capacity."""
+        return self.chosen.rows
+
+    @property
+    def distances(self) -> np.ndarray:
+        """(m,) squared distance to the own centre."""
+        return self.chosen.distances
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(m,) index of the own centre within the run."""
+        return self.chosen.labels
+
+    @property
+    def weights(self) -> np.ndarray:
+        """(m,)"""
+        return self.chosen.weights
+
+    @property
+    def index(self) -> np.ndarray:
+        """(m,) global row index."""
+        return self.chosen.index
 
 
 @dataclass(frozen=True)
