@@ -3,12 +3,13 @@
 One task per block costs the scheduler about a millisecond per task (with the combine
 tasks, ~1.14 tasks per block for held data and ~2.14 streamed: ``docs/scaling.md``);
 at tens of thousands of blocks the scheduler, not the data, sets the pace. Here a pass
-cuts the blocks into a few contiguous *spans* per worker thread
-(:data:`TASKS_PER_THREAD`): one task per span runs the kernel over its blocks, a whole
-node of small blocks at a time (:func:`span_pass`), and returns the values of the span's
-nodes of the fixed combining tree (:mod:`dkmeans.tree`); spans combine into the root in a
-tree of their own, with the same calls of ``combine`` as one task per block, so the
-result is the same to the last bit.
+cuts the blocks into one contiguous *span* per worker (:data:`SPANS_PER_WORKER`): one
+task per span runs the kernel over its blocks, a whole node of small blocks at a time,
+on all the worker's threads (the span cut again into :data:`TASKS_PER_THREAD` parts
+per thread, :func:`span_pass`), and returns the values of the span's nodes of the fixed
+combining tree (:mod:`dkmeans.tree`); spans combine into the root in a tree of their
+own, with the same calls of ``combine`` as one task per block, so the result is the
+same to the last bit.
 
 Where a span's blocks come from is decided once per fit (:class:`SpanPlan`):
 
@@ -35,8 +36,9 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, MutableMapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache, cached_property, partial
+from functools import cached_property, partial
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -51,8 +53,13 @@ if TYPE_CHECKING:
     import dask.array as da
     from distributed import Client, Future
 
-#: Spans per worker thread in a pass: more than one, so that a thread that finishes
-#: early can take another span; few, so that the scheduler's work stays small.
+#: Spans per worker in a pass: one, whose task runs its parts on the worker's threads
+#: (the kernels release the GIL), so that the scheduler's work per pass follows the
+#: workers, not their threads.
+SPANS_PER_WORKER = 1
+
+#: Parts of a span per thread of its worker (:attr:`SpanPlan.parts`): more than one, so
+#: that a thread that finishes early can take another part.
 TASKS_PER_THREAD = 2
 
 #: Bytes of rows (and of what the kernel keeps per block) that a task takes at once
@@ -107,25 +114,22 @@ def held_values(fetched: dict[Hashable, Any]) -> Callable[[Sequence[Hashable]], 
     """
     from distributed import get_worker
 
-    @cache
-    def memory() -> tuple[MutableMapping[Hashable, Any], Mapping[Hashable, Any]]:
-        try:
-            data = get_worker().data
-        except ValueError:  # no worker: the values are all in ``fetched``
-            return {}, {}
-        return data, getattr(getattr(data, "fast", None), "d", {})
+    try:  # in the task's own thread: the threads it starts see no worker
+        data: MutableMapping[Hashable, Any] = get_worker().data
+    except ValueError:  # no worker: the values are all in ``fetched``
+        data = {}
+    in_memory: Mapping[Hashable, Any] = getattr(getattr(data, "fast", None), "d", {})
 
     def value(key: Hashable) -> Any:
         if key in fetched:
             return fetched[key]
-        data, _ = memory()
         try:
             return data[key]
         except KeyError:
             raise BlocksMoved(f"block {key} is not on this worker") from None
 
     def values(keys: Sequence[Hashable]) -> list[Any]:
-        found = list(map(memory()[1].get, keys))
+        found = list(map(in_memory.get, keys))
         return [value(key) if v is None else v for key, v in zip(keys, found, strict=True)]
 
     return values
@@ -175,6 +179,17 @@ class SpanPlan:
     #: :func:`dkmeans.io.to_dask_array` wraps it; :func:`~dkmeans.readers.reader_of`):
     #: the task reads the rows of many blocks at once. None: the blocks' recipes.
     reader: NamedChunkReader | None = None
+    #: The threads of the worker the task runs on: it runs its :attr:`parts` on as many.
+    threads: int = 1
+    #: The worker a span of blocks not held is sent to (any other may take it).
+    host: str | None = None
+
+    @cached_property
+    def parts(self) -> list[int]:
+        """Where the parts of the span that the task's threads take begin and end (one
+        part on one thread: more would only cut its nodes smaller)."""
+        count = 1 if self.threads == 1 else TASKS_PER_THREAD * self.threads
+        return even_cuts(self.start, self.stop, count)
 
     @cached_property
     def row_edges(self) -> np.ndarray:
@@ -243,7 +258,8 @@ def span_pass(
 
     A kernel with a form over many blocks (:func:`many_blocks`) runs once per node of
     the tree whose blocks fit in :data:`BATCH_BYTES` and returns the node's value; any
-    other kernel, or a block that does not fit, runs one block at a time.
+    other kernel, or a block that does not fit, runs one block at a time. The span's
+    :attr:`~SpanPlan.parts` run on ``plan.threads`` threads and combine as spans do.
     """
     many = many_blocks(kernel)
     block_bytes = 0 if many is None else many.kept_bytes(*args, **kwargs)
@@ -290,9 +306,17 @@ def span_pass(
             **kwargs,
         )
 
-    nodes = span_nodes(plan.start, plan.stop, plan.n_blocks, plan.split_every)
-    values = node_values(nodes, known, plan.n_blocks, plan.split_every)
-    return list(zip(nodes, values, strict=True))
+    def part(blocks: tuple[int, int]) -> list[tuple[Node, Any]]:
+        nodes = span_nodes(*blocks, plan.n_blocks, plan.split_every)
+        values = node_values(nodes, known, plan.n_blocks, plan.split_every)
+        return list(zip(nodes, values, strict=True))
+
+    parts = list(pairwise(plan.parts))
+    if len(parts) == 1:
+        return part(parts[0])
+    # the kernels release the GIL: the worker's threads, one task for the scheduler
+    with ThreadPoolExecutor(min(plan.threads, len(parts))) as pool:
+        return merge_spans(plan.n_blocks, plan.split_every, *pool.map(part, parts))
 
 
 def merge_spans(
@@ -321,9 +345,7 @@ def cuts(owners: Sequence[str | None], threads: dict[str, int], tasks_per_thread
     """
     n = len(owners)
     wanted = max(1, min(n, tasks_per_thread * sum(threads.values())))
-    unit = 1
-    while unit * SPLIT_EVERY * SPLIT_EVERY * wanted <= n:
-        unit *= SPLIT_EVERY
+    unit = alignment(n, wanted)
     share = Counter(owners)
     edges = [0, *(i for i in range(1, n) if owners[i] != owners[i - 1]), n]
     local = []
@@ -332,15 +354,32 @@ def cuts(owners: Sequence[str | None], threads: dict[str, int], tasks_per_thread
         pieces = wanted if owner is None else tasks_per_thread * threads.get(owner, 1)
         count = max(1, round(pieces * (stop - start) / share[owner]))
         local += [start + round(j * (stop - start) / count) for j in range(count)]
-    chosen = aligned(local, n, unit)
-    if len(chosen) - 1 > 2 * wanted:
-        chosen = aligned([round(j * n / wanted) for j in range(wanted)], n, unit)
-    return chosen
+    chosen = aligned(local, 0, n, unit)
+    return even_cuts(0, n, wanted) if len(chosen) - 1 > 2 * wanted else chosen
 
 
-def aligned(positions: Sequence[int], n: int, unit: int) -> list[int]:
-    """``positions`` rounded to multiples of ``unit``, with 0 and ``n``, sorted, unique."""
-    return sorted({0, n} | {min(n, unit * round(p / unit)) for p in positions})
+def alignment(n: int, count: int) -> int:
+    """The power of :data:`SPLIT_EVERY` that cuts of ``n`` blocks into ``count`` spans
+    fall on multiples of: at most an eighth of a span."""
+    unit = 1
+    while unit * SPLIT_EVERY * SPLIT_EVERY * count <= n:
+        unit *= SPLIT_EVERY
+    return unit
+
+
+def even_cuts(start: int, stop: int, count: int) -> list[int]:
+    """Where ``count`` spans of about equal length over blocks ``start:stop`` begin and
+    end, aligned as :func:`cuts` aligns them."""
+    n = stop - start
+    positions = [start + round(j * n / count) for j in range(count)]
+    return aligned(positions, start, stop, alignment(n, count))
+
+
+def aligned(positions: Sequence[int], start: int, stop: int, unit: int) -> list[int]:
+    """``positions`` rounded to multiples of ``unit`` within ``start:stop``, with
+    ``start`` and ``stop``, sorted, unique."""
+    inside = {min(stop, max(start, unit * round(p / unit))) for p in positions}
+    return sorted({start, stop} | inside)
 
 
 #: A span's plan and the futures of the held keys it needs from other workers.
@@ -353,7 +392,7 @@ def plan_spans(
     weights: da.Array | None,
     row_offsets: np.ndarray,
     split_every: int = SPLIT_EVERY,
-    tasks_per_thread: int = TASKS_PER_THREAD,
+    spans_per_worker: int = SPANS_PER_WORKER,
 ) -> list[Span]:
     """The spans of a pass over the blocks of ``x`` on ``client``'s workers."""
     blocks, held = recipes(x)
@@ -366,9 +405,12 @@ def plan_spans(
     owner = {key: (where.get(key) or [None])[0] for key in held}
     owners = [owner[b.held[0][1]] if b.held else None for b in blocks]
     spans = []
-    edges = cuts(owners, client.nthreads(), tasks_per_thread)
-    for start, stop in pairwise(edges):
+    threads = client.nthreads()
+    hosts = sorted(threads)
+    edges = cuts(owners, dict.fromkeys(threads, 1), spans_per_worker)
+    for i, (start, stop) in enumerate(pairwise(edges)):
         ((worker, _),) = Counter(owners[start:stop]).most_common(1)
+        host = None if worker is not None or not hosts else hosts[i % len(hosts)]
         mine = blocks[start:stop]
         theirs = None if weight_blocks is None else weight_blocks[start:stop]
         needed = {data for b in [*mine, *(theirs or ())] for _, data in b.held}
@@ -384,15 +426,20 @@ def plan_spans(
             x.shape[1] * x.dtype.itemsize,
             worker,
             reader,
+            threads.get(worker or host, 1),
+            host,
         )
         spans.append((plan, {key: held[key] for key in needed if owner[key] != worker}))
     return spans
 
 
-def placed_on(worker: str | None) -> dict[str, Any]:
-    """``Client.submit``'s keywords that keep a task on ``worker`` (where its blocks
-    are: a loose restriction would let idle workers steal it); none for None."""
-    return {} if worker is None else {"workers": [worker]}
+def placed_on(plan: SpanPlan) -> dict[str, Any]:
+    """``Client.submit``'s keywords that keep a span's task on the worker that holds its
+    blocks (a loose restriction would let idle workers steal it), or send it to its host
+    (loosely: the spans of blocks not held, one per worker)."""
+    if plan.worker is not None:
+        return {"workers": [plan.worker]}
+    return {} if plan.host is None else {"workers": [plan.host], "allow_other_workers": True}
 
 
 def given(value: Any) -> Any:
@@ -438,7 +485,7 @@ class SpanPasses:
                         given,
                         plan,
                         key=(f"span-plan-{token}", plan.start, plan.stop, str(plan.worker)),
-                        **placed_on(plan.worker),
+                        **placed_on(plan),
                     ),
                 )
                 for plan, remote in spans
@@ -467,7 +514,7 @@ class SpanPasses:
                 kwargs,
                 remote,
                 key=(f"{label}-{token}", plan.start, plan.stop),
-                **placed_on(plan.worker),
+                **placed_on(plan),
             )
             for (plan, remote), plan_future in spans
         ]

@@ -5,10 +5,11 @@ fixed tree (checked on expressions that record their shape, for any cuts); spans
 the runs of blocks each worker holds. A task takes the blocks of a node of the tree at
 once (one compiled call, the blocks' results folded in the tree's order) with the bits
 of one block at a time, on both engines, in bounded memory. On a LocalCluster of 4
-single-thread worker processes (one per module): a pass over 5,000 blocks held in the
-workers' memory and over a store of 5,000 chunks submits a few tasks per worker thread
-and equals the pass on threads bitwise, also when a worker is killed mid-pass; a fit
-over held blocks that loses a worker ends as an undisturbed one.
+worker processes of 2 threads (one per module): a pass over 5,000 blocks held in the
+workers' memory and over a store of 5,000 chunks submits one task per worker, whose
+parts run on the worker's threads, and equals the pass on threads bitwise, also when a
+worker is killed mid-pass; a fit over held blocks that loses a worker ends as an
+undisturbed one.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from dkmeans.tree import (
 #: 100 s of the suite's 10 minutes (scattering them, the per-block reference); the task
 #: counts do not depend on it, and benchmarks/scheduling.py runs up to 50,000.
 N_BLOCKS, BLOCK_ROWS, FEATURES = 5_000, 2, 3
-WORKERS = 4
+WORKERS, THREADS = 4, 2
 
 
 @dataclass(frozen=True)
@@ -312,7 +313,7 @@ def small_blocks() -> Iterator[None]:
 def cluster() -> Iterator[tuple[LocalCluster, Client]]:
     with (
         LocalCluster(
-            n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address=":0"
+            n_workers=WORKERS, threads_per_worker=THREADS, processes=True, dashboard_address=":0"
         ) as cluster,
         Client(cluster, set_as_default=False) as client,
     ):
@@ -404,7 +405,16 @@ def store(rows, tmp_path_factory) -> str:
     return str(path)
 
 
-def test_a_pass_over_held_blocks_is_a_few_tasks_per_thread(cluster, rows, threads_pass) -> None:
+def one_task_per_worker(source: DaskSource, finished: list[str]) -> None:
+    """Check that a pass was one span per worker, whose parts ran on its threads, and
+    a few tasks more (the centres, the combines)."""
+    assert finished.count("pass_statistics") == WORKERS < WORKERS * THREADS
+    assert len(finished) <= WORKERS + 2
+    for (plan, _), _ in source.spans.spans:
+        assert plan.threads == THREADS and len(plan.parts) == 2 * THREADS + 1
+
+
+def test_a_pass_over_held_blocks_is_one_task_per_worker(cluster, rows, threads_pass) -> None:
     scheduler, client = cluster
     x = held(client, blocks_of(rows))
     with client.as_current():
@@ -415,9 +425,7 @@ def test_a_pass_over_held_blocks_is_a_few_tasks_per_thread(cluster, rows, thread
             scheduler, plugin, lambda: source.map_reduce(pass_statistics, CENTERS, ONE_RUN)
         )
     assert same_stats(stats, threads_pass)
-    spans = plugin.finished.count("pass_statistics")
-    assert WORKERS <= spans <= 4 * WORKERS
-    assert len(plugin.finished) <= spans + 4  # the args and the combines
+    one_task_per_worker(source, plugin.finished)
     # spans run where their blocks are: only blocks past the edges of a worker's run
     # (cuts fall on multiples of 64 blocks) come from another worker
     assert sum(len(remote) for (_, remote), _ in source.spans.spans) <= WORKERS * 256
@@ -437,12 +445,13 @@ def test_a_pass_over_a_store_of_small_chunks_reads_them_in_the_tasks(
             scheduler, plugin, lambda: source.map_reduce(pass_statistics, CENTERS, ONE_RUN)
         )
     assert same_stats(stats, threads_pass)
-    assert WORKERS <= plugin.finished.count("pass_statistics") <= 4 * WORKERS
-    assert len(plugin.finished) <= 6 * WORKERS  # plans, args, spans, combines: no reads
+    plans = plugin.finished.count("span-plan")
+    assert plans == WORKERS  # the first pass: the plans, then no task per read
+    one_task_per_worker(source, [name for name in plugin.finished if name != "span-plan"])
     # a worker killed in the middle of a pass: its spans run again elsewhere, same bits
     with client.as_current():
         again = lambda: source.map_reduce(pass_statistics, CENTERS, ONE_RUN)  # noqa: E731
-        assert same_stats(killing(scheduler, client, 4, again), threads_pass)
+        assert same_stats(killing(scheduler, client, 2, again), threads_pass)
 
 
 def fit(x, init: np.ndarray | None = None, max_iter: int = 6, **params) -> KMeans:
@@ -474,8 +483,8 @@ def test_a_fit_that_loses_a_worker_ends_as_an_undisturbed_one(cluster) -> None:
         x = client.persist(lazy)  # recomputable: a lost worker's blocks come back
         wait(x)
         undisturbed = fit(x)
-        # the middle of the third pass (8 spans a pass)
-        disturbed = killing(scheduler, client, 2 * 8 + 4, lambda: fit(x))
+        # the middle of the third pass (one span per worker)
+        disturbed = killing(scheduler, client, 2 * WORKERS + 2, lambda: fit(x))
     for other in (undisturbed, disturbed):
         np.testing.assert_array_equal(other.cluster_centers_, threads.cluster_centers_)
         assert other.inertia_ == threads.inertia_
