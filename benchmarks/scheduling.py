@@ -1,6 +1,6 @@
 """Time per Lloyd pass against the number of blocks on a distributed cluster (issue 22).
 
-On a LocalCluster of single-thread worker processes (8 by default: on a small machine
+On a LocalCluster of worker processes (8 of one thread by default: on a small machine
 the point is the scheduler's load, not the compute), the same float32 array (default
 400,000 x 32, 51 MB) is cut into each number of row blocks given (1,000 / 10,000 /
 50,000: 400 / 40 / 8 rows a block) and passed over with ``pass_statistics`` (k = 16):
@@ -10,8 +10,9 @@ the point is the scheduler's load, not the compute), the same float32 array (def
 
 each by two designs:
 
-- *new*: ``DaskSource.map_reduce`` on the client, a few tasks per worker thread
-  (``dkmeans/spans.py``), each taking whole nodes of the combining tree at once;
+- *new*: ``DaskSource.map_reduce`` on the client, one task per worker, its parts on
+  the worker's threads (``dkmeans/spans.py``), each taking whole nodes of the combining
+  tree at once;
 - *old*: the graph of one task per block and its combine tree (``DaskSource.graph``,
   what passes on a cluster were before issue 22, and still are without a distributed
   client), computed on the same client (only up to ``--old-max-blocks``).
@@ -24,6 +25,7 @@ Everything feeds ``docs/scaling.md``::
 
     python -m benchmarks.scheduling                       # 1,000 / 10,000 / 50,000 blocks
     python -m benchmarks.scheduling --blocks 1000 10000 --workers 4 --repeats 3
+    python -m benchmarks.scheduling --workers 2 --threads 2 --kinds held   # one task per worker
 
 Results: a table on stdout and ``benchmarks/results/scheduling.json`` (or ``--out``; with the load
 average before and after every point).
@@ -185,6 +187,7 @@ def blocks_point(
                 "blocks": x.numblocks[0],
                 "block_rows": x.chunks[0][0],
                 "workers": args.workers,
+                "threads": args.threads,
                 "tasks": tasks,
                 "pass_s": seconds,
                 "load": [load_before, os.getloadavg()[0]],
@@ -246,6 +249,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, nargs="+", default=[1000, 10000, 50000])
     parser.add_argument("--kinds", nargs="+", default=["held", "streamed"])
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="threads per worker")
     parser.add_argument("--rows", type=int, default=400_000)
     parser.add_argument("--features", type=int, default=32)
     parser.add_argument("--clusters", type=int, default=16)
@@ -259,7 +263,10 @@ def main() -> None:
     with (
         tempfile.TemporaryDirectory() as folder,
         LocalCluster(
-            n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+            n_workers=args.workers,
+            threads_per_worker=args.threads,
+            processes=True,
+            dashboard_address=":0",
         ) as cluster,
         Client(cluster) as client,
         dask.config.set({"distributed.admin.large-graph-warning-threshold": "1GB"}),
