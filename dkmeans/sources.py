@@ -19,6 +19,7 @@ blocks, and every pass, persist or read that dkmeans runs on Dask's threaded sch
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -98,6 +99,36 @@ def own_pool(*collections: Any, scheduler: str | None = None) -> dict[str, Any]:
     if chosen is not dask.threaded.get or dask.config.get("pool", None) is not None:
         return {}
     return {"pool": own_threads(dask.config.get("num_workers", None) or CPU_COUNT)}
+
+
+def on_threads(block_result: Callable[[int], Any], n_blocks: int, threads: int) -> list[Any]:
+    """``block_result(i)`` of every block ``i < n_blocks`` on dkmeans's pool of ``threads``
+    threads, in block order: one task per thread, which takes the next block not yet
+    taken until none is left (a task per block cost the caller a future, a wake-up and a
+    result to wait for per block). A block that raises stops its thread; the error
+    raised is that of the first block that raised, as a task per block would raise it
+    (blocks are taken in order, so every block before it ran).
+    """
+    results: list[Any] = [None] * n_blocks
+    errors: dict[int, BaseException] = {}
+    taken = itertools.count()  # next() runs under the GIL: every block is taken once
+
+    def work() -> None:
+        for i in taken:
+            if i >= n_blocks:
+                return
+            try:
+                results[i] = block_result(i)
+            except BaseException as error:  # raised in block order by the caller
+                errors[i] = error
+                return
+
+    pool = own_threads(threads)
+    for task in [pool.submit(work) for _ in range(min(threads, n_blocks))]:
+        task.result()
+    if errors:
+        raise errors[min(errors)]
+    return results
 
 
 def row_offsets(chunks: Sequence[int]) -> np.ndarray:
@@ -197,11 +228,10 @@ class InMemorySource:
             weights = None if self.weight_blocks is None else self.weight_blocks[i]
             return kernel(self.blocks[i], weights, int(self.row_offsets[i]), i, *args, **kwargs)
 
-        blocks = range(len(self.blocks))
-        if self.threads > 1 and len(blocks) > 1:
+        if self.threads > 1 and len(self.blocks) > 1:
             with limit_blas(self.threads):
-                return list(own_threads(self.threads).map(block_result, blocks))
-        return [block_result(i) for i in blocks]
+                return on_threads(block_result, len(self.blocks), self.threads)
+        return [block_result(i) for i in range(len(self.blocks))]
 
     def map_reduce(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         parts = self.map_blocks(kernel, *args, **kwargs)
