@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from dkmeans import engine, kernels, loops
 from dkmeans.kernels import cluster_sums, nearest_centers, pass_statistics
 from dkmeans.oversampling import Candidates, oversample, weigh_candidates
-from dkmeans.statistics import FarPoints, Moments, PassStats
+from dkmeans.statistics import PENDING_CAPACITIES, FarPoints, Moments, PassStats
 
 
 def brute_force(x, centers, bounds, weights):
@@ -247,6 +247,32 @@ def test_far_points_tie_break_and_capacity():
         len(FarPoints.select(rows, distances, np.zeros(6, int), weights, np.arange(6), 0).index)
         == 0
     )
+
+
+@pytest.mark.parametrize("capacity", [0, 1, 3])
+def test_far_points_gathered_by_combining_are_the_farthest_of_all(capacity):
+    # combining only gathers candidates (a bounded number), then selects once when read:
+    # the same points, in the same order, as one selection over every point
+    rng = np.random.default_rng(9)
+    n = 400
+    distances = rng.integers(0, 20, size=n).astype(float)  # many ties
+    weights = rng.integers(0, 2, size=n).astype(float)
+    rows, labels = rng.normal(size=(n, 2)), rng.integers(0, 4, size=n)
+    cuts = [slice(a, a + 10) for a in range(0, n, 10)]
+    index = np.arange(n)
+    parts = [
+        FarPoints.select(rows[c], distances[c], labels[c], weights[c], index[c], capacity)
+        for c in cuts
+    ]
+    combined = reduce(FarPoints.combine, parts)
+    assert sum(len(part.index) for part in combined.parts) <= PENDING_CAPACITIES * capacity
+    eligible = np.flatnonzero(weights > 0)
+    expected = eligible[np.lexsort((eligible, -distances[eligible]))][:capacity]
+    np.testing.assert_array_equal(combined.index, expected)
+    np.testing.assert_array_equal(combined.rows, rows[expected])
+    np.testing.assert_array_equal(combined.labels, labels[expected])
+    np.testing.assert_array_equal(combined.distances, distances[expected])
+    np.testing.assert_array_equal(combined.shifted(np.ones(2)).rows, rows[expected] - 1)
 
 
 @pytest.mark.parametrize("capacity", [None, 1, 5, 40])

@@ -14,7 +14,7 @@ import dkmeans
 from dkmeans import InvalidParameterError, KMeans
 from dkmeans.kernels import pass_statistics
 from dkmeans.lloyd import lloyd
-from dkmeans.sources import DaskSource
+from dkmeans.sources import DaskSource, on_threads
 
 from .helpers import brute_force_inertia, count_computes
 
@@ -305,3 +305,15 @@ def test_properties_over_shapes_chunkings_and_dtypes(problem):
     lloyd(DaskSource(lazy), [init], max_iter=20, tol=0, on_iteration=reports.append)
     inertias = [report.inertia for report in reports]
     assert all(b <= a * (1 + 1e-6) + 1e-9 for a, b in zip(inertias, inertias[1:], strict=False))
+
+
+def test_blocks_on_threads_come_back_in_order_with_the_first_failing_blocks_error():
+    def block_result(i: int) -> int:
+        if i in (3, 6):
+            raise ValueError(f"block {i}")
+        return i * i
+
+    assert on_threads(lambda i: i * i, 9, 2) == [i * i for i in range(9)]
+    for _ in range(5):  # whichever thread meets which bad block
+        with pytest.raises(ValueError, match="block 3"):
+            on_threads(block_result, 8, 2)
