@@ -400,7 +400,7 @@ class DaskSource:
         client = distributed_client(x)
         if client is not None:
             check_worker_memory(client, self.blocks)
-        #: On a distributed client, passes run as a few tasks per worker thread.
+        #: On a distributed client, passes run as one task per worker (dkmeans.spans).
         self.spans = (
             None
             if client is None
