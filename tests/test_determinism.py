@@ -248,12 +248,14 @@ def test_fit_survives_losing_a_worker(tmp_path, two_workers) -> None:
     client.wait_for_workers(2)
     pids = client.run(os.getpid)
     # mid-way through the third Lloyd pass (the first pass_statistics pass weights the
-    # k-means|| candidates); X is persisted on the workers, so blocks are lost too
-    killer = KillWorkerAfter("pass_statistics", 3 * n_blocks + n_blocks // 2, min(pids.values()))
+    # k-means|| candidates): a pass is one span task per worker (dkmeans/spans.py); X is
+    # persisted on the workers, so blocks are lost too
+    tasks_per_pass = len(pids)
+    killer = KillWorkerAfter("pass_statistics", 3 * tasks_per_pass + 1, min(pids.values()))
     disturbed = run_with(killer, cluster, lambda: fit_big(path, client))
 
     assert killer.killed
-    assert killer.finished > 4 * n_blocks  # passes went on after the kill
+    assert killer.finished > 4 * tasks_per_pass  # passes went on after the kill
     client.wait_for_workers(2)
     assert min(pids.values()) not in client.run(os.getpid).values()
     np.testing.assert_array_equal(disturbed.cluster_centers_, undisturbed.cluster_centers_)
