@@ -160,9 +160,14 @@ def relocate_empty_clusters(sums: np.ndarray, counts: np.ndarray, far: FarPoints
     relocating would only swap duplicates between clusters.
     """
     empty = np.flatnonzero(counts == 0)
-    if len(empty) == 0 or len(far.distances) == 0 or far.distances[0] == 0:
+    if len(empty) == 0:
         return
-    for cluster, row, weight, own in zip(empty, far.rows, far.weights, far.labels, strict=False):
+    chosen = far.chosen
+    if len(chosen.distances) == 0 or chosen.distances[0] == 0:
+        return
+    for cluster, row, weight, own in zip(
+        empty, chosen.rows, chosen.weights, chosen.labels, strict=False
+    ):
         sums[own] -= row * weight
         counts[own] -= weight
         sums[cluster] = row * weight
@@ -463,7 +468,7 @@ def _lloyd_pass(
         # more empty clusters than far points, and more points than kept (the far points
         # are selected only where a cluster is empty)
         empty = np.count_nonzero(counts == 0)
-        return empty > 0 and empty > len(far.distances) == capacity
+        return empty > 0 and empty > len(far.chosen.distances) == capacity
 
     runs = zip(pairwise(bounds), stats.far, strict=True)
     if any(cut_short(stats.counts[lo:hi], far) for (lo, hi), far in runs):

@@ -110,36 +110,12 @@ class FarPoints:
 
     @cached_property
     def chosen(self) -> FarCandidates:
-        """The farthest candidates, sorted."""
+        """The farthest candidates (at most ``capacity``, rows in float64), sorted by
+        decreasing distance, ties by increasing global row index."""
         if len(self.parts) == 1:
             return self.parts[0].farthest(self.capacity)
         fields = zip(*self.parts, strict=True)
         return FarCandidates(*map(np.concatenate, fields)).farthest(self.capacity)
-
-    @property
-    def rows(self) -> np.ndarray:
-        """(m, d) float64, m <= capacity."""
-        return self.chosen.rows
-
-    @property
-    def distances(self) -> np.ndarray:
-        """(m,) squared distance to the own centre."""
-        return self.chosen.distances
-
-    @property
-    def labels(self) -> np.ndarray:
-        """(m,) index of the own centre within the run."""
-        return self.chosen.labels
-
-    @property
-    def weights(self) -> np.ndarray:
-        """(m,)"""
-        return self.chosen.weights
-
-    @property
-    def index(self) -> np.ndarray:
-        """(m,) global row index."""
-        return self.chosen.index
 
 
 @dataclass(frozen=True)

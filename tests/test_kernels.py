@@ -227,8 +227,8 @@ def test_combine_is_associative(seed, implementation):
         np.testing.assert_allclose(other.moments.mean, left.moments.mean, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(other.moments.m2, left.moments.m2, rtol=1e-12)
         for a, b in zip(other.far, left.far, strict=True):
-            np.testing.assert_array_equal(a.index, b.index)
-            np.testing.assert_array_equal(a.rows, b.rows)
+            np.testing.assert_array_equal(a.chosen.index, b.chosen.index)
+            np.testing.assert_array_equal(a.chosen.rows, b.chosen.rows)
 
 
 def test_far_points_tie_break_and_capacity():
@@ -236,15 +236,19 @@ def test_far_points_tie_break_and_capacity():
     rows = np.arange(6, dtype=float)[:, None]
     weights = np.array([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])  # zero weight is never chosen
     far = FarPoints.select(rows, distances, np.zeros(6, int), weights, np.arange(6), 3)
-    np.testing.assert_array_equal(far.index, [1, 4, 3])
+    np.testing.assert_array_equal(far.chosen.index, [1, 4, 3])
     halves = FarPoints.select(
         rows[:3], distances[:3], np.zeros(3, int), weights[:3], np.arange(3), 3
     ).combine(
         FarPoints.select(rows[3:], distances[3:], np.zeros(3, int), weights[3:], np.arange(3, 6), 3)
     )
-    np.testing.assert_array_equal(halves.index, far.index)
+    np.testing.assert_array_equal(halves.chosen.index, far.chosen.index)
     assert (
-        len(FarPoints.select(rows, distances, np.zeros(6, int), weights, np.arange(6), 0).index)
+        len(
+            FarPoints.select(
+                rows, distances, np.zeros(6, int), weights, np.arange(6), 0
+            ).chosen.index
+        )
         == 0
     )
 
@@ -268,11 +272,11 @@ def test_far_points_gathered_by_combining_are_the_farthest_of_all(capacity):
     assert sum(len(part.index) for part in combined.parts) <= PENDING_CAPACITIES * capacity
     eligible = np.flatnonzero(weights > 0)
     expected = eligible[np.lexsort((eligible, -distances[eligible]))][:capacity]
-    np.testing.assert_array_equal(combined.index, expected)
-    np.testing.assert_array_equal(combined.rows, rows[expected])
-    np.testing.assert_array_equal(combined.labels, labels[expected])
-    np.testing.assert_array_equal(combined.distances, distances[expected])
-    np.testing.assert_array_equal(combined.shifted(np.ones(2)).rows, rows[expected] - 1)
+    np.testing.assert_array_equal(combined.chosen.index, expected)
+    np.testing.assert_array_equal(combined.chosen.rows, rows[expected])
+    np.testing.assert_array_equal(combined.chosen.labels, labels[expected])
+    np.testing.assert_array_equal(combined.chosen.distances, distances[expected])
+    np.testing.assert_array_equal(combined.shifted(np.ones(2)).chosen.rows, rows[expected] - 1)
 
 
 @pytest.mark.parametrize("capacity", [None, 1, 5, 40])
@@ -290,11 +294,11 @@ def test_pass_far_points_are_the_farthest_with_ties_and_zero_weights(capacity, i
         order = np.lexsort((eligible, -distances[eligible]))[:size]
         expected = eligible[order]
         far = stats.far[run]
-        np.testing.assert_array_equal(far.index, expected + 100)
-        np.testing.assert_array_equal(far.rows, x[expected])
-        np.testing.assert_array_equal(far.labels, labels[expected])
-        np.testing.assert_allclose(far.distances, distances[expected], rtol=1e-12)
-        np.testing.assert_array_equal(far.weights, weights[expected])
+        np.testing.assert_array_equal(far.chosen.index, expected + 100)
+        np.testing.assert_array_equal(far.chosen.rows, x[expected])
+        np.testing.assert_array_equal(far.chosen.labels, labels[expected])
+        np.testing.assert_allclose(far.chosen.distances, distances[expected], rtol=1e-12)
+        np.testing.assert_array_equal(far.chosen.weights, weights[expected])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -315,7 +319,7 @@ def test_single_row_and_single_feature(implementation):
     np.testing.assert_array_equal(stats.counts, [0, 1])
     np.testing.assert_allclose(stats.sums, [[0.0], [2.5]])
     np.testing.assert_allclose(stats.cluster_inertia, [0, 0.25])
-    assert stats.far[0].index.tolist() == [7]
+    assert stats.far[0].chosen.index.tolist() == [7]
 
 
 @pytest.mark.skipif(engine.numba is None, reason="the far-point slots are the compiled kernel's")
@@ -345,4 +349,4 @@ def test_far_point_slots_keep_what_far_points_select(distances, capacity):
         rows[kept], distances[kept], labels[kept], ones[kept], kept, capacity
     )
     selected = FarPoints.select(rows, distances, labels, ones, np.arange(len(distances)), capacity)
-    np.testing.assert_array_equal(from_slots.index, selected.index)
+    np.testing.assert_array_equal(from_slots.chosen.index, selected.chosen.index)
