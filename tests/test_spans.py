@@ -135,7 +135,7 @@ def same_stats(a, b) -> bool:
     same = all(np.array_equal(getattr(a, f), getattr(b, f)) for f in fields)
     for x, y in zip(a.far, b.far, strict=True):
         fields = ("rows", "distances", "labels", "weights", "index")
-        same &= all(np.array_equal(getattr(x, f), getattr(y, f)) for f in fields)
+        same &= all(np.array_equal(getattr(x.chosen, f), getattr(y.chosen, f)) for f in fields)
     if a.moments is not None:
         same &= a.moments.count == b.moments.count
         same &= np.array_equal(a.moments.mean, b.moments.mean)
