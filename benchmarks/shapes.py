@@ -51,8 +51,10 @@ edit of ``dkmeans/loops.py`` once put 2 s of compiling into a marginal measureme
     python -m benchmarks.shapes --shapes 1M-2-8,2M-32-16 --scale 0.01 --repeats 1
 
 ``--shapes`` takes any n-d-k (``k`` and ``M`` suffixes for n); ``--scale`` multiplies n
-(a smoke run). The data lives in a scratch folder (``--scratch``, default the system's
-temporary folder) as ``.npy`` and Zarr while its shape runs. Results:
+(a smoke run); ``--libraries dkmeans,"dkmeans streamed"`` and ``--modes marginal`` skip
+the rest (the peers' whole fits at large k take hours on 2 cores). The data lives in a
+scratch folder (``--scratch``, default the system's temporary folder) as ``.npy`` and Zarr
+while its shape runs. Results:
 ``benchmarks/results/shapes.json`` (rewritten after every shape, every fit's record in it),
 ``shapes.png`` and Markdown tables on stdout, ready for the README.
 """
@@ -96,6 +98,8 @@ DATA = ("blobs", "noise")
 #: The metric of each data kind that is not Euclidean (``embeddings``: issue 21's cosine
 #: benchmark, :mod:`benchmarks.cosine_faiss`, run by the libraries in ``COSINE``).
 METRICS = {"embeddings": "cosine"}
+#: What a run measures: time per iteration from a shared start, or whole default fits.
+MODES = ("marginal", "default")
 #: Iterations of a whole default fit.
 DEFAULT_MAX_ITER = 20
 #: First iteration count of the marginal time, and the bounds of the span after it.
@@ -255,10 +259,8 @@ def run_case(
     cosine k-means where the kind's metric is cosine)."""
     if kind in METRICS:
         libraries = [library for library in libraries if library in COSINE]
-    plan: list[tuple[Mode, list[int]]] = [
-        ("marginal", list(shape.marginal_iterations())),
-        ("default", [DEFAULT_MAX_ITER]),
-    ]
+    iterations = {"marginal": list(shape.marginal_iterations()), "default": [DEFAULT_MAX_ITER]}
+    plan: list[tuple[Mode, list[int]]] = [(mode, iterations[mode]) for mode in args.modes]
     warm_cache(shape, kind, plan, args, folder)
     files = write_data(shape, kind, folder)
     runs = []
@@ -475,6 +477,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS / "shapes.json",
                         help="JSON file; the chart goes beside it (.png)")  # fmt: skip
     parser.add_argument("--scratch", type=Path, default=None, help="folder for the data")
+    parser.add_argument("--libraries", default=None,
+                        help=f"comma-separated subset of {', '.join(LIBRARIES)}")  # fmt: skip
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="marginal (time per iteration), default (whole fits)")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=None,
                         help="kill a fit process after this many seconds")  # fmt: skip
     args = parser.parse_args(argv)
@@ -487,6 +493,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         kinds = ", ".join(MAKERS)
         parser.error(f"--data: unknown kind(s) {', '.join(unknown)}; choose from {kinds}")
+    args.modes = [mode.strip() for mode in args.modes.split(",")]
+    if not args.modes or set(args.modes) - set(MODES):
+        parser.error(f"--modes: choose from {', '.join(MODES)}, not {','.join(args.modes)}")
+    if args.libraries is not None:
+        args.libraries = [library.strip() for library in args.libraries.split(",")]
+        if set(args.libraries) - set(LIBRARIES):
+            parser.error(f"--libraries: choose from {', '.join(LIBRARIES)}")
     if not 0 < args.scale <= 1:
         parser.error(f"--scale must be in (0, 1], not {args.scale}")
     if args.repeats < 1 or args.threads < 1:
@@ -506,6 +519,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     libraries, notes = installed_libraries()
+    if args.libraries is not None:
+        libraries = [library for library in libraries if library in args.libraries]
     for note in notes:
         print(note)
     started = time.perf_counter()
