@@ -13,8 +13,10 @@ from dkmeans.seeding import (
     greedy_reclustering_pays,
     kmeans_parallel,
     recluster_iterations,
+    recluster_plan,
     recluster_restarts,
     weighted_plusplus,
+    weighted_plusplus_restarts,
     weighted_sample,
 )
 from dkmeans.sources import InMemorySource
@@ -83,6 +85,22 @@ def test_weighted_plusplus_equals_a_brute_force(n_points, n_features, n_clusters
     np.testing.assert_array_equal(centers, chosen[np.arange(n_clusters) % len(chosen)])
 
 
+@pytest.mark.parametrize("n_clusters", [5, 40])  # 40: more than the distinct points
+def test_restarts_in_lockstep_equal_each_restart_alone(n_clusters):
+    rng = np.random.default_rng(1)
+    # small integers: every distance is exact, whatever the shape of the GEMM
+    points = rng.integers(-5, 6, size=(80, 3)).astype(np.float64)
+    points[30:] = points[:5].repeat(10, axis=0)  # 30 distinct points
+    weights = rng.integers(1, 5, size=80).astype(np.float64)
+    seeds = [3, 1, 4, 1, 5]
+    together = weighted_plusplus_restarts(points, weights, n_clusters, seeds)
+    assert len(together) == len(seeds)
+    for seed, centers in zip(seeds, together, strict=True):
+        np.testing.assert_array_equal(centers, weighted_plusplus(points, weights, n_clusters, seed))
+        alone = plusplus_by_hand(points, weights, n_clusters, seed)
+        np.testing.assert_array_equal(centers[: len(alone)], points[alone])
+
+
 @pytest.mark.parametrize("n_clusters", [8, 64])
 def test_weighted_plusplus_seeds_as_well_as_scikit_learn(n_clusters):
     rng = np.random.default_rng(0)
@@ -127,6 +145,11 @@ def test_lloyd_on_the_candidates_costs_about_one_pass():
     assert recluster_iterations(1_000_000, 300_000, 65_536) == seeding.RECLUSTER_MIN_ITER
     assert recluster_iterations(1_000_000, 50_000, 4_096) == 20
     assert recluster_iterations(300, 300, 5) == 300  # tiny data: Lloyd converges
+    # the restarts' iterations together: 8 restarts on 2,560 candidates, not 8 passes
+    assert recluster_iterations(200_000, 2_560, 256) == 78
+    assert recluster_iterations(200_000, 2_560, 256, restarts=8) == 9
+    plan = recluster_plan(200_000, 2_560, 256)
+    assert plan == (seeding.RECLUSTER_RESTARTS, 9, True)
 
 
 def test_weighted_sample_draws_distinct_rows_in_proportion_to_weight():
