@@ -14,10 +14,12 @@ same to the last bit.
 Where a span's blocks come from is decided once per fit (:class:`SpanPlan`):
 
 - blocks held in cluster memory (a persisted array) are taken from the memory of the
-  worker that runs the task: spans are cut at the edges of each worker's runs of
-  blocks (``Client.who_has``) and kept on that worker (``workers=[w]``, strictly: with
-  ``allow_other_workers`` idle workers steal spans away from their blocks); the few
-  blocks of a span held elsewhere are declared as its dependencies. When a worker of
+  worker that runs the task: spans are cut exactly at the edges of each worker's runs
+  of blocks (``Client.who_has``), so that no block crosses the network, and kept on
+  that worker (``workers=[w]``, strictly: with ``allow_other_workers`` idle workers
+  steal spans away from their blocks); only when the blocks are scattered in more runs
+  than twice the workers are the spans cut evenly, their blocks held elsewhere
+  declared as their dependencies (fetched at every pass). When a worker of
   the plan is lost, or a block is not where the plan expected it
   (:class:`BlocksMoved`), the spans are planned again and the pass repeated: the
   scheduler recomputes lost blocks, which the new plan takes as dependencies;
@@ -339,22 +341,26 @@ def cuts(owners: Sequence[str | None], threads: dict[str, int], tasks_per_thread
     About ``tasks_per_thread`` spans per worker thread. ``owners`` names the worker that
     holds every block (None: not held): each worker's runs of blocks are cut in as many
     spans as it has threads times ``tasks_per_thread``, in proportion to their lengths.
-    Cuts fall on multiples of a power of :data:`SPLIT_EVERY` of at most an eighth of a
-    span, so that a span returns few tree nodes; when the held blocks are scattered in
-    too many runs, the spans are cut evenly instead (and take some blocks from peers).
+    Spans begin and end exactly at the edges of the runs, so that no held block crosses
+    the network (a ragged edge costs the span a few more tree nodes: at most
+    ``SPLIT_EVERY - 1`` per level). Cuts inside a run fall on multiples of a power of
+    :data:`SPLIT_EVERY` of at most an eighth of a span, so that a span returns few tree
+    nodes; when the held blocks are scattered in too many runs, the spans are cut evenly
+    instead (and take some blocks from peers).
     """
     n = len(owners)
     wanted = max(1, min(n, tasks_per_thread * sum(threads.values())))
     unit = alignment(n, wanted)
     share = Counter(owners)
     edges = [0, *(i for i in range(1, n) if owners[i] != owners[i - 1]), n]
-    local = []
+    chosen = []
     for start, stop in pairwise(edges):
         owner = owners[start]
         pieces = wanted if owner is None else tasks_per_thread * threads.get(owner, 1)
         count = max(1, round(pieces * (stop - start) / share[owner]))
-        local += [start + round(j * (stop - start) / count) for j in range(count)]
-    chosen = aligned(local, 0, n, unit)
+        inside = [start + round(j * (stop - start) / count) for j in range(1, count)]
+        chosen += aligned(inside, start, stop, unit)[:-1]
+    chosen.append(n)
     return even_cuts(0, n, wanted) if len(chosen) - 1 > 2 * wanted else chosen
 
 
@@ -371,7 +377,7 @@ def even_cuts(start: int, stop: int, count: int) -> list[int]:
     """Where ``count`` spans of about equal length over blocks ``start:stop`` begin and
     end, aligned as :func:`cuts` aligns them."""
     n = stop - start
-    positions = [start + round(j * n / count) for j in range(count)]
+    positions = [start + round(j * n / count) for j in range(1, count)]
     return aligned(positions, start, stop, alignment(n, count))
 
 

@@ -122,6 +122,19 @@ def test_cuts_of_unheld_or_scattered_blocks_are_even() -> None:
         assert all(e % 64 == 0 for e in edges[:-1])  # few tree nodes per span
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    runs=st.lists(st.tuples(st.sampled_from("abcd"), st.integers(1, 3000)), min_size=1, max_size=4),
+    tasks_per_thread=st.sampled_from([1, 2]),
+)
+def test_spans_of_held_runs_keep_to_their_worker(runs, tasks_per_thread) -> None:
+    owners = [worker for worker, length in runs for _ in range(length)]
+    edges = cuts(owners, {"a": 1, "b": 2, "c": 1, "d": 1}, tasks_per_thread)
+    assert edges[0] == 0 and edges[-1] == len(owners) and edges == sorted(set(edges))
+    for start, stop in pairwise(edges):  # cut at the runs' edges: no block crosses over
+        assert len(set(owners[start:stop])) == 1
+
+
 def lloyd_tree(parts: list) -> object:
     """The partial results of blocks combined as DaskSource's graph combines them."""
     while len(parts) > 1:
@@ -426,9 +439,9 @@ def test_a_pass_over_held_blocks_is_one_task_per_worker(cluster, rows, threads_p
         )
     assert same_stats(stats, threads_pass)
     one_task_per_worker(source, plugin.finished)
-    # spans run where their blocks are: only blocks past the edges of a worker's run
-    # (cuts fall on multiples of 64 blocks) come from another worker
-    assert sum(len(remote) for (_, remote), _ in source.spans.spans) <= WORKERS * 256
+    # spans run where their blocks are, cut at the edges of the workers' runs: no block
+    # comes from another worker
+    assert sum(len(remote) for (_, remote), _ in source.spans.spans) == 0
     client.cancel(x)
 
 
