@@ -84,9 +84,8 @@ FAR_POINTS_PER_RUN = 32
 #: After this many full passes in a row (the bounds predicted too few skips), the next
 #: pass renews the bounds anyway: the centres may have settled since. Every renewal
 #: after which the bounds still predict too few skips doubles the wait (structureless
-#: data, where renewing costs more than a full pass every time), as does every renewal
-#: predicted not to pay (:data:`FRESH_SAMPLE_ROWS`), up to 2**:data:`MAX_RENEWAL_BACKOFF`
-#: times.
+#: data, where renewing costs more than a full pass every time), up to
+#: 2**:data:`MAX_RENEWAL_BACKOFF` times.
 BOUNDS_RENEWED_AFTER = 4
 MAX_RENEWAL_BACKOFF = 6
 #: Before renewing Hamerly's bounds of data in memory, a pass predicts on a sample of
@@ -277,9 +276,9 @@ class RowBounds:
         self.groups: CentreGroups | None = None
         self.previous: np.ndarray | None = None  # the centres the bounds belong to
         self.latest: np.ndarray | None = None  # the centres of the last pass
-        self.full_passes = 0  # full passes since the bounds were updated or predicted
+        self.full_passes = 0  # full passes since the bounds were last updated
         self.fresh = False  # the last pass renewed the bounds without a prediction
-        self.backoff = 0  # renewals in a row that did not pay (or would not): wait 2**backoff
+        self.backoff = 0  # renewals in a row that did not pay: the wait is 2**backoff
         # rows on which a renewal of Hamerly's bounds is predicted (data in memory)
         self.sample = (
             sample_rows(source, FRESH_SAMPLE_ROWS)
@@ -313,14 +312,8 @@ class RowBounds:
         due = self.full_passes >= BOUNDS_RENEWED_AFTER * wait or (
             settled and self.full_passes >= wait
         )
-        # a renewal predicted not to pay leaves the pass to the bounds already kept and
-        # doubles the wait for the next prediction, as a renewal that did not pay does: on
-        # structureless data every prediction fails, and each costs the client ~1 ms (k =
-        # 16) while the threads wait
-        renew = due
-        if due and self.memory.blocks and not self.fresh_bounds_pay(stacked, bounds, step):
-            renew, self.full_passes = False, 0
-            self.backoff = min(self.backoff + 1, MAX_RENEWAL_BACKOFF)
+        # a renewal predicted not to pay leaves the pass to the bounds already kept
+        renew = due and (not self.memory.blocks or self.fresh_bounds_pay(stacked, bounds, step))
         fresh, self.fresh = self.fresh, False
         if self.memory.blocks and (last or not renew):
             skipped = skipped_fraction(self.memory, drift, bounds, self.groups)
