@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Any, Literal
@@ -79,10 +80,16 @@ def limit_blas(threads: int | None = None) -> Any:
     threadpoolctl lets only one thread set OpenBLAS's process-wide limit and ignores
     the others. Nested BLAS threads cost far more than they bring: predicting
     2M x 32 rows (k = 256) on 2 threads of 2 BLAS threads each took 41-53 s against
-    1.1-2.3 s with one (load 9).
+    1.1-2.3 s with one (load 9). Where every BLAS library already runs that many threads
+    (a pass inside a fit, which set the limit), nothing is set: setting and restoring
+    it cost 85-170 us a pass (loaded), checking costs ~20; a pass over 1M x 2 rows ~10 ms.
     """
     per_thread = blas_threads() if threads is None else max(1, (os.cpu_count() or 1) // threads)
-    return _blas_controller().limit(limits=per_thread, user_api="blas")
+    controller = _blas_controller()
+    blas = [lib for lib in controller.lib_controllers if lib.user_api == "blas"]
+    if all(lib.num_threads == per_thread for lib in blas):
+        return contextlib.nullcontext()
+    return controller.limit(limits=per_thread, user_api="blas")
 
 
 def may_remember(in_process: bool, n_bytes: int) -> bool:
