@@ -180,11 +180,9 @@ class CandidateRuns(NamedTuple):
 
 class CandidateCounts(NamedTuple):
     """The weighing pass's output: the weight of the rows nearest to every candidate, of
-    run ``r`` in ``counts[edges[r]:edges[r + 1]]``, and the weighted sum of those rows
-    in the same rows of ``sums`` (both added to)."""
+    run ``r`` in ``counts[edges[r]:edges[r + 1]]`` (added to)."""
 
     counts: np.ndarray  # (M,) float64
-    sums: np.ndarray  # (M, d) float64
     edges: np.ndarray  # (R + 1,) int64
 
 
@@ -201,9 +199,7 @@ class Draws(NamedTuple):
 
 
 #: The counts of a round of :func:`measure_block`: none (no runs).
-NO_COUNTS = CandidateCounts(
-    counts=np.zeros(0), sums=np.zeros((0, 0)), edges=np.zeros(1, dtype=np.int64)
-)
+NO_COUNTS = CandidateCounts(counts=np.zeros(0), edges=np.zeros(1, dtype=np.int64))
 
 
 def no_draws() -> Draws:
@@ -952,11 +948,11 @@ def measure_block(block, centres, runs, nearest, fresh, cost, counts, draws, ste
     widened into a cached copy): one GEMM against the new candidates of every run (``centres``,
     :class:`StackedCentres`; ``runs``, :class:`CandidateRuns`), the rows'
     nearest candidates (:func:`measure_candidates`), then per row and run its mass ``w * d²``
-    added to the run's ``cost``, and either its weight (and weighted row) added to its
-    nearest candidate's (``counts``, :class:`CandidateCounts`: the weighing pass) or its
-    oversampling key computed (``draws``, :class:`Draws`: a round). A row is kept in the
-    draws' slots while its key is at least the cost so far (the block's cost only grows,
-    so a row dropped here could never be kept). Returns False when a run keeps more rows than its
+    added to the run's ``cost``, and either its weight added to its nearest candidate's
+    count (``counts``, :class:`CandidateCounts`: the weighing pass) or its oversampling
+    key computed (``draws``, :class:`Draws`: a round). A row is kept in the draws' slots
+    while its key is at least the cost so far (the block's cost only grows, so a row
+    dropped here could never be kept). Returns False when a run keeps more rows than its
     slots hold. ``counts`` or ``draws`` of no runs (empty arrays: :data:`NO_COUNTS`,
     :func:`no_draws`) are skipped: both kinds of pass share one compiled variant, which
     numba loads from its disk cache once per process (tens of milliseconds each, paid
@@ -1012,10 +1008,7 @@ def measure_block(block, centres, runs, nearest, fresh, cost, counts, draws, ste
                 mass = w * max(rows.partial[i, column] + x_sq, 0.0)
                 cost[r] += mass
                 if weighing and rows.index[i, column] >= 0:
-                    nearest_candidate = counts.edges[r] + rows.index[i, column]
-                    counts.counts[nearest_candidate] += w
-                    for f in range(n_features):
-                        counts.sums[nearest_candidate, f] += w * np.float64(xs[i, f])
+                    counts.counts[counts.edges[r] + rows.index[i, column]] += w
                 if not sampling or not mass > 0:
                     continue
                 row = np.uint64(draws.first_row + start + i)

@@ -292,24 +292,13 @@ def _oversample_compiled(x, weights, row_offset, block_index, candidates, oversa
 
 @dataclass(frozen=True)
 class CandidateWeights:
-    """The weight of every candidate (of the rows nearest to it), the weighted sum of
-    those rows, and every run's cost."""
+    """The weight of every candidate (of the rows nearest to it) and every run's cost."""
 
     counts: np.ndarray  # (M,) the runs' candidates, stacked
-    sums: np.ndarray  # (M, d)
     costs: np.ndarray  # (R,)
 
     def combine(self, other: CandidateWeights) -> CandidateWeights:
-        return CandidateWeights(
-            self.counts + other.counts, self.sums + other.sums, self.costs + other.costs
-        )
-
-    def cell_means(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        """The weights of candidates ``lo:hi`` that are nearest to some row, and the mean
-        of those rows (the candidate's Voronoi cell) in place of each candidate."""
-        counts, sums = self.counts[lo:hi], self.sums[lo:hi]
-        nearest_to_some = counts > 0
-        return counts[nearest_to_some], sums[nearest_to_some] / counts[nearest_to_some, None]
+        return CandidateWeights(self.counts + other.counts, self.costs + other.costs)
 
 
 def weigh_candidates(
@@ -320,8 +309,7 @@ def weigh_candidates(
     candidates: Candidates,
     sizes: np.ndarray,
 ) -> CandidateWeights:
-    """Total weight of the rows nearest to every candidate, per run, their weighted sum
-    (the rows as the source shows them), and the runs' costs.
+    """Total weight of the rows nearest to every candidate, per run, and the runs' costs.
 
     ``sizes[r]`` is the number of all candidates of run ``r`` (measured earlier or now);
     the counts of run ``r`` are ``counts[offsets[r]:offsets[r + 1]]`` with ``offsets``
@@ -330,7 +318,6 @@ def weigh_candidates(
     del row_offset
     count_bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     counts = np.zeros(count_bounds[-1])
-    sums = np.zeros((count_bounds[-1], x.shape[1]))
     if engine.current() == "numba":
         cost = np.zeros(len(sizes))
         _measure_block(
@@ -339,16 +326,13 @@ def weigh_candidates(
             block_index,
             candidates,
             cost,
-            counts=CandidateCounts(counts=counts, sums=sums, edges=count_bounds),
+            counts=CandidateCounts(counts=counts, edges=count_bounds),
         )
-        return CandidateWeights(counts, sums, cost)
+        return CandidateWeights(counts, cost)
     w, mass, index = _masses_numpy(x, weights, block_index, candidates)
     for r in range(len(sizes)):
         rows = (w > 0) & (index[:, r] >= 0)
         counts[count_bounds[r] : count_bounds[r + 1]] = np.bincount(
             index[rows, r], weights=w[rows], minlength=sizes[r]
         )
-        # added row by row, in the compiled loop's order
-        weighted_rows = w[rows, None] * np.asarray(x[rows], dtype=np.float64)
-        np.add.at(sums, count_bounds[r] + index[rows, r], weighted_rows)
-    return CandidateWeights(counts, sums, _row_order_sums(mass))
+    return CandidateWeights(counts, _row_order_sums(mass))
