@@ -353,7 +353,8 @@ def weighted_plusplus_restarts(
         trials = np.minimum(trials, n_points - 1)
         measured = squared_distances(trials.ravel()).reshape(len(active), n_trials, n_points)
         nearest = np.minimum(closest[active, None, :], measured)
-        best = np.argmin(nearest @ weights, axis=1)
+        # one product per restart, as alone: one restart's choices are bitwise the same
+        best = [int(np.argmin(run_nearest @ weights)) for run_nearest in nearest]
         for r, run_trials, b in zip(active, trials, best, strict=True):
             chosen[r].append(int(run_trials[b]))
         closest[active] = nearest[np.arange(len(active)), best]
