@@ -70,10 +70,10 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import zarr
@@ -99,7 +99,7 @@ DATA = ("blobs", "noise")
 #: benchmark, :mod:`benchmarks.cosine_faiss`, run by the libraries in ``COSINE``).
 METRICS = {"embeddings": "cosine"}
 #: What a run measures: time per iteration from a shared start, or whole default fits.
-MODES = ("marginal", "default")
+MODES = get_args(Mode)
 #: Iterations of a whole default fit.
 DEFAULT_MAX_ITER = 20
 #: First iteration count of the marginal time, and the bounds of the span after it.
@@ -462,6 +462,17 @@ def installed_libraries() -> tuple[list[str], list[str]]:
     return present, notes
 
 
+def choices(
+    parser: argparse.ArgumentParser, flag: str, text: str, allowed: Sequence[str]
+) -> list[str]:
+    """The comma-separated names of ``text``, each one of ``allowed`` (else a usage error)."""
+    names = [name.strip() for name in text.split(",")]
+    unknown = sorted(set(names) - set(allowed))
+    if unknown:
+        parser.error(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
+    return names
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -488,18 +499,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.shapes = [parse_shape(s).scaled(args.scale) for s in args.shapes.split(",")]
     except argparse.ArgumentTypeError as error:
         parser.error(str(error))
-    args.data = [kind.strip() for kind in args.data.split(",")]
-    unknown = sorted(set(args.data) - set(MAKERS))
-    if unknown:
-        kinds = ", ".join(MAKERS)
-        parser.error(f"--data: unknown kind(s) {', '.join(unknown)}; choose from {kinds}")
-    args.modes = [mode.strip() for mode in args.modes.split(",")]
-    if not args.modes or set(args.modes) - set(MODES):
-        parser.error(f"--modes: choose from {', '.join(MODES)}, not {','.join(args.modes)}")
+    args.data = choices(parser, "--data", args.data, MAKERS)
+    args.modes = choices(parser, "--modes", args.modes, MODES)
     if args.libraries is not None:
-        args.libraries = [library.strip() for library in args.libraries.split(",")]
-        if set(args.libraries) - set(LIBRARIES):
-            parser.error(f"--libraries: choose from {', '.join(LIBRARIES)}")
+        args.libraries = choices(parser, "--libraries", args.libraries, LIBRARIES)
     if not 0 < args.scale <= 1:
         parser.error(f"--scale must be in (0, 1], not {args.scale}")
     if args.repeats < 1 or args.threads < 1:
