@@ -32,6 +32,15 @@ def _compile(function):
     return numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})(function)
 
 
+def _compile_exact(function):
+    """:func:`_compile` without fastmath: an error-free transformation (TwoSum) needs
+    every rounding exactly as written. Numba applies fastmath per compiled function, so
+    a caller's flags do not reach into it."""
+    if numba is None:
+        return function
+    return numba.njit(nogil=True, cache=True)(function)
+
+
 def _compile_inline(function):
     """:func:`_compile`, inlined into its callers by numba (a few lines called per row
     and centre)."""
@@ -179,10 +188,13 @@ class CandidateRuns(NamedTuple):
 
 
 class CandidateCounts(NamedTuple):
-    """The weighing pass's output: the weight of the rows nearest to every candidate, of
-    run ``r`` in ``counts[edges[r]:edges[r + 1]]`` (added to)."""
+    """The weighing pass's output, added to: per candidate (of run ``r`` in rows
+    ``edges[r]:edges[r + 1]``), the weighted sum of the rows nearest to it and, in the
+    last column, their weight, as compensated sums ``high + low``
+    (:mod:`dkmeans.compensated`)."""
 
-    counts: np.ndarray  # (M,) float64
+    high: np.ndarray  # (M, d + 1) float64
+    low: np.ndarray  # (M, d + 1) float64
     edges: np.ndarray  # (R + 1,) int64
 
 
@@ -199,7 +211,9 @@ class Draws(NamedTuple):
 
 
 #: The counts of a round of :func:`measure_block`: none (no runs).
-NO_COUNTS = CandidateCounts(counts=np.zeros(0), edges=np.zeros(1, dtype=np.int64))
+NO_COUNTS = CandidateCounts(
+    high=np.zeros((0, 0)), low=np.zeros((0, 0)), edges=np.zeros(1, dtype=np.int64)
+)
 
 
 def no_draws() -> Draws:
@@ -948,11 +962,11 @@ def measure_block(block, centres, runs, nearest, fresh, cost, counts, draws, ste
     widened into a cached copy): one GEMM against the new candidates of every run (``centres``,
     :class:`StackedCentres`; ``runs``, :class:`CandidateRuns`), the rows'
     nearest candidates (:func:`measure_candidates`), then per row and run its mass ``w * d²``
-    added to the run's ``cost``, and either its weight added to its nearest candidate's
-    count (``counts``, :class:`CandidateCounts`: the weighing pass) or its oversampling
-    key computed (``draws``, :class:`Draws`: a round). A row is kept in the draws' slots
-    while its key is at least the cost so far (the block's cost only grows, so a row
-    dropped here could never be kept). Returns False when a run keeps more rows than its
+    added to the run's ``cost``, and either its weight (and weighted row) added to its
+    nearest candidate's (``counts``, :class:`CandidateCounts`: the weighing pass) or its
+    oversampling key computed (``draws``, :class:`Draws`: a round). A row is kept in the
+    draws' slots while its key is at least the cost so far (the block's cost only grows,
+    so a row dropped here could never be kept). Returns False when a run keeps more rows than its
     slots hold. ``counts`` or ``draws`` of no runs (empty arrays: :data:`NO_COUNTS`,
     :func:`no_draws`) are skipped: both kinds of pass share one compiled variant, which
     numba loads from its disk cache once per process (tens of milliseconds each, paid
@@ -1008,7 +1022,13 @@ def measure_block(block, centres, runs, nearest, fresh, cost, counts, draws, ste
                 mass = w * max(rows.partial[i, column] + x_sq, 0.0)
                 cost[r] += mass
                 if weighing and rows.index[i, column] >= 0:
-                    counts.counts[counts.edges[r] + rows.index[i, column]] += w
+                    add_compensated(
+                        high=counts.high,
+                        low=counts.low,
+                        row=counts.edges[r] + rows.index[i, column],
+                        values=xs[i],
+                        weight=w,
+                    )
                 if not sampling or not mass > 0:
                     continue
                 row = np.uint64(draws.first_row + start + i)
@@ -1024,6 +1044,19 @@ def measure_block(block, centres, runs, nearest, fresh, cost, counts, draws, ste
                     draws.kept_keys[r, draws.n_kept[r]] = key
                     draws.n_kept[r] += 1
     return True
+
+
+@_compile_exact
+def add_compensated(high, low, row, values, weight):
+    """Adds ``weight * values`` and, in the last column, ``weight`` to row ``row`` of the
+    compensated sums ``high + low`` (:func:`dkmeans.compensated.two_sum` per column)."""
+    n_values = values.shape[0]
+    for f in range(n_values + 1):
+        term = weight * np.float64(values[f]) if f < n_values else weight
+        total = high[row, f] + term
+        part = total - high[row, f]
+        low[row, f] += (high[row, f] - (total - part)) + (term - part)
+        high[row, f] = total
 
 
 @_compile

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import engine, kernels, loops
+from .compensated import CompensatedSums, segment_sums
 from .kernels import block_rows, gemm_operands, sub_block_rows
 from .loops import (
     NO_COUNTS,
@@ -292,13 +293,34 @@ def _oversample_compiled(x, weights, row_offset, block_index, candidates, oversa
 
 @dataclass(frozen=True)
 class CandidateWeights:
-    """The weight of every candidate (of the rows nearest to it) and every run's cost."""
+    """Per candidate, the weight of the rows nearest to it and their weighted sum, and
+    every run's cost.
 
-    counts: np.ndarray  # (M,) the runs' candidates, stacked
+    ``sums`` has a row per candidate (the runs' candidates stacked) holding the weighted
+    sum of those rows and, in its last column, their weight. It is compensated
+    (:mod:`dkmeans.compensated`), so that it does not depend on the blocks' order or
+    sizes: the seeding is the same for any chunking.
+    """
+
+    sums: CompensatedSums  # (M, d + 1)
     costs: np.ndarray  # (R,)
 
     def combine(self, other: CandidateWeights) -> CandidateWeights:
-        return CandidateWeights(self.counts + other.counts, self.costs + other.costs)
+        return CandidateWeights(self.sums.combine(other.sums), self.costs + other.costs)
+
+    @property
+    def counts(self) -> np.ndarray:
+        """The weight of the rows nearest to every candidate."""
+        return self.sums.total()[:, -1]
+
+    def cell_means(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """The weights of candidates ``lo:hi`` that are nearest to some row, and the mean
+        of those rows (the candidate's Voronoi cell) in place of each candidate."""
+        totals = self.sums.total()[lo:hi]
+        counts = totals[:, -1]
+        nearest_to_some = counts > 0
+        weights = counts[nearest_to_some]
+        return weights, totals[nearest_to_some, :-1] / weights[:, None]
 
 
 def weigh_candidates(
@@ -309,30 +331,40 @@ def weigh_candidates(
     candidates: Candidates,
     sizes: np.ndarray,
 ) -> CandidateWeights:
-    """Total weight of the rows nearest to every candidate, per run, and the runs' costs.
+    """Total weight of the rows nearest to every candidate, per run, their weighted sum
+    (the rows as the source shows them), and the runs' costs.
 
     ``sizes[r]`` is the number of all candidates of run ``r`` (measured earlier or now);
-    the counts of run ``r`` are ``counts[offsets[r]:offsets[r + 1]]`` with ``offsets``
-    the cumulative sizes.
+    the candidates of run ``r`` are rows ``offsets[r]:offsets[r + 1]`` of the result's
+    sums, with ``offsets`` the cumulative sizes.
     """
     del row_offset
     count_bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    counts = np.zeros(count_bounds[-1])
+    n_columns = x.shape[1] + 1
     if engine.current() == "numba":
         cost = np.zeros(len(sizes))
+        sums = CompensatedSums.zeros((count_bounds[-1], n_columns))
         _measure_block(
             x,
             weights,
             block_index,
             candidates,
             cost,
-            counts=CandidateCounts(counts=counts, edges=count_bounds),
+            counts=CandidateCounts(high=sums.high, low=sums.low, edges=count_bounds),
         )
-        return CandidateWeights(counts, cost)
+        return CandidateWeights(sums, cost)
     w, mass, index = _masses_numpy(x, weights, block_index, candidates)
+    terms, segments = [], []
     for r in range(len(sizes)):
         rows = (w > 0) & (index[:, r] >= 0)
-        counts[count_bounds[r] : count_bounds[r + 1]] = np.bincount(
-            index[rows, r], weights=w[rows], minlength=sizes[r]
-        )
-    return CandidateWeights(counts, _row_order_sums(mass))
+        weighted = np.empty((np.count_nonzero(rows), n_columns))
+        weighted[:, :-1] = w[rows, None] * np.asarray(x[rows], dtype=np.float64)
+        weighted[:, -1] = w[rows]
+        terms.append(weighted)
+        segments.append(count_bounds[r] + index[rows, r])
+    sums = segment_sums(
+        np.concatenate(terms) if terms else np.zeros((0, n_columns)),
+        np.concatenate(segments) if segments else np.zeros(0, dtype=np.int64),
+        int(count_bounds[-1]),
+    )
+    return CandidateWeights(sums, _row_order_sums(mass))

@@ -22,16 +22,18 @@ sample of them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import NamedTuple
 
 import numpy as np
 
-from .cosine import Metric
+from .cosine import Metric, unit_centers
 from .io import ZERO_WEIGHTS, numpy_row_chunks
 from .lloyd import lloyd, stack_centers
 from .oversampling import (
     BYTES_PER_ROW_AND_RUN,
     Candidates,
+    CandidateWeights,
     nearest_candidates,
     oversample,
     weigh_candidates,
@@ -137,9 +139,10 @@ def kmeans_parallel(
     Run ``r`` seeds ``n_clusters[r]`` centres from ``seeds[r]``. Every round keeps
     each point independently with probability ``min(1, l * w * d² / cost)`` with
     ``l = oversampling_factor * n_clusters[r]``;
-    the candidates are then weighted by the total weight of the points nearest to
-    them and reclustered to ``n_clusters`` on the client with weighted greedy
-    k-means++ followed by weighted Lloyd. Where the passes run in this process and
+    each candidate is then replaced by the mean of the points nearest to it (its
+    cell), weighted by their total weight, and these are reclustered to
+    ``n_clusters`` on the client with weighted greedy k-means++ followed by weighted
+    Lloyd. Where the passes run in this process and
     the rows' nearest candidates fit in memory (:func:`remembered_nearest`), each pass
     measures only the candidates drawn since the last one; the result is the same.
     With ``metric="cosine"`` the source shows unit rows and the reclustering's Lloyd is
@@ -176,30 +179,43 @@ def kmeans_parallel(
     for extra in range(MAX_EXTRA_ROUNDS + 1):
         sizes = np.array([len(c) for c in candidates])
         stats = source.map_reduce(weigh_candidates, not_measured(all_runs), sizes)
-        offsets = np.concatenate([[0], np.cumsum(sizes)])
-        weights = [stats.counts[lo:hi] for lo, hi in zip(offsets[:-1], offsets[1:], strict=True)]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        cells = [
+            cells_of(stats, lo, hi, candidates[r], metric)
+            for r, (lo, hi) in enumerate(pairwise(offsets))
+        ]
         # too few distinct candidates while some point is still away from all of
         # them: draw another round for those runs
-        short = [
-            r
-            for r in all_runs
-            if np.count_nonzero(weights[r]) < n_clusters[r] and stats.costs[r] > 0
-        ]
+        short = [r for r in all_runs if len(cells[r][0]) < n_clusters[r] and stats.costs[r] > 0]
         if not short or extra == MAX_EXTRA_ROUNDS:
             break
         sample_round(short, init_rounds + extra)
-    weighted = [int(np.count_nonzero(w)) for w in weights]  # candidates nearest to a row
+    # each candidate stands for the rows nearest to it: their mean, not the candidate
+    # (in many dimensions a candidate lies far out from its rows, and Lloyd on the
+    # candidates themselves can let one centre near the middle take every candidate)
     return [
         recluster(
-            candidates[r][weights[r] > 0],
-            weights[r][weights[r] > 0],
+            means,
+            cell_weights,
             n_clusters[r],
             int(seed),
             metric,
-            **recluster_plan(source.n_rows, weighted[r], n_clusters[r])._asdict(),
+            **recluster_plan(source.n_rows, len(means), n_clusters[r])._asdict(),
         )
-        for r, seed in enumerate(seeds)
+        for r, ((cell_weights, means), seed) in enumerate(zip(cells, seeds, strict=True))
     ]
+
+
+def cells_of(
+    stats: CandidateWeights, lo: int, hi: int, candidates: np.ndarray, metric: Metric
+) -> tuple[np.ndarray, np.ndarray]:
+    """The weights of one run's candidates (``lo:hi`` of ``stats``) that are nearest to
+    some row, and the points that stand for them in the reclustering: the mean of those
+    rows (with ``metric="cosine"``, its direction; the candidate's where it has none)."""
+    weights, means = stats.cell_means(lo, hi)
+    if metric == "cosine":
+        means = unit_centers(means, fallback=candidates[stats.counts[lo:hi] > 0])
+    return weights, means
 
 
 class ReclusterPlan(NamedTuple):

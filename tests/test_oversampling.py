@@ -3,6 +3,8 @@ give exactly what measuring all candidates at once gives."""
 
 from __future__ import annotations
 
+import math
+
 import dask
 import dask.array as da
 import numpy as np
@@ -71,7 +73,7 @@ def test_remembered_nearest_equals_measuring_all(problem, offset, implementation
     sizes = np.array([len(c) for c, _ in runs])
     remembered = weigh_candidates(x, weights, offset, 7, parts_of(runs, 3, memory), sizes)
     measured = weigh_candidates(x, weights, offset, 7, all_up_to(runs, 3), sizes)
-    np.testing.assert_array_equal(remembered.counts, measured.counts)
+    np.testing.assert_array_equal(remembered.sums.total(), measured.sums.total())
     np.testing.assert_array_equal(remembered.costs, measured.costs)
 
 
@@ -91,7 +93,43 @@ def test_candidate_weights_match_brute_force(problem, implementation):
         nearest = squared.argmin(axis=1)  # ties: the first candidate
         expected = np.bincount(nearest, weights=w, minlength=len(c))
         np.testing.assert_array_equal(result.counts[offsets[r] : offsets[r + 1]], expected)
+        sums = np.zeros(c.shape)
+        np.add.at(sums, nearest, w[:, None] * x)  # integers: exact in any order
+        np.testing.assert_array_equal(result.sums.total()[offsets[r] : offsets[r + 1], :-1], sums)
         assert result.costs[r] == pytest.approx((w * squared.min(axis=1)).sum(), rel=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), weighted=st.booleans())
+def test_candidate_sums_are_correctly_rounded_whatever_the_blocks(seed, weighted):
+    """Real-valued rows, offsets from their candidate over six orders of magnitude: every
+    candidate's sum of rows (and weight) is the correctly rounded sum, in one block or
+    cut into several, on every engine."""
+    rng = np.random.default_rng(seed)
+    c = rng.uniform(-1000, 1000, (6, 3)).round()  # >= 1 apart on some axis ...
+    c[:, 0] = 10 * np.arange(6)
+    nearest = rng.integers(6, size=1500)  # ... and every row within 0.5 of its own
+    noise = rng.uniform(-0.25, 0.25, (1500, 3)) * 10.0 ** rng.uniform(-6, 0, (1500, 1))
+    x = (c[nearest] + noise).astype(np.float32)
+    w = rng.uniform(0.1, 3.0, len(x)) if weighted else None
+    terms = (np.ones(len(x)) if w is None else w)[:, None] * np.column_stack(
+        [x.astype(float), np.ones(len(x))]
+    )
+    expected = [[math.fsum(terms[nearest == j, f]) for f in range(4)] for j in range(6)]
+    cuts = np.sort(rng.choice(np.arange(1, len(x)), 3, replace=False))
+    candidates, sizes = Candidates.all_of(c, np.array([0, 6])), np.array([6])
+    for name in engine.available():
+        with dask.config.set({engine.CONFIG_KEY: name}):
+            one = weigh_candidates(x, w, 0, 0, candidates, sizes)
+            parts = [
+                weigh_candidates(part, None if w is None else w[lo:hi], 0, 0, candidates, sizes)
+                for part, lo, hi in zip(np.split(x, cuts), [0, *cuts], [*cuts, len(x)], strict=True)
+            ]
+        combined = parts[0]
+        for part in parts[1:]:
+            combined = combined.combine(part)
+        np.testing.assert_array_equal(one.sums.total(), expected)
+        np.testing.assert_array_equal(combined.sums.total(), expected)
 
 
 def test_remembering_does_not_change_the_seeding(blobs, monkeypatch):
