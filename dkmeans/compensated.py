@@ -46,20 +46,20 @@ class CompensatedSums:
         return self.high + self.low
 
 
-def segment_sums(terms: np.ndarray, segments: np.ndarray, n_segments: int) -> CompensatedSums:
+def segment_sums(terms: np.ndarray, segments: np.ndarray) -> tuple[np.ndarray, CompensatedSums]:
     """Compensated sums of the rows of ``terms`` (float64, ``(n, d)``) by segment.
 
-    Row ``i`` is added to row ``segments[i]`` of the result (``(n_segments, d)``). The
-    rows of a segment are added pairwise (in ``log2`` of its size vectorised steps), not
-    in row order: the total is the same as the compiled loop's, which adds them one by
-    one, up to the rare boundary case of the module's docstring.
+    Returns the segments that occur (ascending) and, in the same order, the sum of each
+    one's rows. The rows of a segment are added pairwise (in ``log2`` of its size
+    vectorised steps), not in row order: the total is the same as the compiled loop's,
+    which adds them one by one, up to the rare boundary case of the module's docstring.
     """
     order = np.argsort(segments, kind="stable")
     ids = segments[order]
     high, low = terms[order].astype(np.float64), np.zeros(terms.shape)
-    sizes = np.bincount(ids, minlength=n_segments)
-    rank = np.arange(len(ids)) - np.searchsorted(ids, ids, side="left")
-    size = sizes[ids]
+    first = np.searchsorted(ids, ids, side="left")
+    rank = np.arange(len(ids)) - first
+    size = np.searchsorted(ids, ids, side="right") - first
     stride = 1
     while stride < (size.max() if len(size) else 0):
         target = np.flatnonzero((rank % (2 * stride) == 0) & (rank + stride < size))
@@ -67,8 +67,5 @@ def segment_sums(terms: np.ndarray, segments: np.ndarray, n_segments: int) -> Co
         high[target], error = two_sum(high[target], high[source])
         low[target] += low[source] + error
         stride *= 2
-    result = CompensatedSums.zeros((n_segments, terms.shape[1]))
-    first = rank == 0
-    result.high[ids[first]] = high[first]
-    result.low[ids[first]] = low[first]
-    return result
+    heads = rank == 0
+    return ids[heads], CompensatedSums(high[heads], low[heads])

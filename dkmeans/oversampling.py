@@ -296,31 +296,46 @@ class CandidateWeights:
     """Per candidate, the weight of the rows nearest to it and their weighted sum, and
     every run's cost.
 
-    ``sums`` has a row per candidate (the runs' candidates stacked) holding the weighted
-    sum of those rows and, in its last column, their weight. It is compensated
+    Only the candidates nearest to some row are kept (``nearest``, ascending indices
+    into the runs' stacked candidates), so that a block's result is no larger than its
+    rows, however many candidates there are. ``sums`` holds, per kept candidate, the
+    weighted sum of those rows and, in its last column, their weight. It is compensated
     (:mod:`dkmeans.compensated`), so that it does not depend on the blocks' order or
     sizes: the seeding is the same for any chunking.
     """
 
-    sums: CompensatedSums  # (M, d + 1)
+    nearest: np.ndarray  # (m,) int64
+    sums: CompensatedSums  # (m, d + 1)
+    n_candidates: int
     costs: np.ndarray  # (R,)
 
     def combine(self, other: CandidateWeights) -> CandidateWeights:
-        return CandidateWeights(self.sums.combine(other.sums), self.costs + other.costs)
+        nearest = np.union1d(self.nearest, other.nearest)
+        sums = self.spread_to(nearest).combine(other.spread_to(nearest))
+        return CandidateWeights(nearest, sums, self.n_candidates, self.costs + other.costs)
 
-    @property
-    def counts(self) -> np.ndarray:
-        """The weight of the rows nearest to every candidate."""
-        return self.sums.total()[:, -1]
+    def spread_to(self, nearest: np.ndarray) -> CompensatedSums:
+        """The sums at the rows of ``nearest`` (a superset of ``self.nearest``), zero
+        elsewhere."""
+        at = np.searchsorted(nearest, self.nearest)
+        spread = CompensatedSums.zeros((len(nearest), self.sums.high.shape[1]))
+        spread.high[at], spread.low[at] = self.sums.high, self.sums.low
+        return spread
 
-    def cell_means(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        """The weights of candidates ``lo:hi`` that are nearest to some row, and the mean
-        of those rows (the candidate's Voronoi cell) in place of each candidate."""
-        totals = self.sums.total()[lo:hi]
-        counts = totals[:, -1]
-        nearest_to_some = counts > 0
-        weights = counts[nearest_to_some]
-        return weights, totals[nearest_to_some, :-1] / weights[:, None]
+    def totals(self) -> np.ndarray:
+        """Per candidate, the weighted sum of the rows nearest to it and, in the last
+        column, their weight (zero for a candidate nearest to none)."""
+        totals = np.zeros((self.n_candidates, self.sums.high.shape[1]))
+        totals[self.nearest] = self.sums.total()
+        return totals
+
+    def cell_means(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Of candidates ``lo:hi``, which are nearest to some row (a mask), the weight of
+        those rows, and their mean (the candidate's Voronoi cell) in place of each."""
+        totals = self.totals()[lo:hi]
+        nearest_to_some = totals[:, -1] > 0
+        weights = totals[nearest_to_some, -1]
+        return nearest_to_some, weights, totals[nearest_to_some, :-1] / weights[:, None]
 
 
 def weigh_candidates(
@@ -340,21 +355,24 @@ def weigh_candidates(
     """
     del row_offset
     count_bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    n_columns = x.shape[1] + 1
+    n_candidates, n_columns = int(count_bounds[-1]), x.shape[1] + 1
     if engine.current() == "numba":
         cost = np.zeros(len(sizes))
-        sums = CompensatedSums.zeros((count_bounds[-1], n_columns))
+        # zero pages cost no memory until written: only the rows of touched candidates do
+        high, low = np.zeros((n_candidates, n_columns)), np.zeros((n_candidates, n_columns))
         _measure_block(
             x,
             weights,
             block_index,
             candidates,
             cost,
-            counts=CandidateCounts(high=sums.high, low=sums.low, edges=count_bounds),
+            counts=CandidateCounts(high=high, low=low, edges=count_bounds),
         )
-        return CandidateWeights(sums, cost)
+        nearest = np.flatnonzero(high[:, -1] > 0)
+        sums = CompensatedSums(high[nearest], low[nearest])
+        return CandidateWeights(nearest, sums, n_candidates, cost)
     w, mass, index = _masses_numpy(x, weights, block_index, candidates)
-    terms, segments = [], []
+    terms, segments = [np.zeros((0, n_columns))], [np.zeros(0, dtype=np.int64)]
     for r in range(len(sizes)):
         rows = (w > 0) & (index[:, r] >= 0)
         weighted = np.empty((np.count_nonzero(rows), n_columns))
@@ -362,9 +380,5 @@ def weigh_candidates(
         weighted[:, -1] = w[rows]
         terms.append(weighted)
         segments.append(count_bounds[r] + index[rows, r])
-    sums = segment_sums(
-        np.concatenate(terms) if terms else np.zeros((0, n_columns)),
-        np.concatenate(segments) if segments else np.zeros(0, dtype=np.int64),
-        int(count_bounds[-1]),
-    )
-    return CandidateWeights(sums, _row_order_sums(mass))
+    nearest, sums = segment_sums(np.concatenate(terms), np.concatenate(segments))
+    return CandidateWeights(nearest, sums, n_candidates, _row_order_sums(mass))

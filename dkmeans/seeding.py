@@ -212,9 +212,9 @@ def cells_of(
     """The weights of one run's candidates (``lo:hi`` of ``stats``) that are nearest to
     some row, and the points that stand for them in the reclustering: the mean of those
     rows (with ``metric="cosine"``, its direction; the candidate's where it has none)."""
-    weights, means = stats.cell_means(lo, hi)
+    nearest_to_some, weights, means = stats.cell_means(lo, hi)
     if metric == "cosine":
-        means = unit_centers(means, fallback=candidates[stats.counts[lo:hi] > 0])
+        means = unit_centers(means, fallback=candidates[nearest_to_some])
     return weights, means
 
 

@@ -73,7 +73,7 @@ def test_remembered_nearest_equals_measuring_all(problem, offset, implementation
     sizes = np.array([len(c) for c, _ in runs])
     remembered = weigh_candidates(x, weights, offset, 7, parts_of(runs, 3, memory), sizes)
     measured = weigh_candidates(x, weights, offset, 7, all_up_to(runs, 3), sizes)
-    np.testing.assert_array_equal(remembered.sums.total(), measured.sums.total())
+    np.testing.assert_array_equal(remembered.totals(), measured.totals())
     np.testing.assert_array_equal(remembered.costs, measured.costs)
 
 
@@ -92,10 +92,10 @@ def test_candidate_weights_match_brute_force(problem, implementation):
         squared = ((x[:, None, :].astype(float) - c[None]) ** 2).sum(-1)
         nearest = squared.argmin(axis=1)  # ties: the first candidate
         expected = np.bincount(nearest, weights=w, minlength=len(c))
-        np.testing.assert_array_equal(result.counts[offsets[r] : offsets[r + 1]], expected)
+        np.testing.assert_array_equal(result.totals()[offsets[r] : offsets[r + 1], -1], expected)
         sums = np.zeros(c.shape)
         np.add.at(sums, nearest, w[:, None] * x)  # integers: exact in any order
-        np.testing.assert_array_equal(result.sums.total()[offsets[r] : offsets[r + 1], :-1], sums)
+        np.testing.assert_array_equal(result.totals()[offsets[r] : offsets[r + 1], :-1], sums)
         assert result.costs[r] == pytest.approx((w * squared.min(axis=1)).sum(), rel=1e-12)
 
 
@@ -128,8 +128,8 @@ def test_candidate_sums_are_correctly_rounded_whatever_the_blocks(seed, weighted
         combined = parts[0]
         for part in parts[1:]:
             combined = combined.combine(part)
-        np.testing.assert_array_equal(one.sums.total(), expected)
-        np.testing.assert_array_equal(combined.sums.total(), expected)
+        np.testing.assert_array_equal(one.totals(), expected)
+        np.testing.assert_array_equal(combined.totals(), expected)
 
 
 def test_remembering_does_not_change_the_seeding(blobs, monkeypatch):
@@ -171,3 +171,14 @@ def test_rounds_and_the_weighing_pass_share_one_compiled_loop():
         variants = set(loops.measure_block.signatures)
         weigh_candidates(x, None, 0, 0, candidates, np.array([4]))
     assert set(loops.measure_block.signatures) == variants
+
+
+def test_a_blocks_weights_are_no_larger_than_its_rows(implementation):
+    """A block keeps sums only for the candidates nearest to its rows: 10 rows against
+    5,000 candidates return at most 10, not 5,000 rows of sums."""
+    rng = np.random.default_rng(3)
+    c = rng.standard_normal((5000, 4))
+    x = c[rng.choice(5000, 10, replace=False)] + 1e-3
+    result = weigh_candidates(x, None, 0, 0, Candidates.all_of(c, np.array([0, 5000])), [5000])
+    assert len(result.nearest) <= 10 and result.sums.high.shape == (len(result.nearest), 5)
+    assert result.totals()[:, -1].sum() == 10
