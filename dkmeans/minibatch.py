@@ -11,21 +11,29 @@ seen (Sculley's per-centre learning rate ``1 / n_c``, with scikit-learn's counts
 Everything else is scikit-learn's ``MiniBatchKMeans``: centres whose count falls below
 ``reassignment_ratio`` times the largest are moved onto rows of the batch; a fit stops
 when the smoothed batch inertia has not improved for ``max_no_improvement`` batches, or
-when a batch moved the centres by at most ``tol`` (squared, absolute). What differs is
-how batches are drawn: scikit-learn draws rows at random from X in memory; here an
-epoch reads every row exactly once, the blocks in a random order and the rows of every
-block in runs of :data:`~dkmeans.batches.RUN_ROWS` consecutive rows in a random order
-(``shuffle``), or in the order of X. So one epoch costs one read of X and memory is
-bounded by a few blocks; the result depends on the seed and the chunking, not on the
-scheduler.
+when a batch moved the centres by at most ``tol`` (squared, absolute). One rule is
+added: after the batches 1, 2, 4, ... up to :data:`RELOCATION_BATCHES`, then after every
+:data:`RELOCATION_BATCHES` batches, the batch just processed tests the guarded
+relocation of :mod:`dkmeans.relocation` (a centre that costs little is moved into the
+cluster of largest inertia, split in two, if that lowers the inertia of both halves of
+the batch; repeated while it does). scikit-learn's reassignment moves only centres of
+almost no count, so from a poor start (k random rows) its fits end where the start put
+them: two centres in one cluster, one centre between two. ``reassignment_ratio=0`` turns
+off both rules. What differs too is how batches are drawn: scikit-learn draws rows at
+random from X in memory; here an epoch reads every row exactly once, the blocks in a
+random order and the rows of every block in runs of :data:`~dkmeans.batches.RUN_ROWS`
+consecutive rows in a random order (``shuffle``), or in the order of X. So one epoch
+costs one read of X and memory is bounded by a few blocks; the result depends on the
+seed and the chunking, not on the scheduler.
 
-The batches of a block run in one compiled call (:func:`~dkmeans.kernels.minibatch_rows`:
-GEMM, update, reassignment check and stopping rule per batch, no Python in between),
-which returns here only for a batch whose centres of low count are reassigned, since
-those draws come from a NumPy generator. Meanwhile the next blocks are read, checked and
-copied in their shuffled order on threads of their own
-(:func:`~dkmeans.batches.source_blocks`), so that every batch is consecutive rows of a
-block.
+The batches of a block run in one compiled call
+(:func:`~dkmeans.kernels.minibatch_rows`: GEMM, update, reassignment check and stopping
+rule per batch, no Python in between), which returns here only for a batch whose centres
+of low count are reassigned, since those draws come from a NumPy generator, and for a
+batch that tests a relocation (rare: a few GEMMs of the batch, once per 1,024 batches
+after the first eleven). Meanwhile the next blocks are read, checked and copied in
+their shuffled order on threads of their own (:func:`~dkmeans.batches.source_blocks`),
+so that every batch is consecutive rows of a block.
 """
 
 from __future__ import annotations
@@ -41,7 +49,11 @@ from . import loops
 from .batches import Rows, batch_spans, source_blocks
 from .kernels import minibatch_rows, minibatch_rule
 from .loops import EarlyStopping, MiniBatchModel
+from .relocation import relocate
 from .sources import DaskSource, InMemorySource
+
+#: Batches between two relocations (:mod:`dkmeans.relocation`), counted over the whole run.
+RELOCATION_BATCHES = 1024
 
 
 @dataclass
@@ -109,6 +121,14 @@ def _reassign(state: MiniBatchState, batch: Rows, ratio: float) -> None:
     state.counts[low] = state.counts[~low].min()
 
 
+def _next_relocation(steps: int) -> int:
+    """The batch after which the next relocation is tried, after ``steps`` batches: every
+    power of two up to :data:`RELOCATION_BATCHES`, then every multiple of it."""
+    if steps < RELOCATION_BATCHES:
+        return 1 << steps.bit_length()
+    return (steps // RELOCATION_BATCHES + 1) * RELOCATION_BATCHES
+
+
 def run_batches(
     state: MiniBatchState,
     rows: Rows,
@@ -125,8 +145,9 @@ def run_batches(
     ``early`` stopped the fit.
 
     The batches run in compiled calls (:func:`~dkmeans.kernels.minibatch_rows`), which
-    come back here only for a batch whose centres of low count are reassigned (the
-    draws come from ``state.rng``).
+    come back here for a batch whose centres of low count are reassigned (the draws come
+    from ``state.rng``) and for a batch after which a relocation is tried (counted in
+    ``state.n_steps``, so that consecutive calls continue the schedule).
 
     Parameters
     ----------
@@ -139,7 +160,8 @@ def run_batches(
         The configured batch size (counts rows towards the reassignment schedule, as
         scikit-learn counts them, and scales the batch inertia of the stopping rule).
     reassignment_ratio : float
-        Centres whose count is below this fraction of the largest are reassigned.
+        Centres whose count is below this fraction of the largest are reassigned; 0
+        also turns off the relocations.
     early : EarlyStopping, optional
         The stopping rule (:func:`early_stopping`); None: never stop.
     """
@@ -150,13 +172,17 @@ def run_batches(
         reassignment_ratio=reassignment_ratio,
         unit=state.unit,
     )
+    relocating = reassignment_ratio > 0
     position = start
     while position < stop:
+        # the compiled call returns at the next relocation, if it comes before ``stop``
+        due = _next_relocation(state.n_steps) - state.n_steps
+        until = min(stop, position + due * rows_per_batch) if relocating else stop
         status, position, inertia = minibatch_rows(
             rows.x,
             rows.weights,
             position,
-            stop,
+            until,
             rows_per_batch,
             state.model,
             rule,
@@ -164,11 +190,14 @@ def run_batches(
         )
         if status == loops.STOPPED:
             return True
+        first = start + (position - 1 - start) // rows_per_batch * rows_per_batch
+        batch = rows.take(slice(first, position))
         if status == loops.REASSIGN:
-            first = start + (position - 1 - start) // rows_per_batch * rows_per_batch
-            _reassign(state, rows.take(slice(first, position)), reassignment_ratio)
+            _reassign(state, batch, reassignment_ratio)
             if loops.finish_step(model=state.model, inertia=inertia, early=early):
                 return True
+        if relocating and _next_relocation(state.n_steps - 1) == state.n_steps:
+            relocate(state.centers, state.counts, batch.x, batch.weights, unit=state.unit)
     return False
 
 
