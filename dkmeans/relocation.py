@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-#: Lloyd iterations of the 2-means that splits a cluster.
+#: Lloyd iterations of the 2-means that splits a cluster, at most.
 SPLIT_ITERATIONS = 5
 #: Power iterations that find the direction of largest spread of the cluster to split.
 POWER_ITERATIONS = 5
@@ -115,13 +115,15 @@ def split_in_two(
     centers = np.stack([center + along * direction, center - along * direction])
     if unit:  # a side that no row is nearest to keeps its centre: a unit vector too
         centers /= np.maximum(np.linalg.norm(centers, axis=1, keepdims=True), np.finfo(float).tiny)
+    side = _sides(x, centers)
     for _ in range(SPLIT_ITERATIONS):
-        side = _sides(x, centers)
         for half, rows in enumerate((~side, side)):
             mean = _mean(x[rows], weights[rows], unit)
             if mean is not None:
                 centers[half] = mean
-    side = _sides(x, centers)
+        side, before = _sides(x, centers), side
+        if np.array_equal(side, before):
+            break
     return centers, np.array([weights[~side].sum(), weights[side].sum()])
 
 
@@ -163,15 +165,27 @@ def relocate(
         Half(np.ascontiguousarray(x[first::2], dtype=np.float64), weights[first::2])
         for first in (0, 1)
     )
+    held_inertia = None  # found when a move is first tested on it
     moves = 0
-    while moves < len(centers) - 1 and _move(centers, counts, fit, held, unit):
+    while moves < len(centers) - 1:
+        held_inertia = _move(centers, counts, fit, held, held_inertia, unit)
+        if held_inertia is None:
+            break
         moves += 1
     return moves
 
 
-def _move(centers: np.ndarray, counts: np.ndarray, fit: Half, held: Half, unit: bool) -> bool:
+def _move(
+    centers: np.ndarray,
+    counts: np.ndarray,
+    fit: Half,
+    held: Half,
+    held_inertia: float | None,
+    unit: bool,
+) -> float | None:
     """One move, chosen on ``fit`` and made (in place) if it lowers the inertia of
-    ``fit`` and of ``held``; returns whether it was made."""
+    ``fit`` and of ``held`` (``held_inertia`` before it, None: not known yet); returns
+    the inertia of ``held`` after it, or None if it was not made."""
     n_centers = len(centers)
     nearest = nearest_two(fit.x, centers)
     given = np.bincount(nearest.first, fit.weights, minlength=n_centers)
@@ -186,20 +200,24 @@ def _move(centers: np.ndarray, counts: np.ndarray, fit: Half, held: Half, unit: 
     members = nearest.first == split
     # a split gains less than the inertia of the cluster it splits
     if not removal_cost[removed] < cluster_inertia[split]:
-        return False
+        return None
     if np.count_nonzero(fit.weights[members]) < 2:
-        return False
+        return None
     halves, shares = split_in_two(fit.x[members], fit.weights[members], centers[split], unit)
     moved = centers.copy()
     moved[split], moved[removed] = halves
-    before = float(fit.weights @ nearest.first_distance)
-    if not inertia(*fit, moved) < before or not inertia(*held, moved) < inertia(*held, centers):
-        return False
+    after = nearest_two(fit.x, moved, second=False)
+    if not fit.weights @ after.first_distance < fit.weights @ nearest.first_distance:
+        return None
+    held_after = inertia(*held, moved)
+    if held_inertia is None:
+        held_inertia = inertia(*held, centers)
+    if not held_after < held_inertia:
+        return None
     orphans = nearest.first == removed
-    taken = nearest_two(fit.x[orphans], moved, second=False).first
-    heir = int(np.argmax(np.bincount(taken, fit.weights[orphans], n_centers)))
+    heir = int(np.argmax(np.bincount(after.first[orphans], fit.weights[orphans], n_centers)))
     removed_count = counts[removed]
     counts[split], counts[removed] = counts[split] * shares / shares.sum()
     counts[heir] += removed_count
     centers[:] = moved
-    return True
+    return held_after
