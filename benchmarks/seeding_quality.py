@@ -15,7 +15,7 @@ Every inertia is recomputed here by brute force from the centres. The goal is a 
 inertia ratio dkmeans k-means|| / scikit-learn k-means++ of at most 1.01 on every row.
 
 Run ``python -m benchmarks.seeding_quality``; results go to
-``benchmarks/results/seeding_quality.json``.
+``benchmarks/results/seeding_quality.json`` (``--out``: elsewhere).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -145,6 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="seeds per row (default 5)")
     parser.add_argument("--n", type=int, default=100_000, help="points per Gauss mixture")
+    parser.add_argument(
+        "--out", default=str(RESULTS / "seeding_quality.json"), help="JSON file of the rows"
+    )
     args = parser.parse_args(argv)
     seeds = range(args.seeds)
     rows = []
@@ -158,8 +162,8 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(evaluate(name, x, k, seeds))
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     print("\n" + markdown(rows))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "seeding_quality.json"
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([asdict(r) for r in rows], indent=2))
     print(f"\nwrote {path}")
 

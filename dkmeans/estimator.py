@@ -381,7 +381,9 @@ class KMeans(CenterModel):
         Number of clusters.
     init : {"k-means||", "k-means++", "random"}, callable or array, default="k-means||"
         How the initial centres are chosen. ``"k-means||"`` is the scalable
-        k-means++ of Bahmani et al. (``init_rounds + 2`` passes over X);
+        k-means++ of Bahmani et al. (``init_rounds + 2`` passes over X; with many rows
+        per centre, one pass that gathers a uniform sample of 128 rows per centre, on
+        which it runs in memory: ``dkmeans.seeding.SEEDING_ROWS_PER_CENTRE``);
         ``"k-means++"`` is scikit-learn's greedy k-means++ (``n_clusters + 1`` passes:
         fine in memory, slow when streaming); ``"random"`` picks ``n_clusters`` rows at
         random (one pass). Data of at most 2**20 values (rows times features) is seeded

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import engine, loops
+from .frame import shifted
 from .kernels import min_squared_distances
 from .statistics import PerRun
 from .streams import Purpose, row_uniforms, stream_key
@@ -189,3 +190,54 @@ def weighted_rows(
     w = _weights(weights, len(x))
     keep = w > 0
     return WeightedRows(np.asarray(x[keep], dtype=np.float64), w[keep])
+
+
+@dataclass(frozen=True)
+class UniformRows:
+    """Rows kept by a uniform draw of their own, per run, in global row order.
+
+    Row ``i`` belongs to run ``r``'s sample when its uniform number of run ``r``'s stream
+    is below ``fractions[r]``: each row is kept independently, whatever block it is in,
+    and the sample of a smaller fraction (same stream) is part of that of a larger one.
+    """
+
+    rows: np.ndarray  # (m, d), as the source shows them (in their computing dtype)
+    weights: np.ndarray  # (m,)
+    member: np.ndarray  # (m, R) bool: row in run r's sample
+
+    def combine(self, other: UniformRows) -> UniformRows:
+        return UniformRows(
+            np.concatenate([self.rows, other.rows]),
+            np.concatenate([self.weights, other.weights]),
+            np.concatenate([self.member, other.member]),
+        )
+
+    def of_run(self, run: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of run ``run``'s sample and their weights."""
+        member = self.member[:, run]
+        return self.rows[member], self.weights[member]
+
+
+def uniform_rows(
+    x: np.ndarray,
+    weights: np.ndarray | None,
+    row_offset: int,
+    block_index: int,
+    fractions: np.ndarray,
+    streams: np.ndarray,
+    shift: np.ndarray | None = None,
+) -> UniformRows:
+    """The block's rows of positive weight that some run's uniform sample keeps
+    (``fractions[r]`` of the rows from stream ``streams[r]``; partial: in row order), in
+    the frame of ``shift`` (only the kept rows are shifted)."""
+    del block_index
+    w = _weights(weights, len(x))
+    member = np.empty((len(x), len(streams)), dtype=bool)
+    for r, (fraction, stream) in enumerate(zip(fractions, streams, strict=True)):
+        member[:, r] = row_uniforms(stream, row_offset, len(x)) <= fraction
+    member &= (w > 0)[:, None]
+    keep = member.any(axis=1)
+    return UniformRows(shifted(x[keep], shift), w[keep], member[keep])
+
+
+uniform_rows.takes_shift = True

