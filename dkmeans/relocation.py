@@ -22,54 +22,33 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .kernels import ranked_centers
+
 #: Lloyd iterations of the 2-means that splits a cluster, at most.
 SPLIT_ITERATIONS = 5
 #: Power iterations that find the direction of largest spread of the cluster to split.
 POWER_ITERATIONS = 5
-#: Distances held at a time (rows x centres, float64): 8 MiB.
-DISTANCE_CHUNK = 1 << 20
 
 
 class Nearest(NamedTuple):
     """The nearest and second-nearest centre of every row, and their squared distances."""
 
-    first: np.ndarray  # (m,) intp
-    second: np.ndarray  # (m,) intp
+    first: np.ndarray  # (m,) int32
+    second: np.ndarray  # (m,) int32
     first_distance: np.ndarray  # (m,) float64
     second_distance: np.ndarray  # (m,) float64
 
 
-def nearest_two(x: np.ndarray, centers: np.ndarray, *, second: bool = True) -> Nearest:
-    """The nearest (and with ``second``, the second-nearest) of ``centers`` (at least
-    two) to every row of ``x`` (float64), :data:`DISTANCE_CHUNK` distances at a time;
-    without ``second`` those fields are empty."""
-    n_rows, n_centers = len(x), len(centers)
-    found = Nearest(
-        first=np.empty(n_rows, dtype=np.intp),
-        second=np.empty(n_rows if second else 0, dtype=np.intp),
-        first_distance=np.empty(n_rows),
-        second_distance=np.empty(n_rows if second else 0),
-    )
-    centers_sq = np.einsum("ij,ij->i", centers, centers)
-    chunk = max(1, DISTANCE_CHUNK // n_centers)
-    for start in range(0, n_rows, chunk):
-        rows = slice(start, start + chunk)
-        xs = x[rows]
-        d = np.einsum("ij,ij->i", xs, xs)[:, None] - 2 * xs @ centers.T + centers_sq
-        np.maximum(d, 0, out=d)
-        at = np.arange(len(xs))
-        found.first[rows] = d.argmin(axis=1)
-        found.first_distance[rows] = d[at, found.first[rows]]
-        if second:
-            d[at, found.first[rows]] = np.inf
-            found.second[rows] = d.argmin(axis=1)
-            found.second_distance[rows] = d[at, found.second[rows]]
-    return found
+def nearest_two(x: np.ndarray, centers: np.ndarray) -> Nearest:
+    """The nearest and second-nearest of ``centers`` (at least two) to every row of
+    ``x`` (:func:`~dkmeans.kernels.ranked_centers`)."""
+    indices, squared = ranked_centers(x, centers, 2)
+    return Nearest(indices[:, 0], indices[:, 1], squared[:, 0], squared[:, 1])
 
 
 def inertia(x: np.ndarray, weights: np.ndarray, centers: np.ndarray) -> float:
     """The weighted inertia of the rows ``x`` at their nearest of ``centers``."""
-    return float(weights @ nearest_two(x, centers, second=False).first_distance)
+    return float(weights @ ranked_centers(x, centers, 1)[1][:, 0])
 
 
 def _mean(x: np.ndarray, weights: np.ndarray, unit: bool) -> np.ndarray | None:
@@ -206,8 +185,8 @@ def _move(
     halves, shares = split_in_two(fit.x[members], fit.weights[members], centers[split], unit)
     moved = centers.copy()
     moved[split], moved[removed] = halves
-    after = nearest_two(fit.x, moved, second=False)
-    if not fit.weights @ after.first_distance < fit.weights @ nearest.first_distance:
+    after_labels, after_distances = ranked_centers(fit.x, moved, 1)
+    if not fit.weights @ after_distances[:, 0] < fit.weights @ nearest.first_distance:
         return None
     held_after = inertia(*held, moved)
     if held_inertia is None:
@@ -215,7 +194,7 @@ def _move(
     if not held_after < held_inertia:
         return None
     orphans = nearest.first == removed
-    heir = int(np.argmax(np.bincount(after.first[orphans], fit.weights[orphans], n_centers)))
+    heir = int(np.argmax(np.bincount(after_labels[orphans, 0], fit.weights[orphans], n_centers)))
     removed_count = counts[removed]
     counts[split], counts[removed] = counts[split] * shares / shares.sum()
     counts[heir] += removed_count
