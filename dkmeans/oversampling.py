@@ -329,14 +329,6 @@ class CandidateWeights:
         totals[self.nearest] = self.sums.total()
         return totals
 
-    def cell_means(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Of candidates ``lo:hi``, which are nearest to some row (a mask), the weight of
-        those rows, and their mean (the candidate's Voronoi cell) in place of each."""
-        totals = self.totals()[lo:hi]
-        nearest_to_some = totals[:, -1] > 0
-        weights = totals[nearest_to_some, -1]
-        return nearest_to_some, weights, totals[nearest_to_some, :-1] / weights[:, None]
-
 
 def weigh_candidates(
     x: np.ndarray,

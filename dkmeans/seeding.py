@@ -37,7 +37,6 @@ from .lloyd import lloyd, stack_centers
 from .oversampling import (
     BYTES_PER_ROW_AND_RUN,
     Candidates,
-    CandidateWeights,
     nearest_candidates,
     oversample,
     weigh_candidates,
@@ -197,8 +196,9 @@ def kmeans_parallel(
         sizes = np.array([len(c) for c in candidates])
         stats = source.map_reduce(weigh_candidates, not_measured(all_runs), sizes)
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        totals = stats.totals()
         cells = [
-            cells_of(stats, lo, hi, candidates[r], metric)
+            cells_of(totals[lo:hi], candidates[r], metric)
             for r, (lo, hi) in enumerate(pairwise(offsets))
         ]
         # too few distinct candidates while some point is still away from all of
@@ -289,12 +289,15 @@ def sample_source(rows: np.ndarray, weights: np.ndarray) -> InMemorySource:
 
 
 def cells_of(
-    stats: CandidateWeights, lo: int, hi: int, candidates: np.ndarray, metric: Metric
+    totals: np.ndarray, candidates: np.ndarray, metric: Metric
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The weights of one run's candidates (``lo:hi`` of ``stats``) that are nearest to
-    some row, and the points that stand for them in the reclustering: the mean of those
-    rows (with ``metric="cosine"``, its direction; the candidate's where it has none)."""
-    nearest_to_some, weights, means = stats.cell_means(lo, hi)
+    """The weights of one run's candidates that are nearest to some row, and the points
+    that stand for them in the reclustering: the mean of those rows (with
+    ``metric="cosine"``, its direction; the candidate's where it has none). ``totals``
+    holds the run's rows of :meth:`~dkmeans.oversampling.CandidateWeights.totals`."""
+    nearest_to_some = totals[:, -1] > 0
+    weights = totals[nearest_to_some, -1]
+    means = totals[nearest_to_some, :-1] / weights[:, None]
     if metric == "cosine":
         means = unit_centers(means, fallback=candidates[nearest_to_some])
     return weights, means
