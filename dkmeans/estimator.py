@@ -48,7 +48,7 @@ from .io import (
 from .kernels import center_distances, nearest_centers, pass_statistics, ranked_centers
 from .lloyd import IterationReport, LloydResult, lloyd
 from .resources import limit_blas
-from .seeding import initial_centers
+from .seeding import SEEDING_ROWS_PER_CENTRE, initial_centers
 from .sources import Source, prepared_kernel
 
 Init = Literal["k-means||", "k-means++", "random"]
@@ -382,8 +382,8 @@ class KMeans(CenterModel):
     init : {"k-means||", "k-means++", "random"}, callable or array, default="k-means||"
         How the initial centres are chosen. ``"k-means||"`` is the scalable
         k-means++ of Bahmani et al. (``init_rounds + 2`` passes over X; with many rows
-        per centre, one pass that gathers a uniform sample of 128 rows per centre, on
-        which it runs in memory: ``dkmeans.seeding.SEEDING_ROWS_PER_CENTRE``);
+        per centre, one pass that gathers a uniform sample of ``init_rows_per_center``
+        rows per centre, on which it runs in memory);
         ``"k-means++"`` is scikit-learn's greedy k-means++ (``n_clusters + 1`` passes:
         fine in memory, slow when streaming); ``"random"`` picks ``n_clusters`` rows at
         random (one pass). Data of at most 2**20 values (rows times features) is seeded
@@ -414,6 +414,12 @@ class KMeans(CenterModel):
         k-means||: expected candidates per round, in multiples of ``n_clusters``.
     init_rounds : int, default=5
         k-means||: sampling rounds.
+    init_rows_per_center : int or None, default=128
+        k-means||: run on a uniform sample of about this many rows per centre, gathered
+        in one pass, where that sample is at most half the rows and 256 MiB; else, and
+        with None, on all rows (``init_rounds + 2`` passes). The sample makes seeding
+        many times cheaper at large k; it may miss rare clusters (0.65% more final
+        inertia on 200 clusters of sizes ∝ i^-1.5): None for the most careful seeding.
     random_state : int, numpy Generator or RandomState, default=None
         Seeds all randomness. The same seed, chunking and kind of pass (see
         ``persist``) give bitwise-identical results on any scheduler.
@@ -502,6 +508,7 @@ class KMeans(CenterModel):
         tol: float = 1e-4,
         oversampling_factor: float = 2.0,
         init_rounds: int = 5,
+        init_rows_per_center: int | None = SEEDING_ROWS_PER_CENTRE,
         random_state: int | np.random.Generator | np.random.RandomState | None = None,
         persist: Literal["auto"] | bool = "auto",
         verbose: bool = False,
@@ -515,6 +522,7 @@ class KMeans(CenterModel):
         self.tol = tol
         self.oversampling_factor = oversampling_factor
         self.init_rounds = init_rounds
+        self.init_rows_per_center = init_rows_per_center
         self.random_state = random_state
         self.persist = persist
         self.verbose = verbose
@@ -525,6 +533,16 @@ class KMeans(CenterModel):
 
     def _validate_params(self) -> None:
         self._validate_shared_params()
+        rows_per_center = self.init_rows_per_center
+        if rows_per_center is not None and not (
+            isinstance(rows_per_center, numbers.Integral)
+            and not isinstance(rows_per_center, bool)
+            and rows_per_center >= 1
+        ):
+            raise InvalidParameterError(
+                "The 'init_rows_per_center' parameter of KMeans must be an int in the range "
+                f"[1, inf) or None (seed from all rows). Got {rows_per_center!r} instead."
+            )
         if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
             raise InvalidParameterError(
                 "The 'checkpoint' parameter of KMeans must be a path or None. "
@@ -583,6 +601,7 @@ class KMeans(CenterModel):
             np.array([seed for _, seed in runs]),
             oversampling_factor=self.oversampling_factor,
             init_rounds=self.init_rounds,
+            rows_per_center=self.init_rows_per_center,
             metric=self.metric,
         )
 

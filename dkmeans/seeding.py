@@ -13,8 +13,9 @@ Passes over the data (each one ``compute``):
   Runs of ``n_init`` share all of them, and a pass measures each row only against
   the candidates drawn since the last one when the rows can remember their nearest.
   Data with many rows per centre takes 1 pass instead: it gathers a uniform sample
-  of :data:`SEEDING_ROWS_PER_CENTRE` rows per centre, and k-means|| runs on the
-  sample in memory (:func:`sample_fractions`).
+  of ``rows_per_center`` rows per centre (:data:`SEEDING_ROWS_PER_CENTRE` by
+  default; KMeans's ``init_rows_per_center``), and k-means|| runs on the sample in
+  memory (:func:`sample_fractions`).
 
 Small data (at most :data:`SMALL_DATA_VALUES` values) takes 1 pass for ``k-means++``
 and ``k-means||`` alike: its rows are gathered and seeded by the greedy weighted
@@ -223,13 +224,20 @@ def kmeans_parallel(
     ]
 
 
-def sample_fractions(source: Source, n_clusters: Sequence[int]) -> np.ndarray:
+def sample_fractions(
+    source: Source,
+    n_clusters: Sequence[int],
+    rows_per_center: int | None = SEEDING_ROWS_PER_CENTRE,
+) -> np.ndarray:
     """The fraction of the rows every run's k-means|| seeds from:
-    ``SEEDING_ROWS_PER_CENTRE * k / n``, or 1 (all rows) where that is more than
-    :data:`MAX_SAMPLE_FRACTION` or the sample would take more than
-    :data:`MAX_SAMPLE_BYTES`. It depends on the shape and dtype of the data only, so
-    that the seeding is the same on any scheduler and for any kind of pass."""
-    fractions = SEEDING_ROWS_PER_CENTRE * np.asarray(n_clusters, dtype=np.float64)
+    ``rows_per_center * k / n``, or 1 (all rows) where that is more than
+    :data:`MAX_SAMPLE_FRACTION`, the sample would take more than
+    :data:`MAX_SAMPLE_BYTES`, or ``rows_per_center`` is None. It depends on the shape
+    and dtype of the data only, so that the seeding is the same on any scheduler and
+    for any kind of pass."""
+    if rows_per_center is None:
+        return np.ones(len(n_clusters))
+    fractions = rows_per_center * np.asarray(n_clusters, dtype=np.float64)
     fractions /= max(source.n_rows, 1)
     row_bytes = source.n_features * computing_dtype(source.dtype).itemsize
     sample_bytes = fractions * source.n_rows * row_bytes
@@ -238,10 +246,15 @@ def sample_fractions(source: Source, n_clusters: Sequence[int]) -> np.ndarray:
 
 
 def sampled_kmeans_parallel(
-    source: Source, n_clusters: Sequence[int], seeds: Sequence[int], **options
+    source: Source,
+    n_clusters: Sequence[int],
+    seeds: Sequence[int],
+    rows_per_center: int | None = SEEDING_ROWS_PER_CENTRE,
+    **options,
 ) -> list[np.ndarray]:
-    """:func:`kmeans_parallel` of every run on a uniform sample of the rows where
-    :func:`sample_fractions` says so, on all rows otherwise.
+    """:func:`kmeans_parallel` of every run on a uniform sample of about
+    ``rows_per_center`` rows per centre where :func:`sample_fractions` says so, on all
+    rows otherwise.
 
     Run ``r``'s sample keeps each row (of positive weight) independently with
     probability ``fractions[r]``, drawn from a stream of ``seeds[r]``: it depends on
@@ -251,7 +264,7 @@ def sampled_kmeans_parallel(
     the sample's weights.
     """
     n_clusters, seeds = np.asarray(n_clusters), np.asarray(seeds)
-    fractions = sample_fractions(source, n_clusters)
+    fractions = sample_fractions(source, n_clusters, rows_per_center)
     centers: list[np.ndarray] = [np.empty(0)] * len(seeds)
     sampled = np.flatnonzero(fractions < 1)
     whole = np.flatnonzero(fractions >= 1)
@@ -527,10 +540,13 @@ def initial_centers(
     *,
     oversampling_factor: float = 2.0,
     init_rounds: int = 5,
+    rows_per_center: int | None = SEEDING_ROWS_PER_CENTRE,
     metric: Metric = "euclidean",
 ) -> list[np.ndarray]:
     """Initial centres of every run by the named method (see the module docstring); for
-    ``metric="cosine"`` the source shows unit rows and the centres are unit vectors."""
+    ``metric="cosine"`` the source shows unit rows and the centres are unit vectors.
+    k-means|| runs on a sample of about ``rows_per_center`` rows per centre
+    (:func:`sampled_kmeans_parallel`; None: on all rows)."""
     if init == "random":
         return random_centers(source, n_clusters, seeds)
     if source.n_rows * source.n_features <= SMALL_DATA_VALUES:
@@ -543,6 +559,7 @@ def initial_centers(
         source,
         n_clusters,
         seeds,
+        rows_per_center,
         oversampling_factor=oversampling_factor,
         init_rounds=init_rounds,
         metric=metric,

@@ -239,6 +239,25 @@ def test_kmeans_parallel_runs_on_a_sample_of_the_rows_where_there_are_many_per_c
     assert fractions(10**9, 1024, [8192])[0] == 1  # a sample of 4 GB
     assert fractions(10**9, 1024, [8192], np.float16)[0] == 1  # computed in float32
     assert fractions(10**9, 16, [8192])[0] < 1
+    # the user's rows per centre, and None: all rows
+    np.testing.assert_allclose(
+        seeding.sample_fractions(DaskSource(da.zeros((200_000, 8))), [100, 50], 40),
+        [40 * 100 / 200_000, 40 * 50 / 200_000],
+    )
+    assert (seeding.sample_fractions(DaskSource(da.zeros((10**9, 8))), [4], None) == 1).all()
+
+
+def test_init_rows_per_center_none_seeds_kmeans_parallel_from_all_rows():
+    X = np.random.default_rng(5).standard_normal((70_000, 16))  # not small data
+    source = InMemorySource.of_array(X)
+    assert seeding.sample_fractions(source, [3])[0] < 1  # sampled by default
+    seed = int(KMeans(3, random_state=4)._seeds(1)[0])
+    (on_all_rows,) = kmeans_parallel(source, [3], [seed])
+    (sampled,) = seeding.initial_centers(source, "k-means||", [3], [seed])
+    assert not np.allclose(on_all_rows, sampled)
+    ours = KMeans(3, init_rows_per_center=None, max_iter=2, tol=0, random_state=4).fit(X)
+    given = KMeans(3, init=on_all_rows, max_iter=2, tol=0).fit(X)
+    np.testing.assert_array_equal(ours.cluster_centers_, given.cluster_centers_)
 
 
 @pytest.mark.parametrize("weighted", [False, True])
