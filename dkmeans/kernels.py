@@ -53,12 +53,24 @@ ONE_HOT_MAX_CLUSTERS = 64
 #: Fewest rows per sub-block: with a thousand centres (ten k-means|| runs), GEMMs of 64
 #: rows ran 21% slower than of 256 or more (250,000 x 32 rows, 1000 centres: 441 -> 364 ms).
 MIN_SUB_BLOCK_ROWS = 256
+#: ... but with few features per row and thousands of centres, 256 rows' distances
+#: (4 MiB at k = 4,096) leave the cache between the GEMM and the scan, and that costs
+#: more than the shorter GEMMs: whole passes on 2 threads, quiet, 64 rows against 256:
+#: k = 4,096: 1.08-1.12 against 1.30-1.45 s (100k x 128), 0.53 against 0.60-0.82 s
+#: (100k x 64); k = 8,192: 1.16 against 2.75 s (200k x 32), 1.15 against 2.11 s (100k x
+#: 64); k = 16,384, 100k x 32: 1.63 against 3.28 s. With more features the GEMM's work
+#: per distance hides the misses and 256 rows win (50k x 256, k = 4,096: 0.98 against
+#: 1.26 s; 30k x 768: 1.56 against 2.31 s). At k <= 1,024 both give about 256 rows.
+MIN_NARROW_SUB_BLOCK_ROWS = 64
+NARROW_MAX_FEATURES = 128
 
 
 def sub_block_rows(n_centers: int, n_features: int) -> int:
     """Rows per sub-block so that its distance matrix and data stay in cache."""
     rows = SUB_BLOCK_ELEMENTS // max(n_centers + n_features, 1)
-    return min(max(rows, MIN_SUB_BLOCK_ROWS), 16384)  # np.clip costs 50 us on scalars
+    narrow = n_features <= NARROW_MAX_FEATURES
+    fewest = MIN_NARROW_SUB_BLOCK_ROWS if narrow else MIN_SUB_BLOCK_ROWS
+    return min(max(rows, fewest), 16384)  # np.clip costs 50 us on scalars
 
 
 def _sub_blocks(n_rows: int, step: int) -> Iterator[slice]:
