@@ -446,13 +446,15 @@ def _lloyd_pass(
     *,
     with_moments: bool,
     distance_bounds: DistanceBounds | None,
+    far_points: int = FAR_POINTS_PER_RUN,
 ) -> PassStats:
-    """The statistics of one Lloyd pass, with :data:`FAR_POINTS_PER_RUN` far points per
-    run; in the rare pass where more clusters of a run turn empty than that, the pass
-    is made again keeping k far points per run (without bounds: the first pass has
-    updated them). The far points kept are the farthest, so the relocation is the same
-    as with k of them."""
-    capacity = FAR_POINTS_PER_RUN if np.diff(bounds).max() > FAR_POINTS_PER_RUN else None
+    """The statistics of one Lloyd pass, with ``far_points`` far points per run; in the
+    rare pass where more clusters of a run turn empty than that, the pass is made again
+    keeping that many more than the most empty clusters of a run (without bounds: the
+    first pass has updated them). The far points kept are the farthest, so the
+    relocation is the same as with k of them: keeping k instead cost a scan of k slots
+    for every row kept, which at k = 65,536 made the pass many times slower."""
+    capacity = far_points if np.diff(bounds).max() > far_points else None
     stats = source.map_reduce(
         pass_statistics,
         stacked,
@@ -463,16 +465,22 @@ def _lloyd_pass(
     )
     if capacity is None:
         return stats
-
-    def cut_short(counts: np.ndarray, far: FarPoints) -> bool:
-        # more empty clusters than far points, and more points than kept (the far points
-        # are selected only where a cluster is empty)
-        empty = np.count_nonzero(counts == 0)
-        return empty > 0 and empty > len(far.chosen.distances) == capacity
-
-    runs = zip(pairwise(bounds), stats.far, strict=True)
-    if any(cut_short(stats.counts[lo:hi], far) for (lo, hi), far in runs):
-        return source.map_reduce(pass_statistics, stacked, bounds, with_moments=with_moments)
+    empty = [np.count_nonzero(stats.counts[lo:hi] == 0) for lo, hi in pairwise(bounds)]
+    # more empty clusters than far points, and more points than kept (the far points
+    # are selected only where a cluster is empty)
+    cut_short = [
+        n_empty > 0 and n_empty > len(far.chosen.distances) == capacity
+        for n_empty, far in zip(empty, stats.far, strict=True)
+    ]
+    if any(cut_short):
+        return _lloyd_pass(
+            source,
+            stacked,
+            bounds,
+            with_moments=with_moments,
+            distance_bounds=None,
+            far_points=int(max(empty)) + FAR_POINTS_PER_RUN,
+        )
     return stats
 
 

@@ -126,14 +126,18 @@ def test_several_empty_clusters_relocated_like_sklearn(seed, chunks, implementat
 
 
 @pytest.mark.parametrize("chunks", [None, 50])
-def test_more_empty_clusters_than_far_points_kept_relocated_like_sklearn(chunks, implementation):
+@pytest.mark.parametrize("occupied", [4, 60])
+def test_more_empty_clusters_than_far_points_kept_relocated_like_sklearn(
+    chunks, occupied, implementation
+):
     """A pass keeps FAR_POINTS_PER_RUN far points per run; when more clusters turn empty,
-    it is made again keeping k of them: the relocation is scikit-learn's."""
+    it is made again keeping that many more than turned empty (with 60 occupied
+    clusters, fewer than k; with 4, all k): the relocation is scikit-learn's."""
     from dkmeans.lloyd import FAR_POINTS_PER_RUN
 
     rng = np.random.default_rng(5)
     X = rng.normal(size=(300, 2))
-    init = np.vstack([X[:4], rng.normal(size=(FAR_POINTS_PER_RUN + 8, 2)) + 100])
+    init = np.vstack([X[:occupied], rng.normal(size=(FAR_POINTS_PER_RUN + 8, 2)) + 100])
     data = X if chunks is None else da.from_array(X, chunks=(chunks, -1))
     assert_same_fit(KMeans(len(init), init=init).fit(data), sklearn_fit(X, init))
 
