@@ -73,11 +73,13 @@ def _check_number(
     closed_low: bool = True,
     *,
     or_str: str = "",
+    or_none: str = "",
     owner: str = "KMeans",
 ) -> None:
     """Raise :class:`InvalidParameterError` unless ``value`` is a number of ``kind`` from
-    ``low`` up (or the one string ``or_str``); the message names the estimator ``owner``."""
-    if or_str and isinstance(value, str) and value == or_str:
+    ``low`` up (or the one string ``or_str``; or None where ``or_none`` says what None
+    means); the message names the estimator ``owner``."""
+    if (or_str and isinstance(value, str) and value == or_str) or (or_none and value is None):
         return
     integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     ok_type = (
@@ -89,7 +91,8 @@ def _check_number(
         alternative = f"a str among {{{or_str!r}}} or " if or_str else ""
         raise InvalidParameterError(
             f"The '{name}' parameter of {owner} must be {alternative}{what} "
-            f"{_interval(low, None, closed_low)}. Got {value!r} instead."
+            f"{_interval(low, None, closed_low)}"
+            f"{f' or None ({or_none})' if or_none else ''}. Got {value!r} instead."
         )
 
 
@@ -533,16 +536,9 @@ class KMeans(CenterModel):
 
     def _validate_params(self) -> None:
         self._validate_shared_params()
-        rows_per_center = self.init_rows_per_center
-        if rows_per_center is not None and not (
-            isinstance(rows_per_center, numbers.Integral)
-            and not isinstance(rows_per_center, bool)
-            and rows_per_center >= 1
-        ):
-            raise InvalidParameterError(
-                "The 'init_rows_per_center' parameter of KMeans must be an int in the range "
-                f"[1, inf) or None (seed from all rows). Got {rows_per_center!r} instead."
-            )
+        _check_number(
+            "init_rows_per_center", self.init_rows_per_center, int, 1, or_none="seed from all rows"
+        )
         if self.checkpoint is not None and not isinstance(self.checkpoint, (str, os.PathLike)):
             raise InvalidParameterError(
                 "The 'checkpoint' parameter of KMeans must be a path or None. "
