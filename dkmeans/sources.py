@@ -40,8 +40,9 @@ from dask.utils import funcname
 
 from .cosine import unit_rows
 from .frame import check_values, shifted
+from .passes import SpanPasses
 from .resources import limit_blas
-from .spans import SpanPasses, many_blocks
+from .spans import many_blocks
 from .tree import SPLIT_EVERY, combine_all, tree_level
 from .watch import Blocks, check_worker_memory, distributed_client
 from .watch import compute as watched_compute

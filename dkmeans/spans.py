@@ -35,7 +35,6 @@ with the number of blocks.
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,7 +48,7 @@ import numpy as np
 
 from .readers import NamedChunkReader, reader_of
 from .statistics import Combinable
-from .tree import SPLIT_EVERY, Node, node_blocks, node_values, span_nodes, tree_level
+from .tree import SPLIT_EVERY, Node, node_blocks, node_values, span_nodes
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -68,9 +67,6 @@ TASKS_PER_THREAD = 2
 #: from blocks smaller than this (:func:`span_pass`): blocks of a few rows cost one call
 #: of the kernel per node of the tree that holds this much, not one per block.
 BATCH_BYTES = 4 * 2**20
-
-#: Times a pass is repeated when blocks were not where its plan expected them.
-MOVED_RETRIES = 3
 
 
 class BlocksMoved(RuntimeError):
@@ -446,120 +442,3 @@ def placed_on(plan: SpanPlan) -> dict[str, Any]:
     if plan.worker is not None:
         return {"workers": [plan.worker]}
     return {} if plan.host is None else {"workers": [plan.host], "allow_other_workers": True}
-
-
-def given(value: Any) -> Any:
-    """A task's result that is its argument: what enters a pass once (plans, centres)."""
-    return value
-
-
-class SpanPasses:
-    """The passes of one source over its blocks on a distributed client.
-
-    The spans are planned at the first pass and again when the client's workers change
-    (one call to the scheduler per pass notices it) or a span's blocks were not where
-    the plan expected them (:class:`BlocksMoved`: the pass is repeated, up to
-    :data:`MOVED_RETRIES` times); the workers hold the plans as tasks.
-    """
-
-    def __init__(
-        self,
-        client: Client,
-        x: da.Array,
-        weights: da.Array | None,
-        row_offsets: np.ndarray,
-        split_every: int = SPLIT_EVERY,
-    ) -> None:
-        self.client, self.x, self.weights = client, x, weights
-        self.row_offsets, self.split_every = row_offsets, split_every
-        self.workers: dict[str, int] | None = None
-        self.spans: list[tuple[Span, Future]] = []
-
-    def planned(self) -> list[tuple[Span, Future]]:
-        """The spans and the futures of their plans, planned anew if the workers changed."""
-        workers = self.client.nthreads()
-        if workers != self.workers:
-            self.workers = workers
-            spans = plan_spans(
-                self.client, self.x, self.weights, self.row_offsets, self.split_every
-            )
-            token = uuid.uuid4().hex
-            self.spans = [
-                (
-                    (plan, remote),
-                    self.client.submit(
-                        given,
-                        plan,
-                        key=(f"span-plan-{token}", plan.start, plan.stop, str(plan.worker)),
-                        **placed_on(plan),
-                    ),
-                )
-                for plan, remote in spans
-            ]
-        return self.spans
-
-    def check_workers(self) -> None:
-        """Raise :class:`BlocksMoved` if a worker that the spans are kept on is gone."""
-        if self.workers is not None and not set(self.workers) <= set(self.client.nthreads()):
-            raise BlocksMoved("a worker that held blocks of the pass is gone")
-
-    def submit(
-        self, kernel: Callable[..., Any], label: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Future:
-        """Submit one pass of ``kernel``; the future of the root's ``[(node, value)]``."""
-        client = self.client
-        spans = self.planned()
-        token = uuid.uuid4().hex  # a pass of its own: never shares keys with another
-        shared = client.submit(given, args, key=f"{label}-args-{token}")
-        level = [
-            client.submit(
-                span_pass,
-                plan_future,
-                kernel,
-                shared,
-                kwargs,
-                remote,
-                key=(f"{label}-{token}", plan.start, plan.stop),
-                **placed_on(plan),
-            )
-            for (plan, remote), plan_future in spans
-        ]
-        depth = 0
-        n_blocks = len(self.row_offsets)
-        while len(level) > 1:
-            depth += 1
-            level = [
-                client.submit(
-                    merge_spans,
-                    n_blocks,
-                    self.split_every,
-                    *group,
-                    key=(f"{label}-combine-{token}", depth, i),
-                )
-                for i, group in enumerate(tree_level(level, self.split_every))
-            ]
-        return level[0]
-
-    def run(
-        self,
-        kernel: Callable[..., Any],
-        label: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        wait: Callable[[Callable[[], Future], Callable[[], None]], Any],
-    ) -> Any:
-        """The combined result of one pass of ``kernel``. ``wait`` gets a function that
-        submits the pass and one to call while waiting (it raises :class:`BlocksMoved`
-        when a worker of the plan is gone: its spans could never run), and returns the
-        pass's result (:func:`dkmeans.watch.result`)."""
-        retries = MOVED_RETRIES
-        while True:
-            try:
-                submit = partial(self.submit, kernel, label, args, kwargs)
-                ((_, value),) = wait(submit, self.check_workers)
-                return value
-            except BlocksMoved:
-                if not retries:
-                    raise
-                retries -= 1
-                self.workers = None  # plan again: who holds which block now

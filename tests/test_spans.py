@@ -9,7 +9,9 @@ worker processes of 2 threads (one per module): a pass over 5,000 blocks held in
 workers' memory and over a store of 5,000 chunks submits one task per worker, whose
 parts run on the worker's threads, and equals the pass on threads bitwise, also when a
 worker is killed mid-pass; a fit over held blocks that loses a worker ends as an
-undisturbed one.
+undisturbed one. Through span loops resident on the workers (dkmeans.passes), a pass
+takes no task at all and gives the same bits, also after a worker holding a loop dies;
+the loops call each other in a tree that visits the spans in order.
 """
 
 from __future__ import annotations
@@ -39,11 +41,13 @@ import dkmeans.readers
 import dkmeans.spans
 from dkmeans import KMeans
 from dkmeans.kernels import pass_statistics, pass_statistics_of_blocks
+from dkmeans.passes import loop_tree
 from dkmeans.sources import DaskSource, InMemorySource, prepared_kernel
 from dkmeans.spans import BlockRecipe, SpanPlan, cuts, merge_spans, span_pass
 from dkmeans.tree import (
     SPLIT_EVERY,
     combine_all,
+    depth,
     node_blocks,
     node_values,
     span_nodes,
@@ -502,3 +506,75 @@ def test_a_fit_that_loses_a_worker_ends_as_an_undisturbed_one(cluster) -> None:
         np.testing.assert_array_equal(other.cluster_centers_, threads.cluster_centers_)
         assert other.inertia_ == threads.inertia_
         assert other.n_iter_ == threads.n_iter_ == 6
+
+
+class RecordingClient:
+    """Stands in for a ``Client`` in :func:`loop_tree`: a loop's future is its span's
+    first block; records every loop's children."""
+
+    def __init__(self) -> None:
+        self.children: dict[int, list[int]] = {}
+
+    def submit(self, cls, plan_future, children, actor, key, **placement) -> int:
+        assert actor and plan_future == f"plan-{key[1]}"
+        self.children[key[1]] = children
+        return key[1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 1_200), st.sampled_from([2, 3, 8]))
+def test_resident_loops_call_each_other_in_a_shallow_tree_of_the_spans_in_order(
+    n_spans, split_every
+) -> None:
+    spans = [
+        ((SpanPlan(i, i + 1, n_spans, split_every, (), None, (i,), (1,), 4, None), {}), f"plan-{i}")
+        for i in range(n_spans)
+    ]
+    client = RecordingClient()
+    futures = loop_tree(client, spans, split_every, "token")
+    assert futures[0] == 0 and sorted(futures) == list(range(n_spans))
+
+    def visited(loop: int) -> list[int]:
+        return [loop, *(span for child in client.children[loop] for span in visited(child))]
+
+    def height(loop: int) -> int:
+        return 1 + max((height(child) for child in client.children[loop]), default=0)
+
+    assert visited(0) == list(range(n_spans))  # merged in order: the tree's bits
+    assert all(len(children) <= split_every for children in client.children.values())
+    assert height(0) <= depth(n_spans, split_every) + 1
+
+
+@pytest.mark.parametrize("kind", ["held", "stored"])
+def test_a_pass_through_resident_loops_takes_no_task(
+    cluster, rows, store, threads_pass, kind
+) -> None:
+    scheduler, client = cluster
+    client.wait_for_workers(WORKERS)
+    if kind == "held":
+        x = held(client, blocks_of(rows))
+    else:
+        x = dkmeans.io.check_data(dkmeans.io.to_dask_array(store))
+    with client.as_current():
+        source = DaskSource(x)
+        source.spans.resident_from = 1  # loops whatever the spans (64 by default)
+        first = source.map_reduce(pass_statistics, CENTERS, ONE_RUN)  # plans, starts loops
+        plugin = FinishedTasks()
+        stats = counted(
+            scheduler, plugin, lambda: source.map_reduce(pass_statistics, CENTERS, ONE_RUN)
+        )
+    assert len(source.spans.loops) == len(source.spans.spans) == WORKERS
+    assert plugin.finished == []  # no task: the client's call goes from loop to loop
+    assert same_stats(first, threads_pass) and same_stats(stats, threads_pass)
+    if kind == "held":
+        client.cancel(x)
+        return
+    # a worker that holds a loop dies: the pass that finds it gone plans the spans again
+    # (new loops) and gives the same bits
+    loops = list(source.spans.loops)
+    os.kill(min(client.run(os.getpid).values()), signal.SIGKILL)
+    with client.as_current():
+        again = source.map_reduce(pass_statistics, CENTERS, ONE_RUN)
+    assert same_stats(again, threads_pass)
+    assert source.spans.loops is not None and source.spans.loops != loops
+    client.wait_for_workers(WORKERS)

@@ -1,0 +1,302 @@
+"""Passes on a distributed client: span tasks, or span loops resident on the workers.
+
+:class:`SpanPasses` runs every pass of a source over the spans that
+:func:`~dkmeans.spans.plan_spans` cuts (one per worker, or per run of a worker's held
+blocks), in one of two ways:
+
+- **tasks**: one task per span (:func:`~dkmeans.spans.span_pass`) and their combines
+  (:func:`~dkmeans.spans.merge_spans`), 8 spans per task, and one task for the centres:
+  about 1.14 tasks per span, each costing the scheduler ~1 ms (``docs/scaling.md``). On
+  1,000 workers that is ~1,150 tasks per pass, about a second of the scheduler's time,
+  as long as reading 1 TB takes there;
+- **resident loops**, from :data:`RESIDENT_MIN_SPANS` spans: every span's plan lives on
+  its worker in a :class:`SpanLoop`, a Dask actor (``Client.submit(..., actor=True)``).
+  A pass is one call from the client to the loop of the first span, which calls the
+  loops heading the runs of spans after it, which call theirs in turn: a tree of fan-in
+  :data:`~dkmeans.tree.SPLIT_EVERY` over the spans in order (:func:`loop_tree`). Every
+  loop runs its own span while its children run theirs and returns its span's node
+  values merged with its children's. The calls go from worker to worker (the scheduler
+  relays only the client's one call): a pass costs the scheduler no task, and about
+  log₈ S round trips for S spans. Such passes do not show on the dashboard's task
+  stream (a loop is an actor, not a task); only spans that take no block from another
+  worker run as loops.
+
+Either way the spans combine in order into the nodes of the fixed combining tree, so
+the result is the same to the last bit (and that of one task per block). A lost worker
+takes its spans' tasks or loops with it: the spans are planned again (new loops) and
+the pass repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from functools import partial
+from itertools import pairwise
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .spans import (
+    BlocksMoved,
+    Span,
+    SpanPlan,
+    even_cuts,
+    merge_spans,
+    placed_on,
+    plan_spans,
+    span_pass,
+)
+from .tree import SPLIT_EVERY, Node, tree_level
+
+if TYPE_CHECKING:
+    import dask.array as da
+    from distributed import Client, Future
+
+#: Times a pass is repeated when blocks were not where its plan expected them.
+MOVED_RETRIES = 3
+
+#: Spans from which a pass runs through resident loops instead of tasks: at ~1 ms of
+#: the scheduler's time per task, 64 spans cost ~75 ms of scheduling per pass, against a
+#: few round trips of a few milliseconds for a tree of loops two levels deep.
+RESIDENT_MIN_SPANS = 64
+
+
+class SpanLoop:
+    """One span's passes, resident on the worker that holds its blocks (a Dask actor).
+
+    Parameters
+    ----------
+    plan : SpanPlan
+        The span's plan (:func:`dkmeans.spans.plan_spans`).
+    children : list of Actor
+        The loops of the next spans, in order: each heads a run of consecutive spans.
+    """
+
+    def __init__(self, plan: SpanPlan, children: list[Any]) -> None:
+        self.plan, self.children = plan, children
+
+    async def run(
+        self, kernel: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> list[tuple[Node, Any]]:
+        """The node values of this span and of the spans its children head, merged.
+
+        Runs on the worker's event loop: the children are called first, the kernel then
+        runs in a thread (it sees the worker: :func:`asyncio.to_thread` keeps the
+        context), so that the loops of a pass work at the same time.
+        """
+        calls = [child.run(kernel, args, kwargs) for child in self.children]
+        mine = await asyncio.to_thread(span_pass, self.plan, kernel, args, kwargs, {})
+        theirs = [await call for call in calls]
+        if not theirs:
+            return mine
+        plan = self.plan
+        return await asyncio.to_thread(merge_spans, plan.n_blocks, plan.split_every, mine, *theirs)
+
+
+def resident(spans: list[Span], min_spans: int) -> bool:
+    """Whether passes over ``spans`` run through resident loops: at least ``min_spans``
+    spans (:data:`RESIDENT_MIN_SPANS`: enough for their tasks to cost the scheduler more
+    than the loops' round trips), none of them taking blocks from another worker (a loop
+    takes its blocks from its own worker only)."""
+    return len(spans) >= min_spans and not any(remote for _, remote in spans)
+
+
+def loop_tree(
+    client: Client, spans: list[tuple[Span, Future]], split_every: int, token: str
+) -> list[Future]:
+    """Start one :class:`SpanLoop` per span, each on its span's worker: the futures of
+    the loops, the root's (the first span's) first.
+
+    The loop of span ``i``, heading spans ``i:j``, has as children the loops heading
+    up to ``split_every`` runs of about equal length of spans ``i + 1:j``; the tree is
+    about log_split_every of the spans deep. A loop's plan is the span's plan future (it
+    does not travel again), its children the futures of their loops (Dask hands an
+    actor's handle to the tasks that depend on its future).
+    """
+    futures: list[Future] = []
+
+    def start(first: int, stop: int) -> Future:
+        rest = stop - first - 1
+        edges = even_cuts(first + 1, stop, min(split_every, rest)) if rest else []
+        children = [start(a, b) for a, b in pairwise(edges)]
+        (plan, _), plan_future = spans[first]
+        future = client.submit(
+            SpanLoop,
+            plan_future,
+            children,
+            actor=True,
+            key=(f"span-loop-{token}", plan.start, plan.stop),
+            **placed_on(plan),
+        )
+        futures.append(future)
+        return future
+
+    root = start(0, len(spans))
+    return [root, *(future for future in futures if future is not root)]
+
+
+class ResidentCall:
+    """One pass through resident loops, waited for as a pass's future is
+    (:func:`dkmeans.watch.result`): ``result(timeout)`` raises ``TimeoutError`` while
+    the pass runs."""
+
+    def __init__(
+        self,
+        root: Future,
+        kernel: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.root, self.call_args = root, (kernel, args, kwargs)
+        self.call: Any = None
+
+    def result(self, timeout: float | None = None) -> list[tuple[Node, Any]]:
+        """The root's node values: the loops started (at the first pass of a plan),
+        then the pass."""
+        if self.call is None:
+            self.call = self.root.result(timeout).run(*self.call_args)
+        return self.call.result(timeout)
+
+    def release(self) -> None:
+        """Nothing to release: the loops stay for the next pass."""
+
+
+def given(value: Any) -> Any:
+    """A task's result that is its argument: what enters a pass once (plans, centres)."""
+    return value
+
+
+class SpanPasses:
+    """The passes of one source over its blocks on a distributed client.
+
+    The spans are planned at the first pass and again when the client's workers change
+    (one call to the scheduler per pass notices it) or a span's blocks were not where
+    the plan expected them (:class:`BlocksMoved`: the pass is repeated, up to
+    :data:`MOVED_RETRIES` times); the workers hold the plans as tasks.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        x: da.Array,
+        weights: da.Array | None,
+        row_offsets: np.ndarray,
+        split_every: int = SPLIT_EVERY,
+    ) -> None:
+        self.client, self.x, self.weights = client, x, weights
+        self.row_offsets, self.split_every = row_offsets, split_every
+        self.workers: dict[str, int] | None = None
+        self.spans: list[tuple[Span, Future]] = []
+        #: The futures of the spans' resident loops, the root's first
+        #: (:func:`loop_tree`), or None: the passes run as tasks.
+        self.loops: list[Future] | None = None
+        #: Spans from which the passes run through resident loops (planned again: the
+        #: next plan follows a change).
+        self.resident_from = RESIDENT_MIN_SPANS
+
+    def planned(self) -> list[tuple[Span, Future]]:
+        """The spans and the futures of their plans, planned anew if the workers changed;
+        with their resident loops when :func:`resident`."""
+        workers = self.client.nthreads()
+        if workers != self.workers:
+            self.workers = workers
+            spans = plan_spans(
+                self.client, self.x, self.weights, self.row_offsets, self.split_every
+            )
+            token = uuid.uuid4().hex
+            self.spans = [
+                (
+                    (plan, remote),
+                    self.client.submit(
+                        given,
+                        plan,
+                        key=(f"span-plan-{token}", plan.start, plan.stop, str(plan.worker)),
+                        **placed_on(plan),
+                    ),
+                )
+                for plan, remote in spans
+            ]
+            self.loops = None
+            if resident(spans, self.resident_from):
+                self.loops = loop_tree(self.client, self.spans, self.split_every, token)
+        return self.spans
+
+    def workers_lost(self) -> bool:
+        """Whether a worker that the spans are kept on is gone."""
+        return self.workers is not None and not set(self.workers) <= set(self.client.nthreads())
+
+    def check_workers(self) -> None:
+        """Raise :class:`BlocksMoved` if a worker that the spans are kept on is gone."""
+        if self.workers_lost():
+            raise BlocksMoved("a worker that held blocks of the pass is gone")
+
+    def submit(
+        self, kernel: Callable[..., Any], label: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Future:
+        """Submit one pass of ``kernel``; the future of the root's ``[(node, value)]``
+        (a :class:`ResidentCall` when the spans have resident loops)."""
+        client = self.client
+        spans = self.planned()
+        if self.loops is not None:
+            return ResidentCall(self.loops[0], kernel, args, kwargs)
+        token = uuid.uuid4().hex  # a pass of its own: never shares keys with another
+        shared = client.submit(given, args, key=f"{label}-args-{token}")
+        level = [
+            client.submit(
+                span_pass,
+                plan_future,
+                kernel,
+                shared,
+                kwargs,
+                remote,
+                key=(f"{label}-{token}", plan.start, plan.stop),
+                **placed_on(plan),
+            )
+            for (plan, remote), plan_future in spans
+        ]
+        depth = 0
+        n_blocks = len(self.row_offsets)
+        while len(level) > 1:
+            depth += 1
+            level = [
+                client.submit(
+                    merge_spans,
+                    n_blocks,
+                    self.split_every,
+                    *group,
+                    key=(f"{label}-combine-{token}", depth, i),
+                )
+                for i, group in enumerate(tree_level(level, self.split_every))
+            ]
+        return level[0]
+
+    def run(
+        self,
+        kernel: Callable[..., Any],
+        label: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        wait: Callable[[Callable[[], Future], Callable[[], None]], Any],
+    ) -> Any:
+        """The combined result of one pass of ``kernel``. ``wait`` gets a function that
+        submits the pass and one to call while waiting (it raises :class:`BlocksMoved`
+        when a worker of the plan is gone: its spans could never run), and returns the
+        pass's result (:func:`dkmeans.watch.result`)."""
+        retries = MOVED_RETRIES
+        while True:
+            try:
+                submit = partial(self.submit, kernel, label, args, kwargs)
+                ((_, value),) = wait(submit, self.check_workers)
+                return value
+            except Exception as error:
+                # a lost worker's resident loop is not reached (an OSError), or its
+                # actor's future fails once the scheduler has removed the worker
+                lost = isinstance(error, BlocksMoved) or (
+                    self.loops is not None and (isinstance(error, OSError) or self.workers_lost())
+                )
+                if not retries or not lost:
+                    raise
+                retries -= 1
+                self.workers = None  # plan again: who holds which block now
