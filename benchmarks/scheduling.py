@@ -8,11 +8,13 @@ the point is the scheduler's load, not the compute), the same float32 array (def
 - *held*: the blocks scattered into the workers' memory (as a persisted array);
 - *streamed*: a Zarr store with one stored chunk per block, read at every pass;
 
-each by two designs:
+each by three designs (``--designs``):
 
 - *new*: ``DaskSource.map_reduce`` on the client, one task per worker, its parts on
   the worker's threads (``dkmeans/spans.py``), each taking whole nodes of the combining
   tree at once;
+- *loops*: the same spans through loops resident on the workers, no task per pass
+  (``dkmeans/passes.py``; by default only from 64 spans, here forced);
 - *old*: the graph of one task per block and its combine tree (``DaskSource.graph``,
   what passes on a cluster were before issue 22, and still are without a distributed
   client), computed on the same client (only up to ``--old-max-blocks``).
@@ -41,6 +43,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,7 @@ from threadpoolctl import threadpool_limits
 
 import dkmeans.io
 from dkmeans.kernels import pass_statistics
+from dkmeans.passes import loop_tree
 from dkmeans.readers import reader_of
 from dkmeans.sources import DaskSource
 from dkmeans.tree import SPLIT_EVERY, combine_all
@@ -170,8 +174,13 @@ def blocks_point(
     """Time and tasks per pass over ``x`` by the new design and, for few blocks, the old."""
     centers, bounds = centers_and_bounds(args.clusters, args.features)
     source = DaskSource(x)
+    source.spans.resident_from = len(x.chunks[0]) + 1  # span tasks, whatever the spans
     designs = {"new": lambda: source.map_reduce(pass_statistics, moved(centers), bounds)}
-    if x.numblocks[0] <= args.old_max_blocks:
+    if "loops" in args.designs:
+        resident = DaskSource(x)
+        resident.spans.resident_from = 1
+        designs["loops"] = lambda: resident.map_reduce(pass_statistics, moved(centers), bounds)
+    if "old" in args.designs and x.numblocks[0] <= args.old_max_blocks:
         designs["old"] = lambda: client.compute(
             source.graph(pass_statistics, moved(centers), bounds)
         ).result()
@@ -189,18 +198,54 @@ def blocks_point(
                 "workers": args.workers,
                 "threads": args.threads,
                 "tasks": tasks,
+                "spans": len(source.spans.spans),
                 "pass_s": seconds,
                 "load": [load_before, os.getloadavg()[0]],
             }
         )
         floor = points[-1].get("floor_s")
         print(
-            f"{kind:8} {design:3} {x.numblocks[0]:7,} blocks: {1e3 * seconds:8.0f} ms per pass, "
+            f"{kind:8} {design:5} {x.numblocks[0]:7,} blocks: {1e3 * seconds:8.0f} ms per pass, "
             f"{tasks:6,} tasks (load {load_before:.1f} -> {os.getloadavg()[0]:.1f})"
             + ("" if floor is None else f"; its chunk files read once: {1e3 * floor:.0f} ms"),
             flush=True,
         )
     return points
+
+
+def tree_height(spans: int, fan_in: int) -> int:
+    """Levels of :func:`~dkmeans.passes.loop_tree` over ``spans`` spans: a loop and
+    up to ``fan_in`` runs of the spans after it."""
+    return 1 if spans == 1 else 1 + tree_height(-(-(spans - 1) // fan_in), fan_in)
+
+
+def loop_round_trips(client: Client, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Time per pass through resident loops against the depth of their tree: one block
+    of 8 rows per worker, the loops called in trees of fan-in 8, 2 and 1 (a chain), so
+    that the pass's work is nothing but the calls. The slope is the cost of one level
+    of the tree (a call from worker to worker and back, the merge); the 1,000-worker
+    row of ``docs/scaling.md`` takes it as the loops' cost per level."""
+    rows = np.random.default_rng(4).random((8 * args.workers, args.features), dtype=np.float32)
+    x = held(client, rows, args.workers)
+    centers, bounds = centers_and_bounds(args.clusters, args.features)
+    source = DaskSource(x)
+    source.spans.resident_from = 1
+    source.map_reduce(pass_statistics, centers, bounds)  # plans the spans
+    points = []
+    for fan_in in (8, 2, 1):
+        source.spans.loops = loop_tree(client, source.spans.spans, fan_in, f"fan-in-{fan_in}")
+        run = partial(source.map_reduce, pass_statistics, centers, bounds)
+        run()
+        levels = tree_height(args.workers, fan_in)
+        seconds = median_seconds(run, 10 * args.repeats)
+        points.append(
+            {"fan_in": fan_in, "spans": args.workers, "levels": levels, "pass_s": seconds}
+        )
+        print(f"loops of fan-in {fan_in}: {levels} levels, {1e3 * seconds:.1f} ms per pass")
+    slope, intercept = np.polyfit([p["levels"] for p in points], [p["pass_s"] for p in points], 1)
+    print(f"loops: pass = {1e3 * intercept:.1f} ms + {1e3 * slope:.2f} ms x levels")
+    client.cancel(x)
+    return points + [{"per_level_s": float(slope), "fixed_s": float(intercept)}]
 
 
 def kernel_seconds(rows: int, d: int, k: int, repeats: int) -> float:
@@ -255,6 +300,7 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--old-max-blocks", type=int, default=10_000)
+    parser.add_argument("--designs", nargs="+", default=["new", "loops", "old"])
     parser.add_argument("--big-rows", type=int, default=250_000)
     parser.add_argument("--out", type=Path, default=RESULTS / "scheduling.json")
     args = parser.parse_args()
@@ -281,6 +327,7 @@ def main() -> None:
                 x = stored(rows, n_blocks, Path(folder))
                 points += blocks_point(cluster, client, x, "streamed", args)
                 written(args, points)
+        round_trips = loop_round_trips(client, args) if "loops" in args.designs else None
     costs = compute_costs(args)
     fit = per_task_fit(points)
     print(
@@ -292,7 +339,7 @@ def main() -> None:
     )
     if fit is not None:
         print(f"old: pass = {fit['fixed_s']:.3f} s + {1e3 * fit['per_task_s']:.3f} ms x tasks")
-    written(args, points, costs, fit)
+    written(args, points, costs, fit, round_trips)
     print(f"written {args.out}")
 
 
@@ -301,6 +348,7 @@ def written(
     points: list[dict[str, Any]],
     costs: dict[str, Any] | None = None,
     fit: dict[str, float] | None = None,
+    round_trips: list[dict[str, Any]] | None = None,
 ) -> None:
     """The results so far written to ``args.out`` (after every point too: closing a
     cluster that held 50,000 scattered keys can time out on a loaded machine)."""
@@ -310,6 +358,7 @@ def written(
         "cpus": os.cpu_count(),
         "points": points,
         "old_per_task_fit": fit,
+        "loop_round_trips": round_trips,
         "costs": costs,
         "split_every": SPLIT_EVERY,
     }
