@@ -49,6 +49,7 @@ from .spans import (
     span_pass,
 )
 from .tree import SPLIT_EVERY, Node, tree_level
+from .watch import ClusterError
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -95,12 +96,12 @@ class SpanLoop:
         return await asyncio.to_thread(merge_spans, plan.n_blocks, plan.split_every, mine, *theirs)
 
 
-def resident(spans: list[Span], min_spans: int) -> bool:
+def resident(spans: list[tuple[Span, Future]], min_spans: int) -> bool:
     """Whether passes over ``spans`` run through resident loops: at least ``min_spans``
     spans (:data:`RESIDENT_MIN_SPANS`: enough for their tasks to cost the scheduler more
     than the loops' round trips), none of them taking blocks from another worker (a loop
     takes its blocks from its own worker only)."""
-    return len(spans) >= min_spans and not any(remote for _, remote in spans)
+    return len(spans) >= min_spans and not any(remote for (_, remote), _ in spans)
 
 
 def loop_tree(
@@ -219,8 +220,6 @@ class SpanPasses:
                 for plan, remote in spans
             ]
             self.loops = None
-            if resident(spans, self.resident_from):
-                self.loops = loop_tree(self.client, self.spans, self.split_every, token)
         return self.spans
 
     def workers_lost(self) -> bool:
@@ -233,13 +232,21 @@ class SpanPasses:
             raise BlocksMoved("a worker that held blocks of the pass is gone")
 
     def submit(
-        self, kernel: Callable[..., Any], label: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Future:
-        """Submit one pass of ``kernel``; the future of the root's ``[(node, value)]``
-        (a :class:`ResidentCall` when the spans have resident loops)."""
+        self,
+        kernel: Callable[..., Any],
+        label: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        loops: bool = True,
+    ) -> Future | ResidentCall:
+        """Submit one pass of ``kernel``; the future of the root's ``[(node, value)]``, or
+        a :class:`ResidentCall` through the spans' resident loops when ``loops`` and
+        :func:`resident` (the loops started at the first such pass of a plan)."""
         client = self.client
         spans = self.planned()
-        if self.loops is not None:
+        if loops and self.loops is None and resident(spans, self.resident_from):
+            self.loops = loop_tree(client, spans, self.split_every, uuid.uuid4().hex)
+        if loops and self.loops is not None:
             return ResidentCall(self.loops[0], kernel, args, kwargs)
         token = uuid.uuid4().hex  # a pass of its own: never shares keys with another
         shared = client.submit(given, args, key=f"{label}-args-{token}")
@@ -283,20 +290,27 @@ class SpanPasses:
         """The combined result of one pass of ``kernel``. ``wait`` gets a function that
         submits the pass and one to call while waiting (it raises :class:`BlocksMoved`
         when a worker of the plan is gone: its spans could never run), and returns the
-        pass's result (:func:`dkmeans.watch.result`)."""
-        retries = MOVED_RETRIES
+        pass's result (:func:`dkmeans.watch.result`).
+
+        A pass through resident loops that loses a worker is repeated as span tasks,
+        which the watch follows task by task (a worker that keeps dying is then named,
+        :class:`~dkmeans.watch.WorkerMemoryError`); the next pass starts new loops."""
+        retries, loops = MOVED_RETRIES, True
         while True:
             try:
-                submit = partial(self.submit, kernel, label, args, kwargs)
+                submit = partial(self.submit, kernel, label, args, kwargs, loops)
                 ((_, value),) = wait(submit, self.check_workers)
                 return value
             except Exception as error:
                 # a lost worker's resident loop is not reached (an OSError), or its
                 # actor's future fails once the scheduler has removed the worker
                 lost = isinstance(error, BlocksMoved) or (
-                    self.loops is not None and (isinstance(error, OSError) or self.workers_lost())
+                    loops
+                    and self.loops is not None
+                    and not isinstance(error, ClusterError)  # named by the watch
+                    and (isinstance(error, OSError) or self.workers_lost())
                 )
                 if not retries or not lost:
                     raise
-                retries -= 1
+                retries, loops = retries - 1, False
                 self.workers = None  # plan again: who holds which block now
