@@ -23,8 +23,9 @@ blocks), in one of two ways:
 
 Either way the spans combine in order into the nodes of the fixed combining tree, so
 the result is the same to the last bit (and that of one task per block). A lost worker
-takes its spans' tasks or loops with it: the spans are planned again (new loops) and
-the pass repeated.
+takes its spans' tasks or loops with it: the spans are planned again and the pass
+repeated (as span tasks, which the pass watch follows task by task; the next pass starts
+new loops).
 """
 
 from __future__ import annotations
