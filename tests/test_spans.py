@@ -11,7 +11,8 @@ parts run on the worker's threads, and equals the pass on threads bitwise, also 
 worker is killed mid-pass; a fit over held blocks that loses a worker ends as an
 undisturbed one. Through span loops resident on the workers (dkmeans.passes), a pass
 takes no task at all and gives the same bits, also when a worker holding a loop dies
-(the pass is repeated as span tasks); the loops call each other in a tree that visits
+(the pass is repeated as span tasks), and a whole fit through them equals one on threads;
+the loops call each other in a tree that visits
 the spans in order.
 """
 
@@ -38,6 +39,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dkmeans.io
+import dkmeans.passes
 import dkmeans.readers
 import dkmeans.spans
 from dkmeans import KMeans
@@ -581,3 +583,30 @@ def test_a_pass_through_resident_loops_takes_no_task(
         after = source.map_reduce(pass_statistics, CENTERS, ONE_RUN)
     assert same_stats(after, threads_pass)
     assert source.spans.loops is not None and source.spans.loops != loops
+
+
+def test_a_fit_through_resident_loops_equals_one_on_threads(cluster, monkeypatch) -> None:
+    scheduler, client = cluster
+    client.wait_for_workers(WORKERS)
+    rng = np.random.default_rng(5)
+    data = (rng.normal(size=(8 * 2000, 8)) + 2.0 * rng.integers(3, size=(8 * 2000, 1))).astype(
+        np.float32
+    )
+    lazy = da.from_array(data, chunks=(2000, 8))
+    with dask.config.set(scheduler="threads"):
+        threads = KMeans(4, max_iter=5, tol=0, random_state=0, persist=False).fit(lazy)
+    monkeypatch.setattr(dkmeans.passes, "RESIDENT_MIN_SPANS", 1)
+    with client.as_current():
+        plugin = FinishedTasks()
+        loops = counted(
+            scheduler,
+            plugin,
+            lambda: KMeans(4, max_iter=5, tol=0, random_state=0, persist=False).fit(lazy),
+        )
+    # every pass of k-means|| and Lloyd through the loops: the fit's tasks are the plans
+    # and the loops (once per fit) and the read of the first rows, none per pass
+    tasks = Counter(plugin.finished)
+    assert tasks.pop("span-plan") == tasks.pop("span-loop") == WORKERS
+    assert sum(tasks.values()) <= 2, tasks
+    np.testing.assert_array_equal(loops.cluster_centers_, threads.cluster_centers_)
+    assert loops.inertia_ == threads.inertia_ and loops.n_iter_ == threads.n_iter_
