@@ -9,7 +9,8 @@ blocks), in one of two ways:
   about 1.14 tasks per span, each costing the scheduler ~1 ms (``docs/scaling.md``). On
   1,000 workers that is ~1,150 tasks per pass, about a second of the scheduler's time,
   as long as reading 1 TB takes there;
-- **resident loops**, from :data:`RESIDENT_MIN_SPANS` spans: every span's plan lives on
+- **resident loops**, from :data:`RESIDENT_MIN_SPANS` spans (or as the Dask config key
+  :data:`CONFIG_KEY` says): every span's plan lives on
   its worker in a :class:`SpanLoop`, a Dask actor (``Client.submit(..., actor=True)``).
   A pass is one call from the client to the loop of the first span, which calls the
   loops heading the runs of spans after it, which call theirs in turn: a tree of fan-in
@@ -31,12 +32,14 @@ new loops).
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from collections.abc import Callable
 from functools import partial
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
+import dask
 import numpy as np
 
 from .spans import (
@@ -58,6 +61,12 @@ if TYPE_CHECKING:
 
 #: Times a pass is repeated when blocks were not where its plan expected them.
 MOVED_RETRIES = 3
+
+#: Dask config key that chooses how passes run on a distributed client: ``"auto"`` (the
+#: default: resident loops from :data:`RESIDENT_MIN_SPANS` spans), ``True`` (loops
+#: whenever no span takes blocks from another worker) or ``False`` (span tasks, every pass
+#: on the dashboard's task stream).
+CONFIG_KEY = "dkmeans.resident-loops"
 
 #: Spans from which a pass runs through resident loops instead of tasks: at ~1 ms of
 #: the scheduler's time per task, 64 spans cost ~75 ms of scheduling per pass, against a
@@ -95,6 +104,26 @@ class SpanLoop:
             return mine
         plan = self.plan
         return await asyncio.to_thread(merge_spans, plan.n_blocks, plan.split_every, mine, *theirs)
+
+
+def resident_from_config() -> int:
+    """The fewest spans whose passes run through resident loops, as :data:`CONFIG_KEY`
+    sets it.
+
+    Raises
+    ------
+    ValueError
+        For a value other than ``"auto"``, ``True`` or ``False``.
+    """
+    chosen = dask.config.get(CONFIG_KEY, "auto")
+    choices = {"auto": RESIDENT_MIN_SPANS, "true": 1, "false": sys.maxsize}
+    key = str(chosen).lower() if isinstance(chosen, (bool, str)) else None
+    if key not in choices:
+        raise ValueError(
+            f"{CONFIG_KEY} must be 'auto', True or False, got {chosen!r}: for example "
+            f"dask.config.set({{{CONFIG_KEY!r}: False}}) to run every pass as tasks"
+        )
+    return choices[key]
 
 
 def resident(spans: list[tuple[Span, Future]], min_spans: int) -> bool:
@@ -194,9 +223,8 @@ class SpanPasses:
         #: The futures of the spans' resident loops, the root's first
         #: (:func:`loop_tree`), or None: the passes run as tasks.
         self.loops: list[Future] | None = None
-        #: Spans from which the passes run through resident loops (planned again: the
-        #: next plan follows a change).
-        self.resident_from = RESIDENT_MIN_SPANS
+        #: Spans from which the passes run through resident loops (:data:`CONFIG_KEY`).
+        self.resident_from = resident_from_config()
 
     def planned(self) -> list[tuple[Span, Future]]:
         """The spans and the futures of their plans, planned anew if the workers changed;

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import tracemalloc
 from collections import Counter
 from collections.abc import Iterator
@@ -585,7 +586,7 @@ def test_a_pass_through_resident_loops_takes_no_task(
     assert source.spans.loops is not None and source.spans.loops != loops
 
 
-def test_a_fit_through_resident_loops_equals_one_on_threads(cluster, monkeypatch) -> None:
+def test_a_fit_through_resident_loops_equals_one_on_threads(cluster) -> None:
     scheduler, client = cluster
     client.wait_for_workers(WORKERS)
     rng = np.random.default_rng(5)
@@ -595,8 +596,7 @@ def test_a_fit_through_resident_loops_equals_one_on_threads(cluster, monkeypatch
     lazy = da.from_array(data, chunks=(2000, 8))
     with dask.config.set(scheduler="threads"):
         threads = KMeans(4, max_iter=5, tol=0, random_state=0, persist=False).fit(lazy)
-    monkeypatch.setattr(dkmeans.passes, "RESIDENT_MIN_SPANS", 1)
-    with client.as_current():
+    with client.as_current(), dask.config.set({"dkmeans.resident-loops": True}):
         plugin = FinishedTasks()
         loops = counted(
             scheduler,
@@ -610,3 +610,33 @@ def test_a_fit_through_resident_loops_equals_one_on_threads(cluster, monkeypatch
     assert sum(tasks.values()) <= 2, tasks
     np.testing.assert_array_equal(loops.cluster_centers_, threads.cluster_centers_)
     assert loops.inertia_ == threads.inertia_ and loops.n_iter_ == threads.n_iter_
+
+
+@pytest.mark.parametrize(
+    ("setting", "loops_from"),
+    [
+        ("auto", dkmeans.passes.RESIDENT_MIN_SPANS),
+        (True, 1),
+        ("true", 1),  # as an environment variable gives it
+        (False, sys.maxsize),
+        ("False", sys.maxsize),
+    ],
+)
+def test_resident_loops_are_chosen_by_dask_config(cluster, store, setting, loops_from) -> None:
+    _, client = cluster
+    x = dkmeans.io.check_data(dkmeans.io.to_dask_array(store))
+    with client.as_current(), dask.config.set({"dkmeans.resident-loops": setting}):
+        assert DaskSource(x).spans.resident_from == loops_from
+
+
+def test_a_wrong_resident_loops_setting_is_refused_before_any_task(cluster, store) -> None:
+    scheduler, client = cluster
+    x = dkmeans.io.check_data(dkmeans.io.to_dask_array(store))
+    plugin = FinishedTasks()
+    with (
+        client.as_current(),
+        dask.config.set({"dkmeans.resident-loops": "sometimes"}),
+        pytest.raises(ValueError, match="dkmeans.resident-loops must be 'auto', True or False"),
+    ):
+        counted(scheduler, plugin, lambda: KMeans(3, persist=False).fit(x))
+    assert plugin.finished == []
