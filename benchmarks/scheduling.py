@@ -58,7 +58,7 @@ from threadpoolctl import threadpool_limits
 
 import dkmeans.io
 from dkmeans.kernels import pass_statistics
-from dkmeans.passes import loop_tree
+from dkmeans.passes import loop_tree, runs_after
 from dkmeans.readers import reader_of
 from dkmeans.sources import DaskSource
 from dkmeans.tree import SPLIT_EVERY, combine_all
@@ -213,10 +213,11 @@ def blocks_point(
     return points
 
 
-def tree_height(spans: int, fan_in: int) -> int:
-    """Levels of :func:`~dkmeans.passes.loop_tree` over ``spans`` spans: a loop and
-    up to ``fan_in`` runs of the spans after it."""
-    return 1 if spans == 1 else 1 + tree_height(-(-(spans - 1) // fan_in), fan_in)
+def tree_height(first: int, stop: int, fan_in: int) -> int:
+    """Levels of :func:`~dkmeans.passes.loop_tree` under the loop heading spans
+    ``first:stop``."""
+    runs = runs_after(first, stop, fan_in)
+    return 1 + max((tree_height(a, b, fan_in) for a, b in runs), default=0)
 
 
 def loop_round_trips(client: Client, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -236,7 +237,7 @@ def loop_round_trips(client: Client, args: argparse.Namespace) -> list[dict[str,
         source.spans.loops = loop_tree(client, source.spans.spans, fan_in, f"fan-in-{fan_in}")
         run = partial(source.map_reduce, pass_statistics, centers, bounds)
         run()
-        levels = tree_height(args.workers, fan_in)
+        levels = tree_height(0, args.workers, fan_in)
         seconds = median_seconds(run, 10 * args.repeats)
         points.append(
             {"fan_in": fan_in, "spans": args.workers, "levels": levels, "pass_s": seconds}

@@ -146,12 +146,10 @@ def loop_tree(
     does not travel again), its children the futures of their loops (Dask hands an
     actor's handle to the tasks that depend on its future).
     """
-    futures: list[Future] = []
+    futures: list[Future] = []  # children before their parents: the root last
 
     def start(first: int, stop: int) -> Future:
-        rest = stop - first - 1
-        edges = even_cuts(first + 1, stop, min(split_every, rest)) if rest else []
-        children = [start(a, b) for a, b in pairwise(edges)]
+        children = [start(a, b) for a, b in runs_after(first, stop, split_every)]
         (plan, _), plan_future = spans[first]
         future = client.submit(
             SpanLoop,
@@ -164,8 +162,16 @@ def loop_tree(
         futures.append(future)
         return future
 
-    root = start(0, len(spans))
-    return [root, *(future for future in futures if future is not root)]
+    start(0, len(spans))
+    return futures[::-1]
+
+
+def runs_after(first: int, stop: int, fan_in: int) -> list[tuple[int, int]]:
+    """The runs of spans whose loops the loop of span ``first`` calls, when it heads
+    spans ``first:stop``: up to ``fan_in`` runs of about equal length of the spans after
+    it (:func:`loop_tree`)."""
+    rest = stop - first - 1
+    return list(pairwise(even_cuts(first + 1, stop, min(fan_in, rest)))) if rest else []
 
 
 class ResidentCall:
