@@ -420,9 +420,12 @@ class KMeans(CenterModel):
     init_rows_per_center : int or None, default=128
         k-means||: run on a uniform sample of about this many rows per centre, gathered
         in one pass, where that sample is at most half the rows and 256 MiB; else, and
-        with None, on all rows (``init_rounds + 2`` passes). The sample makes seeding
-        many times cheaper at large k; it may miss rare clusters (0.65% more final
-        inertia on 200 clusters of sizes ∝ i^-1.5): None for the most careful seeding.
+        with None, on all rows (``init_rounds + 2`` passes). Where k is large against
+        the rows, fewer rows per centre (down to 32), so that the rounds on the sample
+        cost about two Lloyd passes over X (``dkmeans.seeding.sample_fractions``). The
+        sample makes seeding many times cheaper at large k; it may miss rare clusters
+        (0.65% more final inertia on 200 clusters of sizes ∝ i^-1.5): None for the most
+        careful seeding.
     random_state : int, numpy Generator or RandomState, default=None
         Seeds all randomness. The same seed, chunking and kind of pass (see
         ``persist``) give bitwise-identical results on any scheduler.

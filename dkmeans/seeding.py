@@ -42,6 +42,7 @@ from .oversampling import (
     oversample,
     weigh_candidates,
 )
+from .plusplus import weighted_plusplus, weighted_plusplus_restarts
 from .resources import local_threads, may_remember
 from .row_memory import RowMemory
 from .sampling import KeySample, plusplus_trials, smallest_keys, uniform_rows, weighted_rows
@@ -72,6 +73,10 @@ SMALL_DATA_VALUES = 2**20
 #: candidates: on all rows the rounds and the weighing cost ``oversampling_factor *
 #: init_rounds`` (10) Lloyd passes, more than the 20 iterations of a fit often take.
 SEEDING_ROWS_PER_CENTRE = 128
+#: ... or fewer, down to this many, where the rounds on the sample would cost more than
+MIN_ROWS_PER_CENTRE = 32
+#: ... this many Lloyd passes over the data (:func:`sample_fractions`),
+SEEDING_PASSES = 2.0
 #: ... when the sample is at most this fraction of the rows (above it the sample saves
 #: little and costs its copy),
 MAX_SAMPLE_FRACTION = 0.5
@@ -150,6 +155,7 @@ def kmeans_parallel(
     oversampling_factor: float = 2.0,
     init_rounds: int = 5,
     metric: Metric = "euclidean",
+    data_rows: int | None = None,
 ) -> list[np.ndarray]:
     """Scalable k-means|| (Bahmani et al., VLDB 2012) for several runs at once.
 
@@ -163,7 +169,10 @@ def kmeans_parallel(
     the rows' nearest candidates fit in memory (:func:`remembered_nearest`), each pass
     measures only the candidates drawn since the last one; the result is the same.
     With ``metric="cosine"`` the source shows unit rows and the reclustering's Lloyd is
-    spherical, so the centres are unit vectors.
+    spherical, so the centres are unit vectors. ``data_rows``: the rows of the data
+    Lloyd will run on, where the source is a seeding sample of them: whether greedy
+    k-means++ reclusters the candidates is weighed against a pass over those
+    (:func:`recluster_plan`).
 
     Returns
     -------
@@ -218,7 +227,9 @@ def kmeans_parallel(
             n_clusters[r],
             int(seed),
             metric,
-            **recluster_plan(source.n_rows, len(means), n_clusters[r])._asdict(),
+            **recluster_plan(
+                source.n_rows, len(means), n_clusters[r], data_rows=data_rows
+            )._asdict(),
         )
         for r, ((cell_weights, means), seed) in enumerate(zip(cells, seeds, strict=True))
     ]
@@ -228,17 +239,33 @@ def sample_fractions(
     source: Source,
     n_clusters: Sequence[int],
     rows_per_center: int | None = SEEDING_ROWS_PER_CENTRE,
+    *,
+    oversampling_factor: float = 2.0,
+    init_rounds: int = 5,
 ) -> np.ndarray:
     """The fraction of the rows every run's k-means|| seeds from:
     ``rows_per_center * k / n``, or 1 (all rows) where that is more than
     :data:`MAX_SAMPLE_FRACTION`, the sample would take more than
-    :data:`MAX_SAMPLE_BYTES`, or ``rows_per_center`` is None. It depends on the shape
-    and dtype of the data only, so that the seeding is the same on any scheduler and
-    for any kind of pass."""
+    :data:`MAX_SAMPLE_BYTES`, or ``rows_per_center`` is None.
+
+    Fewer rows where k is large against n: the rounds and the weighing measure the
+    sample against about ``oversampling_factor * k`` candidates each, so on a fraction
+    f of the rows they cost ``(init_rounds + 1) * oversampling_factor * f`` Lloyd
+    passes over the data. The fraction is cut to what costs :data:`SEEDING_PASSES`
+    passes, but never below :data:`MIN_ROWS_PER_CENTRE` rows per centre (at 1,000,000
+    rows and k = 4,096: 41 rows per centre, and the seeding costs 2 passes instead of
+    12 on all rows).
+
+    It depends on the shape and dtype of the data only, so that the seeding is the same
+    on any scheduler and for any kind of pass.
+    """
     if rows_per_center is None:
         return np.ones(len(n_clusters))
-    fractions = rows_per_center * np.asarray(n_clusters, dtype=np.float64)
-    fractions /= max(source.n_rows, 1)
+    n_rows = max(source.n_rows, 1)
+    n_clusters = np.asarray(n_clusters, dtype=np.float64)
+    affordable = SEEDING_PASSES / ((init_rounds + 1) * oversampling_factor)
+    fewest = MIN_ROWS_PER_CENTRE * n_clusters / n_rows
+    fractions = np.minimum(rows_per_center * n_clusters / n_rows, np.maximum(affordable, fewest))
     row_bytes = source.n_features * computing_dtype(source.dtype).itemsize
     sample_bytes = fractions * source.n_rows * row_bytes
     fine = (fractions <= MAX_SAMPLE_FRACTION) & (sample_bytes <= MAX_SAMPLE_BYTES)
@@ -250,7 +277,10 @@ def sampled_kmeans_parallel(
     n_clusters: Sequence[int],
     seeds: Sequence[int],
     rows_per_center: int | None = SEEDING_ROWS_PER_CENTRE,
-    **options,
+    *,
+    oversampling_factor: float = 2.0,
+    init_rounds: int = 5,
+    metric: Metric = "euclidean",
 ) -> list[np.ndarray]:
     """:func:`kmeans_parallel` of every run on a uniform sample of about
     ``rows_per_center`` rows per centre where :func:`sample_fractions` says so, on all
@@ -264,7 +294,18 @@ def sampled_kmeans_parallel(
     the sample's weights.
     """
     n_clusters, seeds = np.asarray(n_clusters), np.asarray(seeds)
-    fractions = sample_fractions(source, n_clusters, rows_per_center)
+    fractions = sample_fractions(
+        source,
+        n_clusters,
+        rows_per_center,
+        oversampling_factor=oversampling_factor,
+        init_rounds=init_rounds,
+    )
+    options = {
+        "oversampling_factor": oversampling_factor,
+        "init_rounds": init_rounds,
+        "metric": metric,
+    }
     centers: list[np.ndarray] = [np.empty(0)] * len(seeds)
     sampled = np.flatnonzero(fractions < 1)
     whole = np.flatnonzero(fractions >= 1)
@@ -280,7 +321,11 @@ def sampled_kmeans_parallel(
                 whole = np.union1d(whole, [r]).astype(int)
                 continue
             (centers[r],) = kmeans_parallel(
-                sample_source(rows, weights), [n_clusters[r]], [seeds[r]], **options
+                sample_source(rows, weights),
+                [n_clusters[r]],
+                [seeds[r]],
+                data_rows=source.n_rows,
+                **options,
             )
     if len(whole):
         found = kmeans_parallel(source, n_clusters[whole], seeds[whole], **options)
@@ -324,14 +369,22 @@ class ReclusterPlan(NamedTuple):
     greedy: bool
 
 
-def recluster_plan(n_rows: int, n_candidates: int, n_clusters: int) -> ReclusterPlan:
+def recluster_plan(
+    n_rows: int, n_candidates: int, n_clusters: int, *, data_rows: int | None = None
+) -> ReclusterPlan:
     """Restarts, Lloyd iterations and start of the reclustering of m candidates into k
-    for data of n rows: each part costs about one Lloyd pass over the data."""
+    for a source of n rows: each part costs about one Lloyd pass over the source.
+
+    Where the source is a seeding sample of ``data_rows`` rows, greedy k-means++ is
+    weighed against a pass over all of them: without it the reclustering loses clusters
+    (1,024 blobs, 32 sampled rows per centre: 3.8 times the final inertia), and Lloyd on
+    all the rows pays for it many times over.
+    """
     restarts = recluster_restarts(n_rows, n_candidates, n_clusters)
     return ReclusterPlan(
         restarts,
         recluster_iterations(n_rows, n_candidates, n_clusters, restarts),
-        greedy_reclustering_pays(n_rows, n_candidates, n_clusters),
+        greedy_reclustering_pays(data_rows or n_rows, n_candidates, n_clusters),
     )
 
 
@@ -396,86 +449,6 @@ def remembered_nearest(source: Source, n_runs: int) -> RowMemory | None:
     if may_remember(source.in_process, source.n_rows * n_runs * BYTES_PER_ROW_AND_RUN):
         return nearest_candidates(n_runs)
     return None
-
-
-def weighted_plusplus(
-    points: np.ndarray, weights: np.ndarray, n_clusters: int, seed: int
-) -> np.ndarray:
-    """Greedy weighted k-means++ (scikit-learn's variant) of a few points in memory.
-
-    The k-means|| candidates are few (about ``oversampling_factor * k * init_rounds``)
-    and in memory: each centre costs one GEMM of its ``2 + ln(k)`` trials against all
-    points, where :func:`kmeans_plusplus` costs a pass of the source machinery (a
-    thousand centres took 37 ms each that way, and the reclustering grew as k²).
-
-    Parameters
-    ----------
-    points : ndarray of shape (m, d)
-    weights : ndarray of shape (m,), positive
-    n_clusters : int
-    seed : int
-
-    Returns
-    -------
-    ndarray of shape (n_clusters, d), float64: rows of ``points`` (repeated cyclically
-    when fewer than ``n_clusters`` points are distinct).
-    """
-    return weighted_plusplus_restarts(points, weights, n_clusters, [seed])[0]
-
-
-def weighted_plusplus_restarts(
-    points: np.ndarray, weights: np.ndarray, n_clusters: int, seeds: Sequence[int]
-) -> list[np.ndarray]:
-    """:func:`weighted_plusplus` with each of ``seeds``, the restarts in lockstep.
-
-    Each step measures every restart's trials against the points in one GEMM: the
-    points are read once per step for all restarts, not once per restart (with 2,560
-    candidates of 768 float64 features, that read is what a step costs). Each restart
-    draws from its own generator exactly as alone.
-    """
-    rngs = [np.random.default_rng(seed) for seed in seeds]
-    points = np.asarray(points, dtype=np.float64)
-    weights = np.asarray(weights, dtype=np.float64)
-    n_points = len(points)
-    n_trials = 2 + int(np.log(n_clusters))
-    norms_sq = np.einsum("ij,ij->i", points, points)
-    # the points as the right operand, contiguous: BLAS packs a transposed view afresh at
-    # every step, which cost 3 times the product itself (10,000 points of 64 features)
-    points_t = np.ascontiguousarray(points.T)
-
-    def squared_distances(rows: np.ndarray) -> np.ndarray:
-        # the candidates lie in the data's frame near the origin: the expansion is exact enough
-        out = points[rows] @ points_t
-        out *= -2
-        out += norms_sq[rows, None]
-        out += norms_sq
-        return np.maximum(out, 0, out=out)
-
-    chosen = [[int(rng.choice(n_points, p=weights / weights.sum()))] for rng in rngs]
-    closest = squared_distances(np.array([run[0] for run in chosen]))
-    active = np.arange(len(rngs))
-    for _ in range(1, n_clusters):
-        cumulative = np.cumsum(weights * closest[active], axis=1)
-        # a restart whose every point coincides with a centre has no distinct point left
-        alive = cumulative[:, -1] > 0
-        active, cumulative = active[alive], cumulative[alive]
-        if not len(active):
-            break
-        trials = np.array(
-            [
-                np.searchsorted(run, rngs[r].uniform(size=n_trials) * run[-1], side="right")
-                for r, run in zip(active, cumulative, strict=True)
-            ]
-        )
-        trials = np.minimum(trials, n_points - 1)
-        measured = squared_distances(trials.ravel()).reshape(len(active), n_trials, n_points)
-        nearest = np.minimum(closest[active, None, :], measured)
-        # one product per restart, as alone: one restart's choices are bitwise the same
-        best = [int(np.argmin(run_nearest @ weights)) for run_nearest in nearest]
-        for r, run_trials, b in zip(active, trials, best, strict=True):
-            chosen[r].append(int(run_trials[b]))
-        closest[active] = nearest[np.arange(len(active)), best]
-    return [_pad(points[run], n_clusters) for run in chosen]
 
 
 def weighted_sample(

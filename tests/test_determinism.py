@@ -49,6 +49,8 @@ pytestmark = pytest.mark.usefixtures("kmeans_parallel_on_small_data")
 
 #: Rows and block rows of the matrix data: 10 blocks, the last one of 50 rows.
 N_ROWS, BLOCK_ROWS = 2300, 250
+#: Clusters too many for a seeding sample of these rows (32 rows per centre above half).
+ALL_ROWS_CLUSTERS = 40
 #: k-means|| seeds its 3 clusters from a sample of the rows (dkmeans.seeding.sample_fractions),
 #: its 12 from all rows.
 INITS = ("k-means|| on a sample", "k-means|| on all rows", "k-means++", "random")
@@ -107,7 +109,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def fit_once(data: dict[str, Any], config: tuple[str, int, bool, str]) -> Fit:
     init, n_init, weighted, source = config
-    n_clusters = {"k-means|| on all rows": 12}.get(init, PARAMS["n_clusters"])
+    n_clusters = {"k-means|| on all rows": ALL_ROWS_CLUSTERS}.get(init, PARAMS["n_clusters"])
     params = {**PARAMS, "n_clusters": n_clusters}
     km = KMeans(init=init.split(" on ")[0], n_init=n_init, **params)
     km.fit(data[source], sample_weight=data["weights"] if weighted else None)
@@ -171,7 +173,9 @@ def test_matrix_has_a_two_level_reduction_tree(data: dict[str, Any]) -> None:
 
 def test_matrix_seeds_kmeans_parallel_on_a_sample_and_on_all_rows(data: dict[str, Any]) -> None:
     fractions = sample_fractions(
-        DaskSource(da.from_array(data["numpy"])), [PARAMS["n_clusters"], 12]
+        DaskSource(da.from_array(data["numpy"])),
+        [PARAMS["n_clusters"], ALL_ROWS_CLUSTERS],
+        init_rounds=PARAMS["init_rounds"],
     )
     assert fractions[0] < 1 and fractions[1] == 1
 

@@ -152,6 +152,16 @@ def test_lloyd_on_the_candidates_costs_about_one_pass():
     assert plan == (seeding.RECLUSTER_RESTARTS, 9, True)
 
 
+def test_a_seeding_sample_reclusters_greedily_where_a_pass_over_all_rows_pays():
+    """The candidates of a sample of 16,000 rows out of 80,000: greedy k-means++ is
+    weighed against a pass over the 80,000 rows (it pays), restarts and Lloyd against a
+    pass over the sample."""
+    on_the_sample = recluster_plan(16_000, 5_000, 500)
+    for_all_rows = recluster_plan(16_000, 5_000, 500, data_rows=80_000)
+    assert not on_the_sample.greedy and for_all_rows.greedy
+    assert for_all_rows._replace(greedy=False) == on_the_sample
+
+
 def test_weighted_sample_draws_distinct_rows_in_proportion_to_weight():
     points = np.arange(10.0)[:, None]
     weights = np.array([1.0, 9.0, *[1e-9] * 8])
@@ -177,7 +187,7 @@ def test_very_large_k_reclusters_from_a_weighted_sample(monkeypatch):
     def no_plusplus(*args, **kwargs):
         raise AssertionError("greedy k-means++ ran")
 
-    monkeypatch.setattr(seeding, "weighted_plusplus", no_plusplus)
+    monkeypatch.setattr(seeding, "weighted_plusplus_restarts", no_plusplus)
     (centers,) = kmeans_parallel(InMemorySource.of_array(X), [200], [0])
     assert len(np.unique(centers, axis=0)) == 200
     ours = brute_force_inertia(X, centers)

@@ -51,13 +51,14 @@ def test_kmeans_parallel_reads_the_store_at_most_rounds_plus_two_times(store_pat
     assert max(store.reads.values()) <= rounds + 2  # ... at most rounds + 2 times
 
 
-@pytest.mark.parametrize("n_clusters", [10, 20])  # 10: seeded from a sample; 20: from all rows
+@pytest.mark.parametrize("n_clusters", [10, 70])  # 10: seeded from a sample; 70: from all rows
 def test_streaming_fit_reads_init_passes_plus_one_per_iteration(store_path, n_clusters):
     path, X = store_path
     store = counting_store(path)
     km = KMeans(n_clusters, random_state=0, persist=False, init_rounds=3)
     km.fit(zarr.open_array(store=store, mode="r"))
-    sampled = seeding.sample_fractions(InMemorySource.of_array(X), [n_clusters])[0] < 1
+    fractions = seeding.sample_fractions(InMemorySource.of_array(X), [n_clusters], init_rounds=3)
+    sampled = fractions[0] < 1
     assert sampled == (n_clusters == 10)
     # the first rows choose the frame (dkmeans.frame); init: one pass gathers the
     # sample, or 3 rounds + 2 over all rows; Lloyd: one pass per iteration and one for
@@ -216,12 +217,13 @@ def test_kmeans_parallel_does_not_collapse_structureless_data_in_many_dimensions
     """Every candidate stands for the mean of the rows nearest to it. In 512 dimensions
     of noise a candidate lies far out from those rows: reclustered as themselves, one
     centre near the middle took 99.75% of the rows, and Lloyd stayed there (inertia
-    1.0103 times scikit-learn's after 20 iterations)."""
+    1.0103 times scikit-learn's after 20 iterations; now 1.0021, on a sample of 83 rows
+    per centre)."""
     x = np.random.default_rng(0).standard_normal((8000, 512)).astype(np.float32)
     ours = KMeans(16, max_iter=20, random_state=0).fit(x)
     theirs = SklearnKMeans(16, n_init=1, max_iter=20, random_state=0).fit(x)
     assert np.bincount(ours.labels_, minlength=16).max() < 0.2 * len(x)
-    assert ours.inertia_ <= 1.002 * theirs.inertia_
+    assert ours.inertia_ <= 1.005 * theirs.inertia_
 
 
 def test_kmeans_parallel_runs_on_a_sample_of_the_rows_where_there_are_many_per_centre():
@@ -232,8 +234,22 @@ def test_kmeans_parallel_runs_on_a_sample_of_the_rows_where_there_are_many_per_c
 
     per_centre = seeding.SEEDING_ROWS_PER_CENTRE
     np.testing.assert_allclose(fractions(200_000, 768, [256]), [per_centre * 256 / 200_000])
+    # large k against n: the rounds and the weighing (6 passes over the sample, each
+    # against 2k candidates) cost SEEDING_PASSES passes over the data, 1/6 of the rows...
+    affordable = seeding.SEEDING_PASSES / 12
     np.testing.assert_allclose(
-        fractions(500_000, 64, [1024, 16]), [per_centre * 1024 / 500_000, per_centre * 16 / 500_000]
+        fractions(500_000, 64, [1024, 16]), [affordable, per_centre * 16 / 500_000]
+    )
+    np.testing.assert_allclose(fractions(1_000_000, 128, [4096]), [affordable])
+    # ... but at least MIN_ROWS_PER_CENTRE rows per centre
+    fewest = seeding.MIN_ROWS_PER_CENTRE
+    np.testing.assert_allclose(fractions(100_000, 64, [1024]), [fewest * 1024 / 100_000])
+    # fewer rounds and candidates: a larger sample for the same passes
+    np.testing.assert_allclose(
+        seeding.sample_fractions(
+            DaskSource(da.zeros((1_000_000, 8))), [4096], oversampling_factor=1, init_rounds=3
+        ),
+        [seeding.SEEDING_PASSES / 4],
     )
     assert fractions(100_000, 64, [4096])[0] == 1  # too few rows per centre
     assert fractions(10**9, 1024, [8192])[0] == 1  # a sample of 4 GB
@@ -245,6 +261,25 @@ def test_kmeans_parallel_runs_on_a_sample_of_the_rows_where_there_are_many_per_c
         [40 * 100 / 200_000, 40 * 50 / 200_000],
     )
     assert (seeding.sample_fractions(DaskSource(da.zeros((10**9, 8))), [4], None) == 1).all()
+
+
+def test_a_sample_of_few_rows_per_centre_still_finds_every_cluster():
+    """500 well-apart clusters of 160 rows: the sample keeps 32 rows per centre
+    (MIN_ROWS_PER_CENTRE), whose k-means|| candidates number ten per centre. Reclustering
+    them greedily finds nearly every cluster; a weighted draw of k of them (what a budget
+    of one pass over the sample allowed) left 22% of the clusters without a centre, and
+    Lloyd ended at 8 to 10 times the inertia."""
+    rng = np.random.default_rng(0)
+    means = rng.normal(scale=10.0, size=(500, 16))
+    X = means[np.repeat(np.arange(500), 160)] + rng.standard_normal((80_000, 16))
+    source = InMemorySource.of_array(X)
+    fraction = seeding.sample_fractions(source, [500])[0]
+    assert fraction == pytest.approx(seeding.MIN_ROWS_PER_CENTRE * 500 / len(X))
+    (centers,) = seeding.initial_centers(source, "k-means||", [500], [7])
+    labels = np.argmin(((means[:, None] - centers[None]) ** 2).sum(-1), axis=0)
+    assert len(np.unique(labels)) > 0.97 * 500  # almost every cluster has its own centre
+    fitted = KMeans(500, random_state=7, max_iter=20).fit(X)
+    assert fitted.inertia_ < 1.1 * X.size  # unit variance in every cluster
 
 
 def test_init_rows_per_center_none_seeds_kmeans_parallel_from_all_rows():
@@ -271,7 +306,7 @@ def test_sampled_seeding_is_kmeans_parallel_on_the_rows_of_its_stream(blobs, wei
         da.from_array(X, chunks=(700, -1)), None if w is None else da.from_array(w, chunks=700)
     )
     n_clusters, seeds = [5, 3, 5], [8, 8, 9]
-    fractions = seeding.sample_fractions(source, n_clusters)
+    fractions = seeding.sample_fractions(source, n_clusters, init_rounds=3)
     assert (fractions < 1).all()
     together = seeding.sampled_kmeans_parallel(source, n_clusters, seeds, init_rounds=3)
     assert source.passes == 1
@@ -280,7 +315,7 @@ def test_sampled_seeding_is_kmeans_parallel_on_the_rows_of_its_stream(blobs, wei
         if w is not None:
             kept &= w > 0
         on_rows = InMemorySource.of_array(X[kept], None if w is None else w[kept])
-        (expected,) = kmeans_parallel(on_rows, [k], [seed], init_rounds=3)
+        (expected,) = kmeans_parallel(on_rows, [k], [seed], init_rounds=3, data_rows=len(X))
         np.testing.assert_allclose(centers, expected, rtol=1e-12)
         (alone,) = seeding.sampled_kmeans_parallel(source, [k], [seed], init_rounds=3)
         np.testing.assert_array_equal(centers, alone)
