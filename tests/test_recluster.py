@@ -86,7 +86,7 @@ def test_weighted_plusplus_equals_a_brute_force(n_points, n_features, n_clusters
 
 
 @pytest.mark.parametrize("n_clusters", [5, 40])  # 40: more than the distinct points
-def test_restarts_in_lockstep_equal_each_restart_alone(n_clusters):
+def test_restarts_equal_each_restart_alone(n_clusters):
     rng = np.random.default_rng(1)
     # small integers: every distance is exact, whatever the shape of the GEMM
     points = rng.integers(-5, 6, size=(80, 3)).astype(np.float64)
