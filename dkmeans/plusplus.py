@@ -28,6 +28,14 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def padded(centers: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Repeat centres cyclically up to ``n_clusters`` rows (data with fewer distinct
+    points than clusters: scikit-learn returns duplicate centres too)."""
+    if len(centers) >= n_clusters:
+        return centers[:n_clusters]
+    return centers[np.arange(n_clusters) % len(centers)]
+
+
 @dataclass(frozen=True)
 class PlusPlusPoints:
     """Weighted points laid out for greedy k-means++.
@@ -108,11 +116,8 @@ def weighted_plusplus_restarts(
     cyclically when fewer than ``n_clusters`` points are distinct), one per seed.
     """
     laid_out = PlusPlusPoints.of(points, weights)
-    restarts = []
-    for seed in seeds:
-        chosen = np.asarray(laid_out.chosen(n_clusters, np.random.default_rng(seed)))
-        restarts.append(laid_out.points[chosen[np.arange(n_clusters) % len(chosen)]])
-    return restarts
+    chosen = [laid_out.chosen(n_clusters, np.random.default_rng(seed)) for seed in seeds]
+    return [padded(laid_out.points[run], n_clusters) for run in chosen]
 
 
 def weighted_plusplus(

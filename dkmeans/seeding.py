@@ -42,7 +42,7 @@ from .oversampling import (
     oversample,
     weigh_candidates,
 )
-from .plusplus import weighted_plusplus, weighted_plusplus_restarts
+from .plusplus import padded, weighted_plusplus, weighted_plusplus_restarts
 from .resources import local_threads, may_remember
 from .row_memory import RowMemory
 from .sampling import KeySample, plusplus_trials, smallest_keys, uniform_rows, weighted_rows
@@ -53,8 +53,9 @@ from .streams import Purpose, stream_key
 MAX_EXTRA_ROUNDS = 20
 #: Most independent k-means++ seedings of the (few, weighted) candidates; the best
 #: after Lloyd wins. They run on the client and cost no pass over the data, but each
-#: costs about ``m (2 + ln k)`` distance rows of k centres for m candidates: fewer run
-#: where that exceeds a Lloyd pass over the data (:func:`recluster_restarts`).
+#: costs about ``m (2 + ln k)`` distance rows of k centres for m candidates, each worth
+#: :data:`PLUSPLUS_ROW_COST` rows of a Lloyd pass: fewer run where that exceeds a pass
+#: over the data (:func:`recluster_restarts`).
 RECLUSTER_RESTARTS = 8
 #: What a row of distances to k centres costs in a greedy k-means++ step, in rows of a
 #: Lloyd pass: a step's product has a few rows and is bound by reading all the points
@@ -89,14 +90,6 @@ MAX_SAMPLE_FRACTION = 0.5
 MAX_SAMPLE_BYTES = 2**28
 
 
-def _pad(centers: np.ndarray, n_clusters: int) -> np.ndarray:
-    """Repeat centres cyclically up to ``n_clusters`` rows (data with fewer distinct
-    points than clusters: scikit-learn returns duplicate centres too)."""
-    if len(centers) >= n_clusters:
-        return centers[:n_clusters]
-    return centers[np.arange(n_clusters) % len(centers)]
-
-
 def weighted_draws(source: Source, size: int, seeds: Sequence[int]) -> list[KeySample]:
     """The first pass of every initialisation: ``size`` distinct rows per seed, drawn
     with probability proportional to their weight.
@@ -120,7 +113,7 @@ def random_centers(
     probability proportional to their weight, all runs in one shared pass."""
     samples = weighted_draws(source, max(n_clusters), seeds)
     # the k smallest keys of a sample are themselves a sample of size k
-    return [_pad(sample.rows[:k], k) for sample, k in zip(samples, n_clusters, strict=True)]
+    return [padded(sample.rows[:k], k) for sample, k in zip(samples, n_clusters, strict=True)]
 
 
 def kmeans_plusplus(
@@ -149,7 +142,7 @@ def kmeans_plusplus(
         if step < n_clusters - 1 and not drawn.any():
             break  # every point coincides with a centre: no distinct point is left
         trials = stats.rows[best][drawn]
-    return _pad(centers, n_clusters)
+    return padded(centers, n_clusters)
 
 
 def kmeans_parallel(
@@ -483,7 +476,7 @@ def recluster(
     iterations) on the candidates, on the client's threads; the best of ``restarts``
     restarts (lowest weighted candidate cost)."""
     if len(candidates) <= n_clusters:
-        return _pad(candidates, n_clusters)
+        return padded(candidates, n_clusters)
     # many candidates (very large k) are cut into blocks as in-memory data is, so that
     # Lloyd on them uses every core; their number does not depend on the machine
     chunks = numpy_row_chunks(len(candidates), candidates.shape[1] * candidates.itemsize)

@@ -52,7 +52,7 @@ N_ROWS, BLOCK_ROWS = 2300, 250
 #: Clusters too many for a seeding sample of these rows (32 rows per centre above half).
 ALL_ROWS_CLUSTERS = 40
 #: k-means|| seeds its 3 clusters from a sample of the rows (dkmeans.seeding.sample_fractions),
-#: its 12 from all rows.
+#: its ALL_ROWS_CLUSTERS from all rows.
 INITS = ("k-means|| on a sample", "k-means|| on all rows", "k-means++", "random")
 #: (weighted, input) combinations.
 SOURCES = list(itertools.product((False, True), ("numpy", "zarr")))
