@@ -571,7 +571,7 @@ class KMeans(CenterModel):
         -------
         self : KMeans
         """
-        fits = fit_runs(self, X, [self.n_clusters], sample_weight)
+        fits = fit_runs(self, X, [self.n_clusters], sample_weight, keep_labels=True)
         self._store_result(fits.best[self.n_clusters], fits.X)
         return self
 
@@ -641,8 +641,9 @@ class KMeans(CenterModel):
         self.cluster_centers_ = result.centers.astype(computing_dtype(X.dtype))
         self.inertia_ = result.inertia
         self.n_iter_ = result.n_iter
-        # NumPy in: computed here on threads, even when a distributed client is active
-        self.labels_ = self._labels(X)
+        # NumPy in: computed here on threads, even when a distributed client is active,
+        # unless the final pass kept them (from these centres: what predict gives)
+        self.labels_ = self._labels(X) if result.labels is None else result.labels
         self._warn_if_clusters_missing(result.counts)
 
 
@@ -673,7 +674,14 @@ class Fits(NamedTuple):
     best: dict[int, LloydResult]  # the best run of every k, centres in the user's frame
 
 
-def fit_runs(params: KMeans, X: Any, k_values: list[int], sample_weight: Any = None) -> Fits:
+def fit_runs(
+    params: KMeans,
+    X: Any,
+    k_values: list[int],
+    sample_weight: Any = None,
+    *,
+    keep_labels: bool = False,
+) -> Fits:
     """Fit every k of ``k_values`` (``n_init`` runs each, as ``params`` says) with shared
     passes over X; ``KMeans.fit`` fits one k, :func:`~dkmeans.elbow` many.
 
@@ -685,6 +693,9 @@ def fit_runs(params: KMeans, X: Any, k_values: list[int], sample_weight: Any = N
     X : any input of :meth:`KMeans.fit`
     k_values : list of int
     sample_weight : array-like of shape (n_samples,), optional
+    keep_labels : bool
+        Keep the labels of NumPy input from the final pass of Lloyd's algorithm, where
+        it has one (``LloydResult.labels``, see :func:`~dkmeans.lloyd.lloyd`).
 
     Returns
     -------
@@ -722,6 +733,8 @@ def fit_runs(params: KMeans, X: Any, k_values: list[int], sample_weight: Any = N
             resume=resume,
             on_pass=save,
             metric=params.metric,
+            stored=partial(_as_stored, shift=shift, dtype=computing_dtype(X.dtype), cosine=cosine),
+            keep_labels=keep_labels and X.array is not None,
         )
     best: dict[int, LloydResult] = {}
     for (k, _), result in zip(runs, results, strict=True):
@@ -729,6 +742,16 @@ def fit_runs(params: KMeans, X: Any, k_values: list[int], sample_weight: Any = N
         if k not in best or result.inertia < best[k].inertia:
             best[k] = replace(result, centers=centers_in_user_frame(result.centers, shift))
     return Fits(X, best)
+
+
+def _as_stored(
+    centers: np.ndarray, *, shift: np.ndarray | None, dtype: np.dtype, cosine: bool
+) -> np.ndarray:
+    """Centres found in the frame of ``shift`` as the fitted estimator compares rows with
+    them: stored in ``dtype`` in the user's frame (``cluster_centers_``), then moved
+    back to the frame (:meth:`KMeans._centers_in_frame`)."""
+    stored = centers_in_user_frame(centers, shift).astype(dtype)
+    return unit_centers(stored) if cosine else centers_in_frame(stored, shift)
 
 
 def _in_frame(

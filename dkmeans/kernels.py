@@ -36,7 +36,7 @@ from .loops import (
     StackedCentres,
     Totals,
 )
-from .row_memory import DistanceBounds
+from .row_memory import DistanceBounds, RowMemory
 from .statistics import FarPoints, Moments, PassStats, StackedMoments
 from .tree import combine_all, depth, fold, tree_level
 
@@ -297,6 +297,7 @@ def _assign(
     moments: bool = False,
     far_capacity: int = 0,
     bounds_of_rows: tuple[DistanceBounds, int] | None = None,
+    results_of_rows: tuple[RowMemory, int] | None = None,
     shift: np.ndarray | None = None,
 ) -> tuple[_Accumulator, Moments | None]:
     """Nearest centre of every row per run, with per-centre sums, in one read of ``x``.
@@ -306,7 +307,9 @@ def _assign(
     ``far_capacity``, the compiled kernel keeps only the far points of every run
     instead of per-row labels and distances (no allocation of the block's size).
     ``bounds_of_rows`` (the bounds and the block's index) lets the compiled kernel
-    skip the rows whose centre cannot have changed. With ``shift``, the rows are seen
+    skip the rows whose centre cannot have changed. ``results_of_rows`` (a memory of
+    :func:`~dkmeans.row_memory.row_results_memory` and the block's index) keeps the
+    per-row results there. With ``shift``, the rows are seen
     minus ``shift`` (:mod:`dkmeans.frame`), one cached sub-block at a time.
     """
     n_centers, n_features = centers.shape
@@ -324,6 +327,10 @@ def _assign(
     moment_sums = MomentSums(count=np.zeros(1), mean=np.zeros(n_features), m2=np.zeros(n_features))
     step = sub_block_rows(n_centers, n_features)
     screen = groups = None
+    if results_of_rows is not None:
+        memory, block_index = results_of_rows
+        out.labels, out.distances = memory.of_block(block_index, len(x))
+        per_row = True
     if compiled and bounds_of_rows is not None:
         distance_bounds, block_index = bounds_of_rows
         out.labels, out.distances, lower = distance_bounds.memory.of_block(block_index, len(x))
@@ -459,6 +466,7 @@ def pass_statistics(
     with_moments: bool = False,
     far_capacity: int | None = None,
     distance_bounds: DistanceBounds | None = None,
+    row_results: RowMemory | None = None,
     shift: np.ndarray | None = None,
 ) -> PassStats:
     """Assign every row of a block to its nearest centre (per run) and summarise.
@@ -488,6 +496,11 @@ def pass_statistics(
         scan. The statistics are those of a full pass, but for a row within the GEMM's
         rounding of a tie: the GEMM of a few gathered rows may round differently. The
         NumPy engine (:mod:`dkmeans.engine`) ignores them and makes a full pass.
+    row_results : RowMemory, optional
+        Keep every row's nearest centre and squared distance to it, per run, in this
+        memory (:func:`~dkmeans.row_memory.row_results_memory`; blocks in this process
+        only, not with ``distance_bounds``): the labels of :func:`nearest_centers`, as
+        the same centres give them there.
     shift : ndarray of shape (d,), optional
         See the rows minus ``shift`` (:mod:`dkmeans.frame`): sums, moments and far
         points are in that frame. Applied per cached sub-block, where a source's own
@@ -508,6 +521,7 @@ def pass_statistics(
         moments=with_moments,
         far_capacity=int(max(capacities, default=0)),
         bounds_of_rows=None if distance_bounds is None else (distance_bounds, block_index),
+        results_of_rows=None if row_results is None else (row_results, block_index),
         shift=shift,
     )
     far = tuple(

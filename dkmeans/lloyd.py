@@ -29,6 +29,7 @@ from .row_memory import (
     RowMemory,
     distance_bounds_memory,
     group_bounds_memory,
+    row_results_memory,
     skipped_fraction,
 )
 from .sources import InMemorySource, Source
@@ -36,6 +37,8 @@ from .statistics import FarPoints, PassStats
 
 #: Bytes of distance bounds kept per row and run (centre, distance, lower bound).
 BOUNDS_BYTES_PER_ROW_AND_RUN = 24
+#: Bytes per row and run of the final pass's labels (centre and distance).
+LABELS_BYTES_PER_ROW_AND_RUN = 16
 #: Distance bounds are kept when a pass multiplies at least this many row-centre-feature
 #: triples (n * K * d); below it, a pass costs about a millisecond and keeping the
 #: bounds costs more than the distances it skips.
@@ -119,6 +122,8 @@ class LloydResult:
     inertia: float
     n_iter: int
     counts: np.ndarray  # (k,) weight of every cluster under the final centres
+    #: (n,) int32 nearest final centre of every row, when the final pass kept them
+    labels: np.ndarray | None = None
 
 
 def stack_centers(centers: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -398,6 +403,8 @@ def lloyd(
     resume: LloydState | None = None,
     on_pass: Callable[[LloydState], None] | None = None,
     metric: Metric = "euclidean",
+    stored: Callable[[np.ndarray], np.ndarray] | None = None,
+    keep_labels: bool = False,
 ) -> list[LloydResult]:
     """Run Lloyd's algorithm from each set of initial centres, sharing passes.
 
@@ -421,6 +428,16 @@ def lloyd(
         ``"cosine"``: spherical k-means. The source must show the kernels unit rows
         and the initial centres must be unit vectors; centres stay unit vectors and the
         inertia is ``Σ w (1 - cos)`` (:mod:`dkmeans.cosine`).
+    stored : callable, optional
+        The final centres of a run as the caller will store them (rounded to the data's
+        dtype, say), in the source's frame: the final pass measures these, so that the
+        inertia and the labels are those of the stored centres. The results keep the
+        centres themselves.
+    keep_labels : bool
+        Keep every row's nearest centre from the final pass (``LloydResult.labels``):
+        where the kernels run in this process and the labels fit
+        (:func:`~dkmeans.resources.may_remember`); a run that stops because its centres
+        stopped changing makes no final pass and keeps none.
 
     Returns
     -------
@@ -433,7 +450,7 @@ def lloyd(
         if on_pass is not None:
             on_pass(state)
     if state.results is None:
-        _finalize(source, state, row_bounds, metric)
+        _finalize(source, state, row_bounds, metric, stored, keep_labels)
         if on_pass is not None:
             on_pass(state)
     return state.results
@@ -531,22 +548,43 @@ def _iterate(
         state.centers[r] = new
 
 
-def _finalize(source: Source, state: LloydState, row_bounds: RowBounds, metric: Metric) -> None:
+def _finalize(
+    source: Source,
+    state: LloydState,
+    row_bounds: RowBounds,
+    metric: Metric,
+    stored: Callable[[np.ndarray], np.ndarray] | None,
+    keep_labels: bool,
+) -> None:
     """One more pass (shared) for the runs whose inertia is not yet known for their
-    final centres."""
+    final centres (as ``stored``), keeping the rows' labels with ``keep_labels``: then a
+    full pass, which costs what the labels' own pass would."""
     pending = [r for r in range(len(state.centers)) if r not in state.final]
-    stacked, bounds = stack_centers([state.centers[r] for r in pending])
-    stats = source.map_reduce(
-        pass_statistics,
-        stacked,
-        bounds,
-        far_capacity=0,
-        distance_bounds=row_bounds.for_pass(pending, stacked, bounds, last=True),
+    final = [state.centers[r] if stored is None else stored(state.centers[r]) for r in pending]
+    stacked, bounds = stack_centers(final)
+    labels_bytes = source.n_rows * len(pending) * LABELS_BYTES_PER_ROW_AND_RUN
+    labels = (
+        row_results_memory(len(pending))
+        if keep_labels and may_remember(source.in_process, labels_bytes)
+        else None
     )
+    if labels is None:
+        # (a source out of this process runs a kernel of its own, which keeps no labels)
+        rows = {"distance_bounds": row_bounds.for_pass(pending, stacked, bounds, last=True)}
+    else:
+        rows = {"row_results": labels}
+    stats = source.map_reduce(pass_statistics, stacked, bounds, far_capacity=0, **rows)
     check_finite_statistics(stats, source.passes)
+    nearest = None if labels is None else labels.rows(0)
     for j, r in enumerate(pending):
         lo, hi = bounds[j], bounds[j + 1]
         inertia = float(stats.cluster_inertia[lo:hi].sum()) * inertia_per_squared_distance(metric)
         counts = stats.counts[lo:hi].copy()
-        state.final[r] = LloydResult(state.centers[r], inertia, state.n_iter[r], counts)
+        state.final[r] = LloydResult(
+            state.centers[r],
+            inertia,
+            state.n_iter[r],
+            counts,
+            None if nearest is None else nearest[:, j].astype(np.int32),
+        )
         state.stopped[r] = True

@@ -41,6 +41,10 @@ class RowMemory:
             self.blocks[block_index] = self.make(n_rows)
         return self.blocks[block_index]
 
+    def rows(self, which: int) -> np.ndarray:
+        """Array ``which`` of every block, joined in block order (every block kept)."""
+        return np.concatenate([self.blocks[i][which] for i in sorted(self.blocks)])
+
 
 @dataclass(frozen=True)
 class DistanceBounds:
@@ -124,6 +128,13 @@ def distance_bounds_memory(n_runs: int) -> RowMemory:
             np.zeros((n_rows, n_runs)),
             np.full((n_rows, n_runs), -np.inf),
         )
+    )
+
+
+def row_results_memory(n_runs: int) -> RowMemory:
+    """Per block: the rows' nearest centres and squared distances to them, per run."""
+    return RowMemory(
+        lambda n_rows: (np.empty((n_rows, n_runs), dtype=np.int64), np.empty((n_rows, n_runs)))
     )
 
 

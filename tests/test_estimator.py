@@ -6,11 +6,14 @@ import os
 import subprocess
 import sys
 import warnings
+from unittest import mock
 
 import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sklearn.base import clone
 from sklearn.cluster import KMeans as SklearnKMeans
 from sklearn.exceptions import NotFittedError
@@ -288,6 +291,50 @@ def test_containers_in_and_out(blobs):
     np.testing.assert_array_equal(distances.argmin(axis=1), km.labels_)
     np.testing.assert_array_equal(KMeans(5, random_state=0).fit_predict(X), km.labels_)
     np.testing.assert_allclose(KMeans(5, random_state=0).fit_transform(X), distances)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n_rows=st.integers(60, 25_000),
+    n_features=st.integers(1, 5),
+    dtype=st.sampled_from(["float16", "float32", "float64"]),
+    far_from_origin=st.booleans(),
+    metric=st.sampled_from(["euclidean", "cosine"]),
+    n_init=st.integers(1, 3),
+    weighted=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_labels_of_the_final_pass_are_what_predict_gives(
+    n_rows, n_features, dtype, far_from_origin, metric, n_init, weighted, seed
+):
+    # NumPy input keeps its labels from Lloyd's final pass, which measures the centres
+    # as stored (rounded to X's dtype, moved back from the fit's frame): on a grid, where
+    # ties are everywhere, labels_ must be predict's to the bit, inertia_ score's
+    rng = np.random.default_rng(seed)
+    X = rng.integers(1, 4, size=(n_rows, n_features)) + (1e3 if far_from_origin else 0.0)
+    X = X.astype(dtype)
+    weights = rng.uniform(0.5, 2, n_rows) if weighted else None
+    km = KMeans(5, init="random", n_init=n_init, max_iter=2, tol=0, metric=metric, random_state=0)
+    with mock.patch.object(KMeans, "_labels", autospec=True, side_effect=KMeans._labels) as own:
+        km.fit(X, sample_weight=weights)
+    assert km.labels_.dtype == np.int32
+    np.testing.assert_array_equal(km.labels_, km.predict(X))
+    if not own.called:  # the best run made a final pass (it did not stop unchanged)
+        assert km.inertia_ == -km.score(X, sample_weight=weights)
+
+
+def test_a_fit_of_numpy_input_reads_x_for_its_labels_in_its_final_pass(monkeypatch):
+    X = np.random.default_rng(0).standard_normal((20_000, 8)).astype(np.float32)
+    labels_passes = []
+    monkeypatch.setattr(
+        KMeans, "_labels", lambda self, X: labels_passes.append(X) or pytest.fail("a pass")
+    )
+    km = KMeans(6, max_iter=3, random_state=0).fit(X)
+    assert km.n_iter_ == 3 and not labels_passes
+    monkeypatch.undo()
+    np.testing.assert_array_equal(km.labels_, km.predict(X))
+    assert km.inertia_ == -km.score(X)
+    assert km.inertia_ == pytest.approx(brute_force_inertia(X, km.cluster_centers_), rel=1e-6)
 
 
 def test_lazy_labels_for_dask_input(blobs):
