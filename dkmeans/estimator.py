@@ -461,11 +461,12 @@ class KMeans(CenterModel):
         Centres, in the floating dtype of X, float32 for float16 X (unit vectors for
         ``metric="cosine"``).
     labels_ : ndarray or dask.array.Array of shape (n_samples,)
-        Labels of the training data: NumPy for NumPy input, a lazy Dask array
-        otherwise.
+        Labels of the training data: NumPy for NumPy input (kept by Lloyd's final pass,
+        which measures ``cluster_centers_`` as stored: what ``predict(X)`` gives), a
+        lazy Dask array otherwise.
     inertia_ : float
-        Sum over samples of (weight times) the squared distance to the nearest centre;
-        for ``metric="cosine"``, of the cosine distance ``1 - cos``.
+        Sum over samples of (weight times) the squared distance to the nearest centre of
+        ``cluster_centers_``; for ``metric="cosine"``, of the cosine distance ``1 - cos``.
     n_iter_ : int
         Lloyd iterations run by the best run.
     n_features_in_ : int

@@ -12,6 +12,7 @@ The key draws run compiled (:func:`dkmeans.loops.exponential_keys`) or vectorise
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -192,30 +193,38 @@ def weighted_rows(
     return WeightedRows(np.asarray(x[keep], dtype=np.float64), w[keep])
 
 
-@dataclass(frozen=True)
-class UniformRows:
-    """Rows kept by a uniform draw of their own, per run, in global row order.
-
-    Row ``i`` belongs to run ``r``'s sample when its uniform number of run ``r``'s stream
-    is below ``fractions[r]``: each row is kept independently, whatever block it is in,
-    and the sample of a smaller fraction (same stream) is part of that of a larger one.
-    """
+class KeptRows(NamedTuple):
+    """One block's rows of :class:`UniformRows`."""
 
     rows: np.ndarray  # (m, d), as the source shows them (in their computing dtype)
     weights: np.ndarray  # (m,)
     member: np.ndarray  # (m, R) bool: row in run r's sample
 
+
+@dataclass(frozen=True)
+class UniformRows:
+    """Rows kept by a uniform draw of their own, per run, block by block in global row
+    order.
+
+    Row ``i`` belongs to run ``r``'s sample when its uniform number of run ``r``'s stream
+    is below ``fractions[r]``: each row is kept independently, whatever block it is in,
+    and the sample of a smaller fraction (same stream) is part of that of a larger one.
+    Combining joins the lists of blocks; :meth:`of_run` copies a run's rows once (joining
+    them at every node of the tree copied the sample about five times).
+    """
+
+    parts: tuple[KeptRows, ...]
+
     def combine(self, other: UniformRows) -> UniformRows:
-        return UniformRows(
-            np.concatenate([self.rows, other.rows]),
-            np.concatenate([self.weights, other.weights]),
-            np.concatenate([self.member, other.member]),
-        )
+        return UniformRows(self.parts + other.parts)
 
     def of_run(self, run: int) -> tuple[np.ndarray, np.ndarray]:
         """The rows of run ``run``'s sample and their weights."""
-        member = self.member[:, run]
-        return self.rows[member], self.weights[member]
+        members = [part.member[:, run] for part in self.parts]
+        return (
+            np.concatenate([part.rows[m] for part, m in zip(self.parts, members, strict=True)]),
+            np.concatenate([part.weights[m] for part, m in zip(self.parts, members, strict=True)]),
+        )
 
 
 def uniform_rows(
@@ -237,7 +246,7 @@ def uniform_rows(
         member[:, r] = row_uniforms(stream, row_offset, len(x)) <= fraction
     member &= (w > 0)[:, None]
     keep = member.any(axis=1)
-    return UniformRows(shifted(x[keep], shift), w[keep], member[keep])
+    return UniformRows((KeptRows(shifted(x[keep], shift), w[keep], member[keep]),))
 
 
 uniform_rows.takes_shift = True
