@@ -38,7 +38,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .measures import RESULTS, versions
-from .shapes import PACKAGES, Shape, markdown_tables, run_case, summarise
+from .shapes import MODES, PACKAGES, Shape, choices, markdown_tables, run_case, summarise
 
 #: The data kind of :mod:`benchmarks.shapes` clustered with the cosine metric.
 KIND = "embeddings"
@@ -57,7 +57,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=256, help="centres")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS / "cosine_faiss.json")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help="marginal (time per iteration), default (whole fits)"
+    )
     args = parser.parse_args(argv)
+    args.modes = choices(parser, "--modes", args.modes, MODES)
     if min(args.d, args.k, args.repeats) < 1:
         parser.error("--d, --k and --repeats must be at least 1")
     if args.n < 2 * args.k:
