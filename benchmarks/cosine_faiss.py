@@ -58,7 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS / "cosine_faiss.json")
     parser.add_argument(
-        "--modes", default=",".join(MODES), help="marginal (time per iteration), default (whole fits)"
+        "--modes",
+        default=",".join(MODES),
+        help="marginal (time per iteration), default (whole fits)",
     )
     args = parser.parse_args(argv)
     args.modes = choices(parser, "--modes", args.modes, MODES)

@@ -17,7 +17,9 @@ the columns changes only for the points the chosen trial moves.
 
 The choices are those of the plain algorithm in exact arithmetic; a distance within
 float32 rounding of a tie may come out the other way (the candidates lie in the data's
-frame near the origin, where the expansion is accurate).
+frame near the origin, where the expansion is accurate). Points whose products could
+overflow float32 (``4 max ||p||² · Σ w`` above about 5·10³³) are measured in float64
+(:func:`step_dtype`): in float32 their gains were infinite or NaN.
 """
 
 from __future__ import annotations
@@ -26,6 +28,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+#: The steps run in float32 while their largest value, about ``4 max ||p||² · Σ w`` (a
+#: squared distance between two points is at most 4 times the largest squared norm),
+#: stays below this fraction of float32's largest; else in float64.
+FLOAT32_HEADROOM = 2.0**-16
+
+
+def step_dtype(norms_sq: np.ndarray, weights: np.ndarray) -> type[np.floating]:
+    """The dtype of the k-means++ steps over points of squared norms ``norms_sq`` and
+    weights ``weights``: float32 unless its products could overflow."""
+    largest = 4 * float(norms_sq.max(initial=0.0)) * max(float(weights.sum()), 1.0)
+    if largest < FLOAT32_HEADROOM * float(np.finfo(np.float32).max):
+        return np.float32
+    return np.float64
 
 
 def padded(centers: np.ndarray, n_clusters: int) -> np.ndarray:
@@ -71,12 +87,13 @@ class PlusPlusPoints:
         np.maximum(closest, 0, out=closest)
         # the points as contiguous columns (p, 1, c - ||p||²): BLAS packs a transposed
         # view afresh at every step, which cost 3 times the product itself
-        columns = np.empty((n_features + 2, n_points), dtype=np.float32)
+        dtype = step_dtype(self.norms_sq, self.weights)
+        columns = np.empty((n_features + 2, n_points), dtype=dtype)
         columns[:n_features] = self.points.T
         columns[n_features] = 1
         columns[n_features + 1] = closest - self.norms_sq
-        weights32 = self.weights.astype(np.float32)
-        trial_rows = np.empty((n_trials, n_features + 2), dtype=np.float32)
+        step_weights = self.weights.astype(dtype)
+        trial_rows = np.empty((n_trials, n_features + 2), dtype=dtype)
         for _ in range(1, n_clusters):
             cumulative = np.cumsum(self.weights * closest)
             if not cumulative[-1] > 0:
@@ -88,7 +105,7 @@ class PlusPlusPoints:
             trial_rows[:, n_features + 1] = 1
             gains = trial_rows @ columns  # (trials, points): c_p - d²(t, p)
             np.maximum(gains, 0, out=gains)
-            best = int(np.argmax(gains @ weights32))
+            best = int(np.argmax(gains @ step_weights))
             moved = np.flatnonzero(gains[best])
             closest[moved] = np.maximum(closest[moved] - gains[best, moved], 0)
             columns[n_features + 1, moved] = closest[moved] - self.norms_sq[moved]

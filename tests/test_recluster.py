@@ -85,6 +85,21 @@ def test_weighted_plusplus_equals_a_brute_force(n_points, n_features, n_clusters
     np.testing.assert_array_equal(centers, chosen[np.arange(n_clusters) % len(chosen)])
 
 
+@settings(max_examples=20, deadline=None)
+@given(n_points=st.integers(2, 40), n_clusters=st.integers(1, 8), seed=st.integers(0, 2**16))
+@pytest.mark.filterwarnings("error")  # an overflow in a product is a failure
+def test_weighted_plusplus_of_points_whose_squares_overflow_float32(n_points, n_clusters, seed):
+    # scaled by 2**66, the squared distances (up to 2**138) overflow float32: the steps
+    # must choose the points they choose unscaled (a power of two scales exactly)
+    rng = np.random.default_rng(seed)
+    points = rng.integers(-5, 6, size=(n_points, 2)).astype(np.float64)
+    weights = rng.integers(1, 5, size=n_points).astype(np.float64)
+    expected = plusplus_by_hand(points, weights, n_clusters, seed)
+    centers = weighted_plusplus(points * 2.0**66, weights, n_clusters, seed)
+    chosen = points[expected] * 2.0**66
+    np.testing.assert_array_equal(centers, chosen[np.arange(n_clusters) % len(chosen)])
+
+
 @pytest.mark.parametrize("n_clusters", [5, 40])  # 40: more than the distinct points
 def test_restarts_equal_each_restart_alone(n_clusters):
     rng = np.random.default_rng(1)
