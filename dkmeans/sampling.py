@@ -219,12 +219,16 @@ class UniformRows:
         return UniformRows(self.parts + other.parts)
 
     def of_run(self, run: int) -> tuple[np.ndarray, np.ndarray]:
-        """The rows of run ``run``'s sample and their weights."""
+        """The rows of run ``run``'s sample and their weights (copied once)."""
         members = [part.member[:, run] for part in self.parts]
-        return (
-            np.concatenate([part.rows[m] for part, m in zip(self.parts, members, strict=True)]),
-            np.concatenate([part.weights[m] for part, m in zip(self.parts, members, strict=True)]),
-        )
+        edges = np.cumsum([0, *(np.count_nonzero(m) for m in members)])
+        first = self.parts[0].rows
+        rows = np.empty((edges[-1], first.shape[1]), dtype=first.dtype)
+        weights = np.empty(edges[-1])
+        for part, member, start, stop in zip(self.parts, members, edges, edges[1:], strict=False):
+            np.compress(member, part.rows, axis=0, out=rows[start:stop])
+            np.compress(member, part.weights, out=weights[start:stop])
+        return rows, weights
 
 
 def uniform_rows(

@@ -314,6 +314,8 @@ def sampled_kmeans_parallel(
         )
         for j, r in enumerate(sampled):
             rows, weights = sample.of_run(j)
+            if j == len(sampled) - 1:
+                del sample  # every run's rows are copied out: free the blocks' rows
             if len(rows) < n_clusters[r]:
                 # nearly every row without weight: seed from all of them
                 whole = np.union1d(whole, [r]).astype(int)

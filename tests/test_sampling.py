@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from dkmeans import engine, loops
 from dkmeans.oversampling import Candidates, oversample
+from dkmeans.sampling import uniform_rows
 from dkmeans.seeding import (
     kmeans_parallel,
     kmeans_plusplus,
@@ -142,3 +143,25 @@ def test_sampled_seeding_does_not_depend_on_the_blocks(blobs, chunks):
     cut = seeded(DaskSource(da.from_array(X, chunks=(chunks, -1))))
     for a, b in zip(whole, cut, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    chunks=st.lists(st.integers(1, 50), min_size=1, max_size=12),
+    fractions=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=3),
+)
+def test_a_uniform_sample_is_the_same_rows_whatever_the_blocks(chunks, fractions):
+    # each row is kept by its own number: the blocks' kept rows, joined in the tree,
+    # are the rows of one block over all of X
+    x = np.arange(3 * sum(chunks), dtype=np.float32).reshape(-1, 3)
+    weights = np.where(np.arange(len(x)) % 5 == 0, 0.0, 1.0 + np.arange(len(x)) % 3)
+    streams = np.array([stream_key(7, Purpose.SEEDING_SAMPLE, r) for r in range(len(fractions))])
+    whole = uniform_rows(x, weights, 0, 0, np.array(fractions), streams)
+    source = InMemorySource.of_array(x, weights, chunks=chunks)
+    sample = source.map_reduce(uniform_rows, np.array(fractions), streams)
+    for run in range(len(fractions)):
+        rows, kept = sample.of_run(run)
+        expected_rows, expected_weights = whole.of_run(run)
+        np.testing.assert_array_equal(rows, expected_rows)
+        np.testing.assert_array_equal(kept, expected_weights)
+        assert (kept > 0).all()
