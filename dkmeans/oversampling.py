@@ -317,6 +317,8 @@ class CandidateWeights:
     def spread_to(self, nearest: np.ndarray) -> CompensatedSums:
         """The sums at the rows of ``nearest`` (a superset of ``self.nearest``), zero
         elsewhere."""
+        if len(nearest) == len(self.nearest):  # the same candidates: no copy
+            return self.sums
         at = np.searchsorted(nearest, self.nearest)
         spread = CompensatedSums.zeros((len(nearest), self.sums.high.shape[1]))
         spread.high[at], spread.low[at] = self.sums.high, self.sums.low

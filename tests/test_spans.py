@@ -42,6 +42,7 @@ from hypothesis import strategies as st
 import dkmeans.io
 import dkmeans.passes
 import dkmeans.readers
+import dkmeans.sources
 import dkmeans.spans
 from dkmeans import KMeans
 from dkmeans.kernels import pass_statistics, pass_statistics_of_blocks
@@ -50,6 +51,7 @@ from dkmeans.sources import DaskSource, InMemorySource, prepared_kernel
 from dkmeans.spans import BlockRecipe, SpanPlan, cuts, merge_spans, span_pass
 from dkmeans.tree import (
     SPLIT_EVERY,
+    TreeFold,
     combine_all,
     depth,
     node_blocks,
@@ -106,6 +108,47 @@ def test_spans_combine_exactly_as_the_tree(n_blocks, fractions, split_every) -> 
         spans = [merge_spans(n_blocks, split_every, *g) for g in tree_level(spans, split_every)]
     ((_, root),) = spans[0]
     assert root == tree_root(n_blocks, split_every)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_blocks=st.integers(1, 2_000), split_every=st.sampled_from([2, 3, 8]))
+def test_folding_blocks_in_order_combines_exactly_as_the_tree(n_blocks, split_every) -> None:
+    # an in-process pass combines each block's result as it comes (TreeFold)
+    tree = TreeFold(n_blocks, split_every)
+    for block in range(n_blocks):
+        assert tree.root is None
+        tree.push(Expr(str(block)))
+    assert tree.root == tree_root(n_blocks, split_every)
+    # one running value per level: nothing of size n_blocks is held
+    assert len(tree.running) == depth(n_blocks, split_every) + 1
+
+
+class Counted:
+    """A partial result that counts how many are alive and records its combining order."""
+
+    alive = 0
+    most = 0
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        Counted.alive += 1
+        Counted.most = max(Counted.most, Counted.alive)
+
+    def __del__(self) -> None:
+        Counted.alive -= 1
+
+    def combine(self, other: Counted) -> Counted:
+        return Counted(f"({self.text} {other.text})")
+
+
+def test_an_in_process_pass_holds_a_window_of_blocks_results_not_all() -> None:
+    n_blocks = 3_000
+    x = np.zeros((n_blocks, 1), dtype=np.float32)
+    source = InMemorySource.of_array(x, chunks=[1] * n_blocks, threads=2)
+    Counted.alive = Counted.most = 0
+    root = source.map_reduce(lambda block, weights, offset, index: Counted(str(index)))
+    assert root.text == tree_root(n_blocks, SPLIT_EVERY).text
+    assert Counted.most <= dkmeans.sources.FOLD_WINDOW + 2 * depth(n_blocks)
 
 
 def test_cuts_follow_the_runs_of_each_worker() -> None:
