@@ -29,7 +29,8 @@ from .row_memory import (
     RowMemory,
     distance_bounds_memory,
     group_bounds_memory,
-    row_results_memory,
+    labels_memory,
+    labels_of_run,
     skipped_fraction,
 )
 from .sources import InMemorySource, Source
@@ -37,8 +38,6 @@ from .statistics import FarPoints, PassStats
 
 #: Bytes of distance bounds kept per row and run (centre, distance, lower bound).
 BOUNDS_BYTES_PER_ROW_AND_RUN = 24
-#: Bytes per row and run of the final pass's labels (centre and distance).
-LABELS_BYTES_PER_ROW_AND_RUN = 16
 #: Distance bounds are kept when a pass multiplies at least this many row-centre-feature
 #: triples (n * K * d); below it, a pass costs about a millisecond and keeping the
 #: bounds costs more than the distances it skips.
@@ -562,12 +561,7 @@ def _finalize(
     pending = [r for r in range(len(state.centers)) if r not in state.final]
     final = [state.centers[r] if stored is None else stored(state.centers[r]) for r in pending]
     stacked, bounds = stack_centers(final)
-    labels_bytes = source.n_rows * len(pending) * LABELS_BYTES_PER_ROW_AND_RUN
-    labels = (
-        row_results_memory(len(pending))
-        if keep_labels and may_remember(source.in_process, labels_bytes)
-        else None
-    )
+    labels = labels_memory(source.in_process, source.n_rows, len(pending)) if keep_labels else None
     if labels is None:
         # (a source out of this process runs a kernel of its own, which keeps no labels)
         rows = {"distance_bounds": row_bounds.for_pass(pending, stacked, bounds, last=True)}
@@ -575,7 +569,6 @@ def _finalize(
         rows = {"row_results": labels}
     stats = source.map_reduce(pass_statistics, stacked, bounds, far_capacity=0, **rows)
     check_finite_statistics(stats, source.passes)
-    nearest = None if labels is None else labels.rows(0)
     for j, r in enumerate(pending):
         lo, hi = bounds[j], bounds[j + 1]
         inertia = float(stats.cluster_inertia[lo:hi].sum()) * inertia_per_squared_distance(metric)
@@ -585,6 +578,6 @@ def _finalize(
             inertia,
             state.n_iter[r],
             counts,
-            None if nearest is None else nearest[:, j].astype(np.int32),
+            None if labels is None else labels_of_run(labels, j),
         )
         state.stopped[r] = True

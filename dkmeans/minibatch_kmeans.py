@@ -29,6 +29,7 @@ from .minibatch import (
     minibatch_kmeans,
 )
 from .resources import limit_blas
+from .row_memory import labels_memory, labels_of_run
 from .seeding import initial_centers, recluster, weighted_draws
 from .sources import InMemorySource, Source
 
@@ -81,8 +82,9 @@ class MiniBatchKMeans(CenterModel):
         Print one line per epoch (batches so far, smoothed batch inertia, seconds).
     compute_labels : bool, default=True
         After the fit, compute ``inertia_`` of X in one more pass and set ``labels_``
-        (lazy for lazy X). Without, ``inertia_`` is the smoothed batch inertia times
-        ``n_samples`` (as in scikit-learn) and there are no ``labels_``.
+        (lazy for lazy X; of NumPy X, kept by that pass). Without, ``inertia_`` is the
+        smoothed batch inertia times ``n_samples`` (as in scikit-learn) and there are no
+        ``labels_``.
     random_state : int, numpy Generator or RandomState, default=None
         Seeds the initial sample, the initialisation, the order of the epochs and the
         reassignments. The same seed and chunking give bitwise-identical results on
@@ -385,13 +387,24 @@ class MiniBatchKMeans(CenterModel):
         per_squared_distance = inertia_per_squared_distance(self.metric)
         if result is not None:
             self.n_iter_ = result.n_iter
+        labels = None
         if self.compute_labels or (result is not None and result.ewa_inertia is None):
-            one_run = np.array([0, len(state.centers)])
-            stats = source.map_reduce(pass_statistics, state.centers, one_run, far_capacity=0)
+            # one pass for the inertia and, of NumPy input, the labels: the centres as
+            # stored and as predict compares rows with them
+            if self.compute_labels and X.array is not None:
+                labels = labels_memory(source.in_process, source.n_rows, 1)
+            centers = self._centers_in_frame(source.shift)
+            stats = source.map_reduce(
+                pass_statistics,
+                centers,
+                np.array([0, len(centers)]),
+                far_capacity=0,
+                **({} if labels is None else {"row_results": labels}),
+            )
             self.inertia_ = float(stats.cluster_inertia.sum()) * per_squared_distance
             if result is not None:
                 self._warn_if_clusters_missing(stats.counts)
         elif result is not None:
             self.inertia_ = result.ewa_inertia * X.shape[0] * per_squared_distance
         if self.compute_labels:
-            self.labels_ = self._labels(X)
+            self.labels_ = self._labels(X) if labels is None else labels_of_run(labels, 0)

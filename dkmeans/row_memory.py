@@ -17,6 +17,7 @@ import numpy as np
 
 from .groups import CentreGroups
 from .loops import GroupScreen, Screen
+from .resources import may_remember
 
 
 class RowMemory:
@@ -40,10 +41,6 @@ class RowMemory:
         if block_index not in self.blocks:
             self.blocks[block_index] = self.make(n_rows)
         return self.blocks[block_index]
-
-    def rows(self, which: int) -> np.ndarray:
-        """Array ``which`` of every block, joined in block order (every block kept)."""
-        return np.concatenate([self.blocks[i][which] for i in sorted(self.blocks)])
 
 
 @dataclass(frozen=True)
@@ -131,11 +128,30 @@ def distance_bounds_memory(n_runs: int) -> RowMemory:
     )
 
 
+#: Bytes per row and run of :func:`row_results_memory` (centre and squared distance).
+ROW_RESULTS_BYTES_PER_ROW_AND_RUN = 16
+
+
 def row_results_memory(n_runs: int) -> RowMemory:
     """Per block: the rows' nearest centres and squared distances to them, per run."""
     return RowMemory(
         lambda n_rows: (np.empty((n_rows, n_runs), dtype=np.int64), np.empty((n_rows, n_runs)))
     )
+
+
+def labels_memory(in_process: bool, n_rows: int, n_runs: int) -> RowMemory | None:
+    """A :func:`row_results_memory` for a pass that also labels the rows, where the
+    kernels run in this process and it fits (:func:`~dkmeans.resources.may_remember`);
+    else None (the labels then take a pass of their own)."""
+    n_bytes = n_rows * n_runs * ROW_RESULTS_BYTES_PER_ROW_AND_RUN
+    return row_results_memory(n_runs) if may_remember(in_process, n_bytes) else None
+
+
+def labels_of_run(memory: RowMemory, run: int) -> np.ndarray:
+    """Every row's nearest centre of ``run`` in a memory every block of a pass filled,
+    as ``predict`` gives them (int32)."""
+    blocks = [memory.blocks[i][0][:, run] for i in sorted(memory.blocks)]
+    return np.concatenate(blocks).astype(np.int32)
 
 
 def group_bounds_memory(n_runs: int, n_groups: int) -> RowMemory:

@@ -386,3 +386,20 @@ def test_cli_fit_mini_batch_writes_the_result_store(mixture, tmp_path, capsys):
     np.testing.assert_array_equal(result["labels"][...], same.labels_.compute())
     assert main(["fit", path, "--n-clusters", "10", "--batch-size", "500"]) == 2
     assert "--batch-size needs --mini-batch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numpy_labels_come_from_the_inertia_pass_as_predict_gives_them(monkeypatch, metric, dtype):
+    # one pass after the epochs gives inertia_ and labels_, from the centres as stored:
+    # on a grid far from the origin (ties everywhere, the frame shifted), predict's to the bit
+    rng = np.random.default_rng(5)
+    X = (rng.integers(1, 4, size=(6_000, 3)) + 1e3).astype(dtype)
+    own_passes = []
+    monkeypatch.setattr(MiniBatchKMeans, "_labels", lambda self, X: own_passes.append(X))
+    km = MiniBatchKMeans(4, batch_size=256, metric=metric, random_state=0).fit(X)
+    assert not own_passes
+    monkeypatch.undo()
+    assert km.labels_.dtype == np.int32
+    np.testing.assert_array_equal(km.labels_, km.predict(X))
+    assert km.inertia_ == -km.score(X)
