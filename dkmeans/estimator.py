@@ -259,12 +259,8 @@ class CenterModel(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         return None if shift is None else shift.astype(dtype)
 
     def _centers_in_frame(self, shift: np.ndarray | None) -> np.ndarray:
-        """The fitted centres as the kernels compare rows with them (float64): in the
-        frame of ``shift``, or scaled to unit norm for the cosine metric (centres stored
-        in float32, or set by hand, are unit vectors only up to rounding)."""
-        if self.metric == "cosine":
-            return unit_centers(self.cluster_centers_)
-        return centers_in_frame(self.cluster_centers_, shift)
+        """The fitted centres as the kernels compare rows with them (:func:`_compared`)."""
+        return _compared(self.cluster_centers_, shift, self.metric == "cosine")
 
     def _map_rows(
         self, kernel: Callable[..., np.ndarray], X: Input, **map_kwargs: Any
@@ -751,7 +747,13 @@ def _as_stored(
     """Centres found in the frame of ``shift`` as the fitted estimator compares rows with
     them: stored in ``dtype`` in the user's frame (``cluster_centers_``), then moved
     back to the frame (:meth:`KMeans._centers_in_frame`)."""
-    stored = centers_in_user_frame(centers, shift).astype(dtype)
+    return _compared(centers_in_user_frame(centers, shift).astype(dtype), shift, cosine)
+
+
+def _compared(stored: np.ndarray, shift: np.ndarray | None, cosine: bool) -> np.ndarray:
+    """Stored centres as the kernels compare rows with them (float64): in the frame of
+    ``shift``, or scaled to unit norm for the cosine metric (centres stored in float32,
+    or set by hand, are unit vectors only up to rounding)."""
     return unit_centers(stored) if cosine else centers_in_frame(stored, shift)
 
 

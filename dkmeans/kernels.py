@@ -556,6 +556,7 @@ def pass_statistics_of_blocks(
     with_moments: bool = False,
     far_capacity: int | None = None,
     distance_bounds: None = None,
+    row_results: None = None,
     shift: np.ndarray | None = None,
 ) -> PassStats:
     """:func:`pass_statistics` of consecutive blocks in one call, combined as the fixed
@@ -585,15 +586,15 @@ def pass_statistics_of_blocks(
         Fan-in of the combining tree.
     centers, bounds, with_moments, far_capacity, shift
         As :func:`pass_statistics`.
-    distance_bounds : None
+    distance_bounds, row_results : None
         Kept only by a process that passes over its own blocks, one at a time.
 
     Returns
     -------
     PassStats
     """
-    if distance_bounds is not None:
-        raise ValueError("distance bounds are kept per block: pass the blocks one at a time")
+    if distance_bounds is not None or row_results is not None:
+        raise ValueError("rows' state is kept per block: pass the blocks one at a time")
     capacities = far_capacities(bounds, far_capacity)
     n_blocks, (n_centers, n_features) = len(edges) - 1, centers.shape
     if engine.current() != "numba":

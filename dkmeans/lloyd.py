@@ -562,12 +562,16 @@ def _finalize(
     final = [state.centers[r] if stored is None else stored(state.centers[r]) for r in pending]
     stacked, bounds = stack_centers(final)
     labels = labels_memory(source.in_process, source.n_rows, len(pending)) if keep_labels else None
-    if labels is None:
-        # (a source out of this process runs a kernel of its own, which keeps no labels)
-        rows = {"distance_bounds": row_bounds.for_pass(pending, stacked, bounds, last=True)}
-    else:
-        rows = {"row_results": labels}
-    stats = source.map_reduce(pass_statistics, stacked, bounds, far_capacity=0, **rows)
+    stats = source.map_reduce(
+        pass_statistics,
+        stacked,
+        bounds,
+        far_capacity=0,
+        distance_bounds=(
+            None if labels is not None else row_bounds.for_pass(pending, stacked, bounds, last=True)
+        ),
+        row_results=labels,
+    )
     check_finite_statistics(stats, source.passes)
     for j, r in enumerate(pending):
         lo, hi = bounds[j], bounds[j + 1]

@@ -399,7 +399,7 @@ class MiniBatchKMeans(CenterModel):
                 centers,
                 np.array([0, len(centers)]),
                 far_capacity=0,
-                **({} if labels is None else {"row_results": labels}),
+                row_results=labels,
             )
             self.inertia_ = float(stats.cluster_inertia.sum()) * per_squared_distance
             if result is not None:

@@ -43,7 +43,7 @@ from .frame import check_values, shifted
 from .passes import SpanPasses
 from .resources import limit_blas
 from .spans import many_blocks
-from .tree import SPLIT_EVERY, TreeFold, combine_all, tree_level
+from .tree import SPLIT_EVERY, Node, combine_all, depth, node_values, tree_level
 from .watch import Blocks, check_worker_memory, distributed_client
 from .watch import compute as watched_compute
 from .watch import result as watched_result
@@ -133,7 +133,7 @@ def on_threads(block_result: Callable[[int], Any], n_blocks: int, threads: int) 
 
 
 #: Blocks an in-process pass runs between combining their results into the tree
-#: (:class:`~dkmeans.tree.TreeFold`): the results it holds are at most this many blocks'
+#: (:func:`~dkmeans.tree.node_values`): the results it holds are at most this many blocks'
 #: (at k = 16,384 the candidates' weights of k-means|| take 84 MB a block), and the
 #: threads wait for each other once per window. Folding every block as it came cost
 #: 7-30% more at thousands of blocks of 200 rows (a wake-up per block).
@@ -232,14 +232,24 @@ class InMemorySource:
         return self._map_range(kernel, range(len(self.blocks)), args, kwargs)
 
     def map_reduce(self, kernel: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        # the tree of DaskSource.graph, its blocks' results combined a window at a time
-        tree = TreeFold(len(self.blocks), self.split_every)
-        for start in range(0, len(self.blocks), FOLD_WINDOW):
-            blocks = range(start, min(start + FOLD_WINDOW, len(self.blocks)))
-            for value in self._map_range(kernel, blocks, args, kwargs):
-                tree.push(value)
+        # the tree of DaskSource.graph, node by node as a span's task combines it (one
+        # child at a time), its blocks run a window at a time
+        n_blocks, window = len(self.blocks), {}
+
+        def block_value(node: Node) -> Any:
+            level, block = node
+            if level:
+                return None
+            if block not in window:
+                blocks = range(block, min(block + FOLD_WINDOW, n_blocks))
+                values = self._map_range(kernel, blocks, args, kwargs)
+                window.update(zip(blocks, values, strict=True))
+            return window.pop(block)
+
+        root = (depth(n_blocks, self.split_every), 0)
+        (value,) = node_values([root], block_value, n_blocks, self.split_every)
         self.passes += 1
-        return tree.root
+        return value
 
     def _map_range(
         self,

@@ -90,38 +90,6 @@ def node_values(
     return [value(node) for node in nodes]
 
 
-class TreeFold:
-    """The root of the tree over ``n_blocks`` blocks from the blocks' values given in
-    block order (:meth:`push`), with one running value per level.
-
-    Every node is its children's values combined left to right, as :func:`combine_all`
-    gives it, and a child is combined into its parent as soon as it is pushed, so a
-    pass holds a few blocks' results at a time instead of all of them (the weights of
-    160,000 candidates of 32 features take 84 MB per block).
-    """
-
-    def __init__(self, n_blocks: int, split_every: int = SPLIT_EVERY) -> None:
-        self.n_blocks, self.split_every = n_blocks, split_every
-        self.top = depth(n_blocks, split_every)
-        self.running: list[Combinable | None] = [None] * (self.top + 1)
-        self.done = [0] * (self.top + 1)  # nodes of every level combined so far
-        self.root: Combinable | None = None
-
-    def push(self, value: Combinable, level: int = 0) -> None:
-        """Combine the value of the next node of ``level`` (at level 0, the next block)."""
-        if level == self.top:
-            self.root = value
-            return
-        index, self.done[level] = self.done[level], self.done[level] + 1
-        above = self.running[level + 1]
-        self.running[level + 1] = value if above is None else above.combine(value)
-        nodes = -(-self.n_blocks // self.split_every**level)  # of this level
-        parent = index // self.split_every
-        if index == min((parent + 1) * self.split_every, nodes) - 1:  # its last child
-            complete, self.running[level + 1] = self.running[level + 1], None
-            self.push(complete, level + 1)
-
-
 class Stacked(Protocol):
     """Partial results of consecutive blocks (or nodes), one per entry of a leading
     axis, whose ``combine`` combines them entry by entry (``StackedMoments``)."""

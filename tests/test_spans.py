@@ -51,7 +51,6 @@ from dkmeans.sources import DaskSource, InMemorySource, prepared_kernel
 from dkmeans.spans import BlockRecipe, SpanPlan, cuts, merge_spans, span_pass
 from dkmeans.tree import (
     SPLIT_EVERY,
-    TreeFold,
     combine_all,
     depth,
     node_blocks,
@@ -110,17 +109,14 @@ def test_spans_combine_exactly_as_the_tree(n_blocks, fractions, split_every) -> 
     assert root == tree_root(n_blocks, split_every)
 
 
-@settings(max_examples=60, deadline=None)
-@given(n_blocks=st.integers(1, 2_000), split_every=st.sampled_from([2, 3, 8]))
-def test_folding_blocks_in_order_combines_exactly_as_the_tree(n_blocks, split_every) -> None:
-    # an in-process pass combines each block's result as it comes (TreeFold)
-    tree = TreeFold(n_blocks, split_every)
-    for block in range(n_blocks):
-        assert tree.root is None
-        tree.push(Expr(str(block)))
-    assert tree.root == tree_root(n_blocks, split_every)
-    # one running value per level: nothing of size n_blocks is held
-    assert len(tree.running) == depth(n_blocks, split_every) + 1
+@settings(max_examples=30, deadline=None)
+@given(n_blocks=st.integers(1, 700), split_every=st.sampled_from([2, 3, 8]))
+def test_an_in_process_pass_combines_exactly_as_the_tree(n_blocks, split_every) -> None:
+    # an in-process pass combines its blocks node by node, a window of blocks at a time
+    blocks = [np.zeros((1, 1), dtype=np.float32)] * n_blocks
+    source = InMemorySource(blocks, threads=2, split_every=split_every)
+    root = source.map_reduce(lambda block, weights, offset, index: Expr(str(index)))
+    assert root == tree_root(n_blocks, split_every)
 
 
 class Counted:
