@@ -126,13 +126,29 @@ def test_passes_use_the_bounds_only_while_they_skip_enough_rows():
     assert skipped_fraction(row_bounds.memory, np.full(16, 100.0), run_bounds) == 0.0
 
 
-def test_renewals_that_would_not_pay_are_predicted_and_skipped():
+@pytest.mark.parametrize("near_paying", [False, True])
+def test_renewals_that_would_not_pay_are_predicted_and_skipped(near_paying, monkeypatch):
     """Data in memory: a renewal of Hamerly's bounds is first predicted on a sample of
     the rows; while the centres jump, fresh bounds would skip nothing, so no pass renews
     them (it would cost more than a full pass), and the bounds still serve once the
-    centres come back."""
+    centres come back. A prediction far from paying doubles the wait before the next,
+    as a renewal that did not pay does; one near paying (here forced to 0.6) does not."""
+    predictions = []
+    predict = lloyd_module.fresh_skipped_fraction
+
+    def counted(rows, stacked, bounds, drift):
+        predictions.append(True)
+        skipped = predict(rows, stacked, bounds, drift)
+        assert skipped < lloyd_module.HAMERLY_MIN_SKIPPED / 2
+        return 0.6 if near_paying else skipped
+
+    monkeypatch.setattr(lloyd_module, "fresh_skipped_fraction", counted)
     used, _ = jumping_centres_passes(predict_renewals=True)
     assert used == [True] + [False] * 12 + [True] * 3
+    wait = lloyd_module.BOUNDS_RENEWED_AFTER
+    # made at pass 1, then full passes: predicted after `wait` of them, then after twice
+    # as many (far from paying), or at every pass from then on (near paying)
+    assert len(predictions) == (12 - wait + 1 if near_paying else 2)
 
 
 @pytest.mark.parametrize("step", [0.0, 0.02, 0.1, 1.0])
