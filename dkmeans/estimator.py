@@ -48,7 +48,7 @@ from .io import (
 from .kernels import center_distances, nearest_centers, pass_statistics, ranked_centers
 from .lloyd import IterationReport, LloydResult, lloyd
 from .resources import limit_blas
-from .seeding import SEEDING_ROWS_PER_CENTRE, initial_centers
+from .seeding import INIT_TOL, SEEDING_ROWS_PER_CENTRE, initial_centers
 from .sources import Source, prepared_kernel
 
 Init = Literal["k-means||", "k-means++", "random"]
@@ -122,6 +122,7 @@ class CenterModel(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
             "oversampling_factor", self.oversampling_factor, float, 0, closed_low=False, owner=owner
         )
         _check_number("init_rounds", self.init_rounds, int, 1, owner=owner)
+        _check_number("init_tol", self.init_tol, float, 0, owner=owner)
         names = ("k-means||", "k-means++", "random")
         if not (
             (isinstance(self.init, str) and self.init in names)
@@ -412,7 +413,14 @@ class KMeans(CenterModel):
     oversampling_factor : float, default=2.0
         k-means||: expected candidates per round, in multiples of ``n_clusters``.
     init_rounds : int, default=5
-        k-means||: sampling rounds.
+        k-means||: sampling rounds, at most.
+    init_tol : float, default=0.05
+        k-means||: a run draws no further round once its last round lowered the seeding
+        potential (the inertia of the candidates) by less than this fraction; 0 draws
+        all ``init_rounds``. In many dimensions the potential soon falls by only a few
+        percent a round (structureless rows in 768 dimensions: 14%, then 2.6%) and the
+        later rounds cost time for no better centres; data in few dimensions keeps
+        gaining and draws every round.
     init_rows_per_center : int or None, default=128
         k-means||: run on a uniform sample of about this many rows per centre, gathered
         in one pass, where that sample is at most half the rows and 256 MiB; else, and
@@ -511,6 +519,7 @@ class KMeans(CenterModel):
         tol: float = 1e-4,
         oversampling_factor: float = 2.0,
         init_rounds: int = 5,
+        init_tol: float = INIT_TOL,
         init_rows_per_center: int | None = SEEDING_ROWS_PER_CENTRE,
         random_state: int | np.random.Generator | np.random.RandomState | None = None,
         persist: Literal["auto"] | bool = "auto",
@@ -525,6 +534,7 @@ class KMeans(CenterModel):
         self.tol = tol
         self.oversampling_factor = oversampling_factor
         self.init_rounds = init_rounds
+        self.init_tol = init_tol
         self.init_rows_per_center = init_rows_per_center
         self.random_state = random_state
         self.persist = persist
@@ -597,6 +607,7 @@ class KMeans(CenterModel):
             np.array([seed for _, seed in runs]),
             oversampling_factor=self.oversampling_factor,
             init_rounds=self.init_rounds,
+            init_tol=self.init_tol,
             rows_per_center=self.init_rows_per_center,
             metric=self.metric,
         )

@@ -30,7 +30,7 @@ from .minibatch import (
 )
 from .resources import limit_blas
 from .row_memory import labels_memory, labels_of_run
-from .seeding import initial_centers, recluster, weighted_draws
+from .seeding import INIT_TOL, initial_centers, recluster, weighted_draws
 from .sources import InMemorySource, Source
 
 #: Runs when ``n_init="auto"`` and the start is random: scikit-learn's MiniBatchKMeans's.
@@ -114,7 +114,10 @@ class MiniBatchKMeans(CenterModel):
     oversampling_factor : float, default=2.0
         k-means|| on the initial sample: candidates per round, in multiples of k.
     init_rounds : int, default=5
-        k-means|| on the initial sample: rounds.
+        k-means|| on the initial sample: rounds, at most.
+    init_tol : float, default=0.05
+        k-means|| on the initial sample: no further round once one lowered the seeding
+        potential by less than this fraction, as in :class:`KMeans`.
     persist : "auto" or bool, default="auto"
         As in :class:`KMeans`: keep X in (cluster) memory for the epochs when it
         takes under half the memory available; else every epoch reads its source.
@@ -177,6 +180,7 @@ class MiniBatchKMeans(CenterModel):
         shuffle: bool = True,
         oversampling_factor: float = 2.0,
         init_rounds: int = 5,
+        init_tol: float = INIT_TOL,
         persist: Literal["auto"] | bool = "auto",
         metric: Metric = "euclidean",
     ) -> None:
@@ -195,6 +199,7 @@ class MiniBatchKMeans(CenterModel):
         self.shuffle = shuffle
         self.oversampling_factor = oversampling_factor
         self.init_rounds = init_rounds
+        self.init_tol = init_tol
         self.persist = persist
         self.metric = metric
 
@@ -359,6 +364,7 @@ class MiniBatchKMeans(CenterModel):
                     [int(seed)],
                     oversampling_factor=self.oversampling_factor,
                     init_rounds=self.init_rounds,
+                    init_tol=self.init_tol,
                     metric=self.metric,
                 )
                 runs.append(centers)

@@ -12,7 +12,7 @@ import zarr
 from sklearn.cluster import KMeans as SklearnKMeans
 from sklearn.exceptions import ConvergenceWarning
 
-from dkmeans import KMeans, seeding
+from dkmeans import KMeans, oversampling, seeding
 from dkmeans.seeding import kmeans_parallel, kmeans_plusplus, random_centers, weighted_plusplus
 from dkmeans.sources import DaskSource, InMemorySource
 from dkmeans.streams import Purpose, row_uniforms, stream_key
@@ -181,6 +181,71 @@ def test_kmeans_parallel_is_as_good_as_kmeans_plusplus(k):
     ours = [KMeans(k, random_state=seed).fit(X).inertia_ for seed in range(5)]
     theirs = [SklearnKMeans(k, n_init=1, random_state=seed).fit(X).inertia_ for seed in range(5)]
     assert np.mean(ours) <= 1.02 * np.mean(theirs)
+
+
+def recorded_rounds(source: InMemorySource, monkeypatch) -> dict[int, list[float]]:
+    """Every run's potentials as its k-means|| rounds measure them, in round order (the
+    first: under the first centre alone), recorded from the passes over ``source``."""
+    potentials: dict[int, list[float]] = {}
+    map_reduce = source.map_reduce
+
+    def recording(func, *args, **kwargs):
+        result = map_reduce(func, *args, **kwargs)
+        if func is oversampling.oversample:
+            for run, drawn in zip(args[0].runs, result, strict=True):
+                potentials.setdefault(int(run), []).append(drawn.cost)
+        return result
+
+    monkeypatch.setattr(source, "map_reduce", recording)
+    return potentials
+
+
+@pytest.mark.parametrize("init_tol", [0.0, 0.05, 0.5])
+def test_a_run_stops_drawing_once_a_round_gains_less_than_init_tol(init_tol, monkeypatch):
+    """A run draws round i + 1 only while round i lowered the potential by at least
+    ``init_tol`` (0: every round); runs sharing the passes stop each at its own round
+    and seed exactly as alone."""
+    X = np.random.default_rng(4).normal(size=(3000, 96))  # structureless, many dimensions
+    n_clusters, seeds, rounds = [2, 30, 30], [5, 6, 7], 6
+    source = InMemorySource.of_array(X, chunks=(700, 96))
+    potentials = recorded_rounds(source, monkeypatch)
+    together = kmeans_parallel(source, n_clusters, seeds, init_rounds=rounds, init_tol=init_tol)
+    for run, measured in potentials.items():
+        gains = 1 - np.array(measured[1:]) / measured[:-1]
+        kept_on = np.flatnonzero(gains < init_tol)
+        expected = rounds if len(kept_on) == 0 else kept_on[0] + 2
+        assert len(measured) == expected, (run, measured)
+    drawn = [len(potentials[r]) for r in range(3)]
+    if init_tol == 0:
+        assert drawn == [rounds] * 3
+    else:
+        assert min(drawn) < rounds  # the rule is put to the test
+    for k, seed, centers in zip(n_clusters, seeds, together, strict=True):
+        alone = kmeans_parallel(
+            InMemorySource.of_array(X, chunks=(700, 96)), [k], [seed],
+            init_rounds=rounds, init_tol=init_tol,
+        )  # fmt: skip
+        np.testing.assert_array_equal(alone[0], centers)
+
+
+def test_rounds_stop_early_on_structureless_rows_in_many_dimensions_only(monkeypatch):
+    """The default ``init_tol``: a Gaussian mixture in few dimensions gains at every
+    round and draws all of them; structureless rows in many dimensions stop early, and
+    their final inertia is as good as with every round."""
+    mixture = InMemorySource.of_array(gauss_mixture(6000, 20, d=8))
+    potentials = recorded_rounds(mixture, monkeypatch)
+    kmeans_parallel(mixture, [20], [0])
+    assert len(potentials[0]) == 5
+    X = np.random.default_rng(2).normal(size=(6000, 256)).astype(np.float32)
+    noise = InMemorySource.of_array(X)
+    potentials = recorded_rounds(noise, monkeypatch)
+    kmeans_parallel(noise, [20], [0])
+    assert len(potentials[0]) < 5
+    early, every = (
+        [KMeans(20, init_tol=tol, random_state=seed).fit(X).inertia_ for seed in range(3)]
+        for tol in (seeding.INIT_TOL, 0.0)
+    )
+    assert np.mean(early) <= 1.005 * np.mean(every)
 
 
 def test_runs_share_passes(blobs):

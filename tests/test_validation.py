@@ -33,6 +33,7 @@ X_SMALL = np.random.default_rng(0).normal(size=(50, 3))
         ({"tol": -1.0}, "'tol'"),
         ({"oversampling_factor": 0}, "'oversampling_factor'"),
         ({"init_rounds": 0}, "'init_rounds'"),
+        ({"init_tol": -0.1}, "'init_tol'"),
         ({"init_rows_per_center": 0}, "'init_rows_per_center' .* or None"),
         ({"init_rows_per_center": 12.5}, "'init_rows_per_center'"),
         ({"init": "kmeans"}, "'init' parameter of KMeans must be a str among"),
