@@ -414,13 +414,13 @@ class KMeans(CenterModel):
         k-means||: expected candidates per round, in multiples of ``n_clusters``.
     init_rounds : int, default=5
         k-means||: sampling rounds, at most.
-    init_tol : float, default=0.05
+    init_tol : float, default=0.1
         k-means||: a run draws no further round once its last round lowered the seeding
         potential (the inertia of the candidates) by less than this fraction; 0 draws
         all ``init_rounds``. In many dimensions the potential soon falls by only a few
         percent a round (structureless rows in 768 dimensions: 14%, then 2.6%) and the
-        later rounds cost time for no better centres; data in few dimensions keeps
-        gaining and draws every round.
+        later rounds cost time for no better centres; well-separated clusters in few
+        dimensions keep gaining and draw more rounds.
     init_rows_per_center : int or None, default=128
         k-means||: run on a uniform sample of about this many rows per centre, gathered
         in one pass, where that sample is at most half the rows and 256 MiB; else, and

@@ -115,7 +115,7 @@ class MiniBatchKMeans(CenterModel):
         k-means|| on the initial sample: candidates per round, in multiples of k.
     init_rounds : int, default=5
         k-means|| on the initial sample: rounds, at most.
-    init_tol : float, default=0.05
+    init_tol : float, default=0.1
         k-means|| on the initial sample: no further round once one lowered the seeding
         potential by less than this fraction, as in :class:`KMeans`.
     persist : "auto" or bool, default="auto"
