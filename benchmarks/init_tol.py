@@ -64,6 +64,8 @@ DATA: dict[str, tuple[Callable[[int], np.ndarray], int, int]] = {
 
 @dataclass
 class Row:
+    """One data set at one ``init_tol``: means over the seeds."""
+
     data: str
     n: int
     d: int
@@ -124,6 +126,7 @@ def evaluate(name: str, x: np.ndarray, k: int, tols: list[float], seeds: range) 
 
 
 def markdown(rows: list[Row]) -> str:
+    """The rows as a Markdown table."""
     lines = [
         "| data | n × d, k | init_tol | rounds | seeding (s) | final inertia / scikit-learn's |",
         "|---|---|---:|---:|---:|---:|",
