@@ -62,7 +62,7 @@ from .streams import Purpose, stream_key
 #: of 45 at 5%, for a lower seeding inertia); blobs 81%, 71%, 3.2% (768 features: 4
 #: rounds) and 87%, 66%, 9.7% (128: 4). The paper's Gauss mixtures in 15 dimensions gain
 #: 8% or more a round and draw 4 or 5. Final inertias against scikit-learn's k-means++
-#: stayed within 0.1% of those with every round (mixtures, blobs, noise, embeddings).
+#: stayed within 0.25% of those with every round (mixtures, blobs, noise, embeddings).
 INIT_TOL = 0.1
 #: Extra k-means|| rounds allowed when the candidates are fewer than k distinct points.
 MAX_EXTRA_ROUNDS = 20
