@@ -520,9 +520,11 @@ def fit(x, init: np.ndarray | None = None, max_iter: int = 6, **params) -> KMean
     return KMeans(len(init), init=init, max_iter=max_iter, tol=0, **params).fit(x)
 
 
-def killing(cluster: LocalCluster, client: Client, at: int, action):
-    """``action()`` while a worker is killed when the ``at``-th span of a pass ends."""
-    killer = FinishedTasks("pass_statistics", at, min(client.run(os.getpid).values()))
+def killing(cluster: LocalCluster, client: Client, at: int, action, worker: str = ""):
+    """``action()`` while ``worker`` (by default any) is killed when the ``at``-th span
+    task ends."""
+    pids = client.run(os.getpid, workers=[worker] if worker else None)
+    killer = FinishedTasks("pass_statistics", at, min(pids.values()))
     result = counted(cluster, killer, action)
     assert killer.killed, Counter(killer.finished)
     client.wait_for_workers(WORKERS)
@@ -542,9 +544,16 @@ def test_a_fit_that_loses_a_worker_ends_as_an_undisturbed_one(cluster) -> None:
     with client.as_current():
         x = client.persist(lazy)  # recomputable: a lost worker's blocks come back
         wait(x)
-        undisturbed = fit(x)
-        # the middle of the third pass (one span per worker)
-        disturbed = killing(scheduler, client, 2 * WORKERS + 2, lambda: fit(x))
+        # the scheduler places the blocks, and the spans follow them (one worker may
+        # hold them all): count a pass's spans
+        holders = {w for ws in client.who_has(x).values() for w in ws}
+        counter = FinishedTasks()
+        undisturbed = counted(scheduler, counter, lambda: fit(x))
+        spans, rest = divmod(counter.finished.count("pass_statistics"), 7)  # 6 steps, labels
+        assert spans >= len(holders) and rest == 0
+        # a worker holding blocks dies after the first span of the third pass ends
+        kill = lambda: fit(x)  # noqa: E731
+        disturbed = killing(scheduler, client, 2 * spans + 1, kill, min(holders))
     for other in (undisturbed, disturbed):
         np.testing.assert_array_equal(other.cluster_centers_, threads.cluster_centers_)
         assert other.inertia_ == threads.inertia_
