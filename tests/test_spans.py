@@ -23,9 +23,10 @@ import signal
 import sys
 import tracemalloc
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any
 
 import dask
 import dask.array as da
@@ -381,21 +382,28 @@ def cluster() -> Iterator[tuple[LocalCluster, Client]]:
 
 
 class FinishedTasks(SchedulerPlugin):
-    """Counts the tasks that finish, by name; kills a worker at the ``kill_at``-th
-    task named ``name`` (its nanny starts a new one)."""
+    """Counts the tasks that finish, by name; kills the worker of process ``pid`` once
+    ``kill_when(self)`` holds (its nanny starts a new one)."""
 
-    def __init__(self, name: str = "", kill_at: int = 0, pid: int = 0) -> None:
-        self.name, self.kill_at, self.pid = name, kill_at, pid
+    def __init__(self, kill_when: Callable[[FinishedTasks], bool] | None = None, pid: int = 0):
+        self.kill_when, self.pid = kill_when, pid
         self.finished: list[str] = []
+        self.keys: list[Hashable] = []
         self.killed = False
 
     def transition(self, key, start, finish, *args, **kwargs) -> None:
         if start != "processing" or finish != "memory":
             return
         self.finished.append(key_split(key))
-        if self.pid and self.finished.count(self.name) == self.kill_at:
+        self.keys.append(key)
+        if self.pid and not self.killed and self.kill_when(self):
             os.kill(self.pid, signal.SIGKILL)
             self.killed = True
+
+    def passes_begun(self) -> int:
+        """Passes of span tasks one of whose spans finished (a pass's span tasks share
+        the first part of their keys)."""
+        return len({key[0] for key in self.keys if key_split(key) == "pass_statistics"})
 
 
 def counted(cluster: LocalCluster, plugin: FinishedTasks, action):
@@ -511,7 +519,8 @@ def test_a_pass_over_a_store_of_small_chunks_reads_them_in_the_tasks(
     # a worker killed in the middle of a pass: its spans run again elsewhere, same bits
     with client.as_current():
         again = lambda: source.map_reduce(pass_statistics, CENTERS, ONE_RUN)  # noqa: E731
-        assert same_stats(killing(scheduler, client, 2, again), threads_pass)
+        second_span = lambda tasks: tasks.finished.count("pass_statistics") == 2  # noqa: E731
+        assert same_stats(killing(scheduler, client, second_span, again), threads_pass)
 
 
 def fit(x, init: np.ndarray | None = None, max_iter: int = 6, **params) -> KMeans:
@@ -520,11 +529,17 @@ def fit(x, init: np.ndarray | None = None, max_iter: int = 6, **params) -> KMean
     return KMeans(len(init), init=init, max_iter=max_iter, tol=0, **params).fit(x)
 
 
-def killing(cluster: LocalCluster, client: Client, at: int, action, worker: str = ""):
-    """``action()`` while ``worker`` (by default any) is killed when the ``at``-th span
-    task ends."""
+def killing(
+    cluster: LocalCluster,
+    client: Client,
+    kill_when: Callable[[FinishedTasks], bool],
+    action: Callable[[], Any],
+    worker: str = "",
+) -> Any:
+    """``action()`` while ``worker`` (by default any) is killed once ``kill_when`` holds
+    for the tasks finished (:class:`FinishedTasks`)."""
     pids = client.run(os.getpid, workers=[worker] if worker else None)
-    killer = FinishedTasks("pass_statistics", at, min(pids.values()))
+    killer = FinishedTasks(kill_when, min(pids.values()))
     result = counted(cluster, killer, action)
     assert killer.killed, Counter(killer.finished)
     client.wait_for_workers(WORKERS)
@@ -544,16 +559,12 @@ def test_a_fit_that_loses_a_worker_ends_as_an_undisturbed_one(cluster) -> None:
     with client.as_current():
         x = client.persist(lazy)  # recomputable: a lost worker's blocks come back
         wait(x)
-        # the scheduler places the blocks, and the spans follow them (one worker may
-        # hold them all): count a pass's spans
-        holders = {w for ws in client.who_has(x).values() for w in ws}
-        counter = FinishedTasks()
-        undisturbed = counted(scheduler, counter, lambda: fit(x))
-        spans, rest = divmod(counter.finished.count("pass_statistics"), 7)  # 6 steps, labels
-        assert spans >= len(holders) and rest == 0
-        # a worker holding blocks dies after the first span of the third pass ends
-        kill = lambda: fit(x)  # noqa: E731
-        disturbed = killing(scheduler, client, 2 * spans + 1, kill, min(holders))
+        undisturbed = fit(x)
+        # the scheduler places the blocks (one worker may hold them all) and the spans
+        # follow them: a worker holding some dies once a span of the third pass ends
+        holder = min(w for ws in client.who_has(x).values() for w in ws)
+        third_pass = lambda tasks: tasks.passes_begun() == 3  # noqa: E731
+        disturbed = killing(scheduler, client, third_pass, lambda: fit(x), holder)
     for other in (undisturbed, disturbed):
         np.testing.assert_array_equal(other.cluster_centers_, threads.cluster_centers_)
         assert other.inertia_ == threads.inertia_
