@@ -16,8 +16,10 @@ import dask.array as da
 import numpy as np
 
 from .frame import MAX_MAGNITUDE
+from .placement import persist_in_runs
 from .resources import client_active, local_threads, should_persist
 from .sources import DaskSource, InMemorySource, Source, own_pool
+from .watch import distributed_client
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,8 @@ def make_source(
 
     NumPy data runs on a pool of threads on the client without a task graph; lazy data is
     persisted (``persist``, see :func:`~dkmeans.resources.should_persist`) in cluster
-    memory, or in this process's memory when no distributed client is active (then also
+    memory (one run of blocks per worker: :mod:`dkmeans.placement`), or in this process's
+    memory when no distributed client is active (then also
     on the pool, without a task graph), or streamed from its source. Lazy data is checked
     (NaN, infinity, overflowing magnitudes) as its first pass reads it.
     """
@@ -82,7 +85,12 @@ def make_source(
     if isinstance(weights, np.ndarray):
         weights = da.from_array(weights, chunks=(X.chunks,))
     if should_persist(persist, data):
-        data, weights = dask.persist(data, weights, **own_pool(data, weights))
+        client = distributed_client(data)
+        if client is None:
+            data, weights = dask.persist(data, weights, **own_pool(data, weights))
+        else:  # the blocks in one run per worker: no block crosses the network
+            data = persist_in_runs(client, data)
+            weights = None if weights is None else persist_in_runs(client, weights)
         if not client_active():
             return InMemorySource(
                 _blocks(data),

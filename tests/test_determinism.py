@@ -244,11 +244,8 @@ def run_with(plugin: SchedulerPlugin, cluster: LocalCluster, action: Callable[[]
         cluster.scheduler.remove_plugin(name="kill-worker")
 
 
-@pytest.mark.slow
-def test_fit_survives_losing_a_worker(tmp_path, two_workers) -> None:
-    cluster, client = two_workers
-    rows, n_blocks = 100_000, 8
-    path = str(tmp_path / "big.zarr")
+def write_big(path: str, rows: int = 100_000, n_blocks: int = 8) -> str:
+    """A Zarr store of ``n_blocks`` chunks of ``rows`` x 16 float32 blobs."""
     big = zarr.create_array(
         store=path,
         shape=(rows * n_blocks, 16),
@@ -261,6 +258,35 @@ def test_fit_survives_losing_a_worker(tmp_path, two_workers) -> None:
         big[block * rows : (block + 1) * rows] = rng.normal(size=(rows, 16)) + rng.integers(
             8, size=(rows, 1)
         )
+    return path
+
+
+def bytes_received(dask_worker) -> int:
+    """Bytes a worker has fetched from other workers (run on the worker)."""
+    return sum(transfer.get("total", 0) for transfer in dask_worker.transfer_incoming_log)
+
+
+@pytest.mark.slow
+def test_a_persisted_store_is_read_where_it_is_held(tmp_path, two_workers) -> None:
+    # X persisted by the fit is held in one run of blocks per worker, and every pass runs
+    # each worker's blocks where they are: no block of X crosses the network
+    _, client = two_workers
+    path = write_big(str(tmp_path / "big.zarr"))
+    with dask.config.set(scheduler="threads"):
+        threads = KMeans(8, max_iter=8, tol=0, init_rounds=2, random_state=1).fit(path)
+    client.wait_for_workers(2)
+    before = sum(client.run(bytes_received).values())
+    held = fit_big(path, client)
+    received = sum(client.run(bytes_received).values()) - before
+    assert received < 2**20, received  # centres and partial results only; a block: 6.4 MB
+    np.testing.assert_array_equal(held.cluster_centers_, threads.cluster_centers_)
+    assert held.inertia_ == threads.inertia_
+
+
+@pytest.mark.slow
+def test_fit_survives_losing_a_worker(tmp_path, two_workers) -> None:
+    cluster, client = two_workers
+    path = write_big(str(tmp_path / "big.zarr"))
     undisturbed = fit_big(path, client)
 
     client.wait_for_workers(2)

@@ -1,0 +1,61 @@
+"""Lazy X persisted in cluster memory, one contiguous run of row blocks per worker.
+
+A pass over blocks held by workers runs one span of blocks per worker where each holds
+a run of them (:mod:`dkmeans.spans`). Left to the scheduler, a persisted array's blocks
+land wherever a thread was free: a Zarr store of 32 blocks on 4 workers came back in 29
+runs (``CABABACDBADDB...``), the spans then took most of their blocks from other
+workers, and a 10-iteration fit of 1 GB moved 610 MB between workers (replicas that
+doubled the memory of those blocks). Persisted here, worker ``w`` computes blocks
+``edges[w]:edges[w + 1]`` itself (in proportion to its threads), so no block crosses
+the network during a fit.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import TYPE_CHECKING
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+from dask.core import flatten
+from dask.highlevelgraph import HighLevelGraph
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+
+def run_edges(n_blocks: int, threads: dict[str, int]) -> list[int]:
+    """Where every worker's run of blocks begins and ends (workers in the order of their
+    addresses, sorted), in proportion to their threads: ``len(threads) + 1`` edges from
+    0 to ``n_blocks``."""
+    shares = np.cumsum([threads[w] for w in sorted(threads)], dtype=np.float64)
+    return [0, *(int(round(n_blocks * share / shares[-1])) for share in shares)]
+
+
+def persist_in_runs(client: Client, array: da.Array) -> da.Array:
+    """``array`` (row blocks, chunked along its first axis only) persisted on ``client``'s
+    workers, one contiguous run of blocks per worker (:func:`run_edges`).
+
+    Each worker is asked to compute its own run (a loose restriction: a block lost with
+    its worker is computed again on another). The result has the same chunks and values,
+    its blocks held as futures. Without workers yet, the scheduler places the blocks.
+    """
+    threads = client.nthreads()
+    if not threads:  # no worker yet (an adaptive cluster): where the scheduler puts them
+        return client.persist(array)
+    futures = []
+    workers = sorted(threads)
+    runs = pairwise(run_edges(array.numblocks[0], threads))
+    for worker, (start, stop) in zip(workers, runs, strict=True):
+        if stop > start:
+            # a run's own part of the graph, computed on its worker
+            part = array.blocks[start:stop]
+            run = client.persist(part, workers=[worker], allow_other_workers=True)
+            held = dict(run.__dask_graph__())
+            futures += [held[key] for key in flatten(run.__dask_keys__())]
+    name = "persisted-in-runs-" + tokenize(array.name, workers)
+    trailing = (0,) * (array.ndim - 1)
+    layer = {(name, i, *trailing): future for i, future in enumerate(futures)}
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
+    return da.Array(graph, name, array.chunks, meta=array._meta)

@@ -1,0 +1,35 @@
+"""Where dkmeans persists lazy X on a cluster: one run of blocks per worker (dkmeans.placement).
+
+The runs cover the blocks in order, each worker's in proportion to its threads; a fit
+that persists a store on a LocalCluster moves no block between workers
+(``tests/test_determinism.py::test_a_persisted_store_is_read_where_it_is_held``).
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dkmeans.placement import run_edges
+
+addresses = st.lists(st.integers(1, 64), min_size=1, max_size=12).map(
+    lambda threads: {f"tcp://10.0.0.{i}:8786": t for i, t in enumerate(threads)}
+)
+
+
+@given(st.integers(0, 5_000), addresses)
+def test_runs_cover_the_blocks_in_order_in_proportion_to_the_threads(n_blocks, threads) -> None:
+    edges = run_edges(n_blocks, threads)
+    assert len(edges) == len(threads) + 1
+    assert edges[0] == 0 and edges[-1] == n_blocks
+    assert all(a <= b for a, b in pairwise(edges))
+    total = sum(threads.values())
+    for worker, (start, stop) in zip(sorted(threads), pairwise(edges), strict=True):
+        assert abs((stop - start) - n_blocks * threads[worker] / total) <= 1
+
+
+def test_runs_follow_the_sorted_addresses() -> None:
+    threads = {"tcp://b:1": 1, "tcp://a:1": 3}
+    assert run_edges(8, threads) == [0, 6, 8]  # a's 3 threads first: 6 blocks, then b's 2
