@@ -20,6 +20,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.core import flatten
 from dask.highlevelgraph import HighLevelGraph
+from distributed import Future
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -39,8 +40,13 @@ def persist_in_runs(client: Client, array: da.Array) -> da.Array:
 
     Each worker is asked to compute its own run (a loose restriction: a block lost with
     its worker is computed again on another). The result has the same chunks and values,
-    its blocks held as futures. Without workers yet, the scheduler places the blocks.
+    its blocks held as futures. Without workers yet, the scheduler places the blocks; an
+    array whose blocks are all held already is returned as it is (copying a user's
+    persisted blocks into runs would move most of them at every fit).
     """
+    graph = array.__dask_graph__()
+    if all(isinstance(graph[key], Future) for key in flatten(array.__dask_keys__())):
+        return array  # held already (persisted by the user): used where it is
     threads = client.nthreads()
     if not threads:  # no worker yet (an adaptive cluster): where the scheduler puts them
         return client.persist(array)
