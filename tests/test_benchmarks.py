@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks import cosine_faiss, init_tol, shapes
+from benchmarks import cosine_faiss, init_tol, placement, shapes
 
 #: What benchmarks.shapes chooses itself and benchmarks.cosine_faiss fixes instead.
 SHAPES_ONLY = {"shapes", "scale", "data", "libraries", "scratch"}
@@ -34,3 +34,20 @@ def test_init_tol_benchmark_counts_the_rounds_each_tolerance_draws(tmp_path):
     assert every["rounds"] == 5 > early["rounds"] >= 1
     assert every["seeding_seconds"] > 0 and early["seeding_seconds"] > 0
     assert every["ratio"] < 1.01 and early["ratio"] < 1.01
+
+
+def test_placement_benchmark_moves_no_block_of_what_the_fit_persists(tmp_path):
+    """A smoke run on 2 worker processes: the fits that persist the store themselves move
+    (almost) nothing between workers, each record has its time, bytes and runs."""
+    out = tmp_path / "placement.json"
+    placement.main(
+        ["--rows", "200000", "--chunk-rows", "10000", "--workers", "2", "--iterations", "2",
+         "--scratch", str(tmp_path), "--out", str(out)]
+    )  # fmt: skip
+    fits = json.loads(out.read_text())["fits"]
+    assert [(f["placement"], f["repeat"]) for f in fits] == [
+        ("dkmeans", 0), ("dkmeans", 1), ("user", 0), ("user", 1)
+    ]  # fmt: skip
+    for fit in fits:
+        assert fit["seconds"] > 0 and fit["runs"] >= 1 and fit["n_iter"] == 2
+    assert all(f["moved_bytes"] < 2**20 for f in fits if f["placement"] == "dkmeans")
