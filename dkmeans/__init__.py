@@ -6,6 +6,7 @@ from .estimator import KMeans
 from .exceptions import InvalidParameterError
 from .metrics import silhouette_score
 from .minibatch_kmeans import MiniBatchKMeans
+from .placement import persist_in_runs
 from .plot import plot_clusters, plot_elbow
 
 __version__ = "0.1.0"
@@ -17,6 +18,7 @@ __all__ = [
     "__version__",
     "connect",
     "elbow",
+    "persist_in_runs",
     "plot_clusters",
     "plot_elbow",
     "silhouette_score",

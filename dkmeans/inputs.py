@@ -89,8 +89,8 @@ def make_source(
         if client is None:
             data, weights = dask.persist(data, weights, **own_pool(data, weights))
         else:  # the blocks in one run per worker: no block crosses the network
-            data = persist_in_runs(client, data)
-            weights = None if weights is None else persist_in_runs(client, weights)
+            data = persist_in_runs(data, client)
+            weights = None if weights is None else persist_in_runs(weights, client)
         if not client_active():
             return InMemorySource(
                 _blocks(data),

@@ -34,16 +34,44 @@ def run_edges(n_blocks: int, threads: dict[str, int]) -> list[int]:
     return [0, *(int(round(n_blocks * share / shares[-1])) for share in shares)]
 
 
-def persist_in_runs(client: Client, array: da.Array) -> da.Array:
-    """``array`` (row blocks, chunked along its first axis only) persisted on ``client``'s
-    workers, one contiguous run of blocks per worker (:func:`run_edges`).
+def persist_in_runs(array: da.Array, client: Client | None = None) -> da.Array:
+    """``array`` persisted on a cluster's workers, one contiguous run of row blocks per
+    worker, in proportion to its threads (:func:`run_edges`).
 
-    Each worker is asked to compute its own run (a loose restriction: a block lost with
-    its worker is computed again on another). The result has the same chunks and values,
-    its blocks held as futures. Without workers yet, the scheduler places the blocks; an
-    array whose blocks are all held already is returned as it is (copying a user's
-    persisted blocks into runs would move most of them at every fit).
+    Use it instead of ``client.persist(array)`` to keep X in cluster memory across
+    several fits: the scheduler alone scatters the blocks over the workers, and a fit's
+    passes then take most of their blocks from other workers. A fit with ``persist=True``
+    (or ``"auto"``, when X fits) places what it persists this way itself.
+
+    Parameters
+    ----------
+    array : dask.array.Array of shape (n, ...)
+        Chunked along its first axis only (row blocks).
+    client : distributed.Client, optional
+        Default: the current client (``distributed.get_client()``).
+
+    Returns
+    -------
+    dask.array.Array
+        The same chunks and values, every block held by a future on its run's worker
+        (each run is asked of its worker with a loose restriction, so a block lost with
+        its worker is computed again on another). Without workers yet (an adaptive
+        cluster), the scheduler places the blocks; an array whose blocks are all held
+        already is returned as it is (copying persisted blocks into runs would move most
+        of them at every fit).
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import dkmeans
+    >>> X = dkmeans.persist_in_runs(da.from_zarr("s3://bucket/x.zarr"))  # doctest: +SKIP
+    >>> for k in (8, 16, 32):  # doctest: +SKIP
+    ...     dkmeans.KMeans(k).fit(X)
     """
+    if client is None:
+        from distributed import get_client
+
+        client = get_client()
     graph = array.__dask_graph__()
     if all(isinstance(graph[key], Future) for key in flatten(array.__dask_keys__())):
         return array  # held already (persisted by the user): used where it is

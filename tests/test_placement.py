@@ -47,7 +47,7 @@ def test_blocks_are_computed_in_one_run_per_worker_and_held_blocks_stay() -> Non
         LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as cluster,
         Client(cluster) as client,
     ):
-        placed = persist_in_runs(client, lazy)
+        placed = persist_in_runs(lazy)  # the current client
         graph = placed.__dask_graph__()
         futures = [graph[key] for key in flatten(placed.__dask_keys__())]
         wait(futures)
@@ -56,4 +56,4 @@ def test_blocks_are_computed_in_one_run_per_worker_and_held_blocks_stay() -> Non
         assert owners == [first] * 5 + [second] * 5
         np.testing.assert_array_equal(placed.compute(), x)
         held = client.persist(lazy)
-        assert persist_in_runs(client, held) is held  # a user's persisted blocks stay put
+        assert persist_in_runs(held, client) is held  # a user's persisted blocks stay put
