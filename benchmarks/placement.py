@@ -9,7 +9,9 @@ warm-up fit runs before):
 - *dkmeans*: the store's path is passed and the fit persists it (``persist=True``), one
   contiguous run of blocks per worker (:mod:`dkmeans.placement`);
 - *user*: the user persists ``dask.array.from_zarr(store)`` with ``Client.persist`` (the
-  scheduler places the blocks) and fits that array.
+  scheduler places the blocks) and fits that array;
+- *persist_in_runs*: the user persists it with :func:`dkmeans.persist_in_runs` (one run of
+  blocks per worker, kept across the fits).
 
 Reported per fit: wall seconds, bytes the workers fetched from one another (their
 ``transfer_incoming_log``), and the runs of consecutive blocks per worker of the
@@ -40,7 +42,7 @@ from dask.core import flatten
 from distributed import Client, LocalCluster, wait
 
 import dkmeans.inputs
-from dkmeans import KMeans
+from dkmeans import KMeans, persist_in_runs
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -133,8 +135,13 @@ def main(argv: list[str] | None = None) -> None:
         ):
             KMeans(args.clusters, max_iter=1, random_state=0).fit(path)  # compiles, warms up
             fits = []
-            for placement in ("dkmeans", "user"):
-                X = path if placement == "dkmeans" else client.persist(da.from_zarr(path))
+            persisted = {
+                "dkmeans": lambda: path,
+                "user": lambda: client.persist(da.from_zarr(path)),
+                "persist_in_runs": lambda: persist_in_runs(da.from_zarr(path), client),
+            }
+            for placement, persist in persisted.items():
+                X = persist()
                 for repeat in range(2):
                     fit = {"placement": placement, "repeat": repeat, **timed_fit(client, X, args)}
                     fits.append(fit)
