@@ -22,6 +22,8 @@ from dask.core import flatten
 from dask.highlevelgraph import HighLevelGraph
 from distributed import Future
 
+from .io import rechunk_rows
+
 if TYPE_CHECKING:
     from distributed import Client
 
@@ -45,8 +47,10 @@ def persist_in_runs(array: da.Array, client: Client | None = None) -> da.Array:
 
     Parameters
     ----------
-    array : dask.array.Array of shape (n, ...)
-        Chunked along its first axis only (row blocks).
+    array : dask.array.Array of shape (n, d) or (n,)
+        Rows, or a row's values (sample weights). Rows are first cut into the blocks a fit
+        cuts them into (one chunk across features; row chunks under 16 MiB merged towards
+        64 MiB), so that a fit takes the persisted blocks as they are.
     client : distributed.Client, optional
         Default: the current client (``distributed.get_client()``).
 
@@ -72,6 +76,8 @@ def persist_in_runs(array: da.Array, client: Client | None = None) -> da.Array:
         from distributed import get_client
 
         client = get_client()
+    if array.ndim == 2:  # X in the blocks a fit cuts it into: the fit then takes them as they are
+        array = rechunk_rows(array)
     graph = array.__dask_graph__()
     if all(isinstance(graph[key], Future) for key in flatten(array.__dask_keys__())):
         return array  # held already (persisted by the user): used where it is

@@ -17,6 +17,7 @@ from distributed import Client, LocalCluster, wait
 from hypothesis import given
 from hypothesis import strategies as st
 
+import dkmeans.io
 from dkmeans.placement import persist_in_runs, run_edges
 
 addresses = st.lists(st.integers(1, 64), min_size=1, max_size=12).map(
@@ -40,7 +41,8 @@ def test_runs_follow_the_sorted_addresses() -> None:
     assert run_edges(8, threads) == [0, 6, 8]  # a's 3 threads first: 6 blocks, then b's 2
 
 
-def test_blocks_are_computed_in_one_run_per_worker_and_held_blocks_stay() -> None:
+def test_blocks_are_computed_in_one_run_per_worker_and_held_blocks_stay(monkeypatch) -> None:
+    monkeypatch.setattr(dkmeans.io, "MERGE_BELOW", 0.0)  # keep these tiny blocks apart
     x = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
     lazy = da.from_array(x, chunks=(4, 3))
     with (
@@ -57,3 +59,14 @@ def test_blocks_are_computed_in_one_run_per_worker_and_held_blocks_stay() -> Non
         np.testing.assert_array_equal(placed.compute(), x)
         held = client.persist(lazy)
         assert persist_in_runs(held, client) is held  # a user's persisted blocks stay put
+
+
+def test_rows_are_cut_into_the_blocks_of_a_fit() -> None:
+    x = np.ones((4_000, 8), dtype=np.float32)  # 32 KiB in chunks of 1 KiB: one block
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as cluster,
+        Client(cluster) as client,
+    ):
+        placed = persist_in_runs(da.from_array(x, chunks=(32, 4)), client)
+        assert placed.chunks == ((4_000,), (8,))
+        np.testing.assert_array_equal(placed.compute(), x)
