@@ -841,20 +841,21 @@ def assign_block(block, centres, out, screen, groups, step, by_centers):
         step=step,
         by_centers=by_centers,
         scratch=scratch,
-        first_row=0,
+        rows=(0, len(block.x)),
     )
 
 
 @_compile
-def assign_rows(block, centres, out, screen, groups, step, by_centers, scratch, first_row):
-    """:func:`assign_block` with its scratch (:class:`BlockScratch`) given, the block's
-    rows numbered from ``first_row`` in ``out.far``: blocks that follow one another
-    share one scratch and one set of far-point slots (:func:`assign_blocks`)."""
+def assign_rows(block, centres, out, screen, groups, step, by_centers, scratch, rows):
+    """:func:`assign_block` of rows ``rows[0]:rows[1]`` of ``block`` (in sub-blocks from
+    ``rows[0]``, numbered as rows of ``block`` in ``out.far``), with its scratch
+    (:class:`BlockScratch`) given: blocks that follow one another in ``block`` share one
+    scratch and one set of far-point slots (:func:`assign_blocks`)."""
     x, bounds, partial = block.x, centres.bounds, scratch.partial
     nearest, scan, gathered = scratch.nearest, scratch.scan, scratch.gathered
-    n_rows = x.shape[0]
-    for start in range(0, n_rows, step):
-        stop = min(start + step, n_rows)
+    first, last = rows
+    for start in range(first, last, step):
+        stop = min(start + step, last)
         block_nearest = nearest[: stop - start]
         xs = rows_seen(
             x=x, start=start, stop=stop, shift=block.shift, widen=block.widen, buffer=scratch.moved
@@ -921,7 +922,7 @@ def assign_rows(block, centres, out, screen, groups, step, by_centers, scratch, 
             weights=rows_of(block.weights, start, stop),
             nearest=block_nearest,
             centres=centres,
-            first_row=first_row + start,
+            first_row=start,
             per_row=per_row_of(out.per_row, start, stop),
             totals=out.totals,
             far=out.far,
@@ -1130,22 +1131,37 @@ def moments_of_block(moments, b):
 
 
 @_compile
-def leaf_totals(totals):
-    """Entry 0 of ``totals`` (:class:`Totals` with a leading axis), emptied."""
-    leaf = Totals(sums=totals.sums[0], counts=totals.counts[0], inertia=totals.inertia[0])
-    leaf.sums[:] = 0.0
-    leaf.counts[:] = 0.0
-    leaf.inertia[:] = 0.0
-    return leaf
+def entry_totals(totals, entry):
+    """Entry ``entry`` of ``totals`` (:class:`Totals` with a leading axis), as views."""
+    return Totals(
+        sums=totals.sums[entry], counts=totals.counts[entry], inertia=totals.inertia[entry]
+    )
 
 
 @_compile
-def add_into(target, source, first):
-    """``target`` becomes ``source`` if ``first``, else ``target + source``."""
-    if first:
-        target[:] = source
-    else:
-        target += source
+def clear_entry(totals, entry):
+    """Entry ``entry`` of ``totals`` set to zero, by index: no view per call (a block of
+    a few rows made several, each a pair of atomic reference counts)."""
+    n_centers, n_features = totals.sums.shape[1], totals.sums.shape[2]
+    for j in range(n_centers):
+        for f in range(n_features):
+            totals.sums[entry, j, f] = 0.0
+        totals.counts[entry, j] = 0.0
+        totals.inertia[entry, j] = 0.0
+
+
+@_compile
+def add_entry(totals, target, source, first):
+    """Entry ``target`` of ``totals`` becomes entry ``source`` if ``first``, else their
+    sum, by index (:func:`clear_entry`)."""
+    n_centers, n_features = totals.sums.shape[1], totals.sums.shape[2]
+    for j in range(n_centers):
+        for f in range(n_features):
+            value = totals.sums[source, j, f]
+            totals.sums[target, j, f] = value if first else totals.sums[target, j, f] + value
+        counts, inertia = totals.counts[source, j], totals.inertia[source, j]
+        totals.counts[target, j] = counts if first else totals.counts[target, j] + counts
+        totals.inertia[target, j] = inertia if first else totals.inertia[target, j] + inertia
 
 
 @_compile
@@ -1161,9 +1177,7 @@ def fold_totals(totals, b, n_blocks, split_every):
         if (b + 1) % width != 0 and b != n_blocks - 1:
             return  # the child of this level is not complete yet
         first = b // width % split_every == 0
-        add_into(totals.sums[level + 1], totals.sums[level], first)
-        add_into(totals.counts[level + 1], totals.counts[level], first)
-        add_into(totals.inertia[level + 1], totals.inertia[level], first)
+        add_entry(totals=totals, target=level + 1, source=level, first=first)
         width *= split_every
 
 
@@ -1189,30 +1203,45 @@ def assign_blocks(block, edges, centres, out, step, by_centers, split_every):
     scratch = block_scratch(
         block=block, centres=centres, screen=None, groups=None, rows=min(step, largest)
     )
+    # the leaf's outputs made once, not per block: a view or a tuple of arrays made per
+    # block costs a pair of atomic reference counts per array (22% of a pass over blocks
+    # of 8 rows), and so did slicing the block
+    leaf = PassOutputs(per_row=None, totals=entry_totals(out.totals, 0), far=out.far, moments=None)
     for b in range(n_blocks):
         lo, hi = edges[b], edges[b + 1]
+        clear_entry(totals=out.totals, entry=0)
         assign_rows(
-            block=BlockRows(
-                x=block.x[lo:hi],
-                weights=rows_of(block.weights, lo, hi),
-                shift=block.shift,
-                widen=block.widen,
-            ),
+            block=block,
             centres=centres,
-            out=PassOutputs(
-                per_row=None,
-                totals=leaf_totals(out.totals),
-                far=out.far,
-                moments=moments_of_block(out.moments, b),
-            ),
+            out=leaf,
             screen=None,
             groups=None,
             step=step,
             by_centers=by_centers,
             scratch=scratch,
-            first_row=lo,
+            rows=(lo, hi),
         )
+        block_moments(
+            block=block, rows=(lo, hi), step=step, buffer=scratch.moved,
+            moments=moments_of_block(out.moments, b),
+        )  # fmt: skip
         fold_totals(totals=out.totals, b=b, n_blocks=n_blocks, split_every=split_every)
+
+
+@_compile
+def block_moments(block, rows, step, buffer, moments):
+    """:func:`merge_moments` of rows ``rows[0]:rows[1]`` of ``block`` as seen
+    (:func:`rows_seen`), sub-block by sub-block as :func:`assign_rows` merges them;
+    nothing for ``moments`` of None (compiled out)."""
+    if moments is None:
+        return
+    first, last = rows
+    for start in range(first, last, step):
+        stop = min(start + step, last)
+        xs = rows_seen(
+            x=block.x, start=start, stop=stop, shift=block.shift, widen=block.widen, buffer=buffer
+        )
+        merge_moments(xs=xs, moments=moments)
 
 
 #: What :func:`minibatch_rows` stopped at: all its rows done, a batch whose centres of
