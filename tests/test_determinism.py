@@ -40,6 +40,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from threadpoolctl import threadpool_limits
 
 import dkmeans.io
+from benchmarks.placement import bytes_received
 from dkmeans import KMeans
 from dkmeans.seeding import sample_fractions
 from dkmeans.sources import SPLIT_EVERY, DaskSource
@@ -259,11 +260,6 @@ def write_big(path: str, rows: int = 100_000, n_blocks: int = 8) -> str:
             8, size=(rows, 1)
         )
     return path
-
-
-def bytes_received(dask_worker) -> int:
-    """Bytes a worker has fetched from other workers (run on the worker)."""
-    return sum(transfer.get("total", 0) for transfer in dask_worker.transfer_incoming_log)
 
 
 @pytest.mark.slow
