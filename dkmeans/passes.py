@@ -2,7 +2,7 @@
 
 :class:`SpanPasses` runs every pass of a source over the spans that
 :func:`~dkmeans.spans.plan_spans` cuts (one per worker, or per run of a worker's held
-blocks), in one of two ways:
+blocks; a worker's many scattered runs go to one task), in one of two ways:
 
 - **tasks**: one task per span (:func:`~dkmeans.spans.span_pass`) and their combines
   (:func:`~dkmeans.spans.merge_spans`), 8 spans per task, and one task for the centres:
@@ -75,34 +75,35 @@ RESIDENT_MIN_SPANS = 64
 
 
 class SpanLoop:
-    """One span's passes, resident on the worker that holds its blocks (a Dask actor).
+    """One task's spans' passes, resident on the worker that holds their blocks (a Dask
+    actor).
 
     Parameters
     ----------
-    plan : SpanPlan
-        The span's plan (:func:`dkmeans.spans.plan_spans`).
+    plans : tuple of SpanPlan
+        The spans' plans (:func:`dkmeans.spans.plan_spans`).
     children : list of Actor
         The loops of the next spans, in order: each heads a run of consecutive spans.
     """
 
-    def __init__(self, plan: SpanPlan, children: list[Any]) -> None:
-        self.plan, self.children = plan, children
+    def __init__(self, plans: tuple[SpanPlan, ...], children: list[Any]) -> None:
+        self.plans, self.children = plans, children
 
     async def run(
         self, kernel: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> list[tuple[Node, Any]]:
-        """The node values of this span and of the spans its children head, merged.
+        """The node values of these spans and of the spans its children head, merged.
 
         Runs on the worker's event loop: the children are called first, the kernel then
         runs in a thread (it sees the worker: :func:`asyncio.to_thread` keeps the
         context), so that the loops of a pass work at the same time.
         """
         calls = [child.run(kernel, args, kwargs) for child in self.children]
-        mine = await asyncio.to_thread(span_pass, self.plan, kernel, args, kwargs, {})
+        mine = await asyncio.to_thread(span_pass, self.plans, kernel, args, kwargs, {})
         theirs = [await call for call in calls]
         if not theirs:
             return mine
-        plan = self.plan
+        plan = self.plans[0]
         return await asyncio.to_thread(merge_spans, plan.n_blocks, plan.split_every, mine, *theirs)
 
 
@@ -150,14 +151,14 @@ def loop_tree(
 
     def start(first: int, stop: int) -> Future:
         children = [start(a, b) for a, b in runs_after(first, stop, split_every)]
-        (plan, _), plan_future = spans[first]
+        (plans, _), plan_future = spans[first]
         future = client.submit(
             SpanLoop,
             plan_future,
             children,
             actor=True,
-            key=(f"span-loop-{token}", plan.start, plan.stop),
-            **placed_on(plan),
+            key=(f"span-loop-{token}", first),
+            **placed_on(plans),
         )
         futures.append(future)
         return future
@@ -244,15 +245,15 @@ class SpanPasses:
             token = uuid.uuid4().hex
             self.spans = [
                 (
-                    (plan, remote),
+                    (plans, remote),
                     self.client.submit(
                         given,
-                        plan,
-                        key=(f"span-plan-{token}", plan.start, plan.stop, str(plan.worker)),
-                        **placed_on(plan),
+                        plans,
+                        key=(f"span-plan-{token}", i, str(plans[0].worker)),
+                        **placed_on(plans),
                     ),
                 )
-                for plan, remote in spans
+                for i, (plans, remote) in enumerate(spans)
             ]
             self.loops = None
         return self.spans
@@ -293,10 +294,10 @@ class SpanPasses:
                 shared,
                 kwargs,
                 remote,
-                key=(f"{label}-{token}", plan.start, plan.stop),
-                **placed_on(plan),
+                key=(f"{label}-{token}", i),
+                **placed_on(plans),
             )
-            for (plan, remote), plan_future in spans
+            for i, ((plans, remote), plan_future) in enumerate(spans)
         ]
         depth = 0
         n_blocks = len(self.row_offsets)

@@ -40,10 +40,12 @@ def persist_in_runs(array: da.Array, client: Client | None = None) -> da.Array:
     """``array`` persisted on a cluster's workers, one contiguous run of row blocks per
     worker, in proportion to its threads (:func:`run_edges`).
 
-    Use it instead of ``client.persist(array)`` to keep X in cluster memory across
-    several fits: the scheduler alone scatters the blocks over the workers, and a fit's
-    passes then take most of their blocks from other workers. A fit with ``persist=True``
-    (or ``"auto"``, when X fits) places what it persists this way itself.
+    Use it to keep X in cluster memory across several fits. ``client.persist(array)``
+    works too (each worker's task takes its blocks where the scheduler put them), but
+    keeps the array's own chunks, which a fit may cut again (losing what was persisted),
+    and scatters the blocks in many runs, each a few more tree nodes for its task. A fit
+    with ``persist=True`` (or ``"auto"``, when X fits) places what it persists this way
+    itself.
 
     Parameters
     ----------

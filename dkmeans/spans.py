@@ -17,9 +17,10 @@ Where a span's blocks come from is decided once per fit (:class:`SpanPlan`):
   worker that runs the task: spans are cut exactly at the edges of each worker's runs
   of blocks (``Client.who_has``), so that no block crosses the network, and kept on
   that worker (``workers=[w]``, strictly: with ``allow_other_workers`` idle workers
-  steal spans away from their blocks); only when the blocks are scattered in more runs
-  than twice the workers are the spans cut evenly, their blocks held elsewhere
-  declared as their dependencies (fetched at every pass). When a worker of
+  steal spans away from their blocks); when the blocks are scattered in more runs
+  than twice the workers (as ``Client.persist`` places them), one task per worker
+  takes all of that worker's runs, and the spans' node values merge into those of the
+  root whatever their order (:func:`merge_spans`). When a worker of
   the plan is lost, or a block is not where the plan expected it
   (:class:`BlocksMoved`), the spans are planned again and the pass repeated: the
   scheduler recomputes lost blocks, which the new plan takes as dependencies;
@@ -245,24 +246,59 @@ def many_blocks(kernel: Callable[..., Any]) -> ManyBlocks | None:
 
 
 def span_pass(
-    plan: SpanPlan,
+    plans: Sequence[SpanPlan],
     kernel: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     fetched: dict[Hashable, Any],
 ) -> list[tuple[Node, Any]]:
-    """Run on a worker: ``kernel`` on the span's blocks; the values of the span's tree
-    nodes. ``fetched``: the held keys the span needs from other workers.
+    """Run on a worker: ``kernel`` on the blocks of a task's spans (one or more runs of
+    blocks, all planned for this worker); the values of their tree nodes, merged
+    (:func:`merge_spans`). ``fetched``: the held keys the spans need from other workers.
 
     A kernel with a form over many blocks (:func:`many_blocks`) runs once per node of
     the tree whose blocks fit in :data:`BATCH_BYTES` and returns the node's value; any
-    other kernel, or a block that does not fit, runs one block at a time. The span's
-    :attr:`~SpanPlan.parts` run on ``plan.threads`` threads and combine as spans do.
+    other kernel, or a block that does not fit, runs one block at a time. The spans'
+    :attr:`~SpanPlan.parts` run on the worker's threads and combine as spans do.
     """
     many = many_blocks(kernel)
     block_bytes = 0 if many is None else many.kept_bytes(*args, **kwargs)
-
     held = held_values(fetched)
+    first = plans[0]
+    if len(plans) < TASKS_PER_THREAD * first.threads:
+        parts = [(plan, blocks) for plan in plans for blocks in pairwise(plan.parts)]
+    else:  # enough spans for the threads: a span cut smaller only has more tree nodes
+        parts = [(plan, (plan.start, plan.stop)) for plan in plans]
+
+    def part(plan_and_blocks: tuple[SpanPlan, tuple[int, int]]) -> list[tuple[Node, Any]]:
+        plan, blocks = plan_and_blocks
+        known = partial(known_value, plan, held, kernel, many, block_bytes, args, kwargs)
+        nodes = span_nodes(*blocks, plan.n_blocks, plan.split_every)
+        values = node_values(nodes, known, plan.n_blocks, plan.split_every)
+        return list(zip(nodes, values, strict=True))
+
+    if len(parts) == 1:
+        return part(parts[0])
+    if first.threads == 1:
+        return merge_spans(first.n_blocks, first.split_every, *map(part, parts))
+    # the kernels release the GIL: the worker's threads, one task for the scheduler
+    with ThreadPoolExecutor(min(first.threads, len(parts))) as pool:
+        return merge_spans(first.n_blocks, first.split_every, *pool.map(part, parts))
+
+
+def known_value(
+    plan: SpanPlan,
+    held: Callable[[Sequence[Hashable]], list[Any]],
+    kernel: Callable[..., Any],
+    many: ManyBlocks | None,
+    block_bytes: int,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    node: Node,
+) -> Any:
+    """Run on a worker: the value of ``node`` of the span ``plan`` from its blocks when
+    one call of ``kernel`` gives it (a block, or a node of blocks that fit at once),
+    else None (:func:`~dkmeans.tree.node_values` combines its children)."""
 
     def joined(
         recipes: tuple[BlockRecipe, ...] | None, keys: tuple[Hashable, ...] | None, blocks: range
@@ -284,51 +320,46 @@ def span_pass(
         count = sum(plan.rows[blocks.start - plan.start : blocks.stop - plan.start])
         return plan.reader[(slice(first, first + count), slice(None))]
 
-    def known(node: Node) -> Any:
-        blocks = node_blocks(node, plan.n_blocks, plan.split_every)
-        offset = plan.row_offsets[blocks.start - plan.start]
-        if len(blocks) == 1:
-            x, weights = rows(blocks), joined(plan.weights, plan.weight_keys, blocks)
-            return kernel(x, weights, offset, blocks.start, *args, **kwargs)
-        if many is None or not plan.fits(blocks, block_bytes):
-            return None
-        edges = plan.row_edges[blocks.start - plan.start : blocks.stop - plan.start + 1]
-        return many.call(
-            rows(blocks),
-            edges - edges[0],
-            joined(plan.weights, plan.weight_keys, blocks),
-            offset,
-            blocks.start,
-            plan.split_every,
-            *args,
-            **kwargs,
-        )
-
-    def part(blocks: tuple[int, int]) -> list[tuple[Node, Any]]:
-        nodes = span_nodes(*blocks, plan.n_blocks, plan.split_every)
-        values = node_values(nodes, known, plan.n_blocks, plan.split_every)
-        return list(zip(nodes, values, strict=True))
-
-    parts = list(pairwise(plan.parts))
-    if len(parts) == 1:
-        return part(parts[0])
-    # the kernels release the GIL: the worker's threads, one task for the scheduler
-    with ThreadPoolExecutor(min(plan.threads, len(parts))) as pool:
-        return merge_spans(plan.n_blocks, plan.split_every, *pool.map(part, parts))
+    blocks = node_blocks(node, plan.n_blocks, plan.split_every)
+    offset = plan.row_offsets[blocks.start - plan.start]
+    if len(blocks) == 1:
+        x, weights = rows(blocks), joined(plan.weights, plan.weight_keys, blocks)
+        return kernel(x, weights, offset, blocks.start, *args, **kwargs)
+    if many is None or not plan.fits(blocks, block_bytes):
+        return None
+    edges = plan.row_edges[blocks.start - plan.start : blocks.stop - plan.start + 1]
+    return many.call(
+        rows(blocks),
+        edges - edges[0],
+        joined(plan.weights, plan.weight_keys, blocks),
+        offset,
+        blocks.start,
+        plan.split_every,
+        *args,
+        **kwargs,
+    )
 
 
 def merge_spans(
     n_blocks: int, split_every: int, *spans: list[tuple[Node, Any]]
 ) -> list[tuple[Node, Any]]:
-    """Run on a worker: the node values of consecutive spans combined into those of
-    their union."""
+    """Run on a worker: the node values of spans combined into those of their union,
+    the maximal nodes of every run of consecutive blocks they cover, left to right (the
+    spans need not be consecutive, nor in order: a task's spans are a worker's runs)."""
     known = dict(node for span in spans for node in span)
-    first, last = spans[0][0][0], spans[-1][-1][0]
-    start = first[1] * split_every ** first[0]
-    stop = min((last[1] + 1) * split_every ** last[0], n_blocks)
-    nodes = span_nodes(start, stop, n_blocks, split_every)
-    values = node_values(nodes, known.get, n_blocks, split_every)
-    return list(zip(nodes, values, strict=True))
+    covered = sorted(
+        (node_blocks(node, n_blocks, split_every) for node in known), key=lambda r: r.start
+    )
+    merged: list[tuple[Node, Any]] = []
+    start = 0
+    for i, blocks in enumerate(covered):
+        if i == 0 or blocks.start != covered[i - 1].stop:
+            start = blocks.start
+        if i + 1 == len(covered) or covered[i + 1].start != blocks.stop:
+            nodes = span_nodes(start, blocks.stop, n_blocks, split_every)
+            values = node_values(nodes, known.get, n_blocks, split_every)
+            merged += zip(nodes, values, strict=True)
+    return merged
 
 
 def cuts(owners: Sequence[str | None], threads: dict[str, int], tasks_per_thread: int) -> list[int]:
@@ -341,8 +372,8 @@ def cuts(owners: Sequence[str | None], threads: dict[str, int], tasks_per_thread
     the network (a ragged edge costs the span a few more tree nodes: at most
     ``SPLIT_EVERY - 1`` per level). Cuts inside a run fall on multiples of a power of
     :data:`SPLIT_EVERY` of at most an eighth of a span, so that a span returns few tree
-    nodes; when the held blocks are scattered in too many runs, the spans are cut evenly
-    instead (and take some blocks from peers).
+    nodes. Blocks scattered in many short runs give as many spans
+    (:func:`plan_spans` gives a worker's runs to one task).
     """
     n = len(owners)
     wanted = max(1, min(n, tasks_per_thread * sum(threads.values())))
@@ -357,7 +388,7 @@ def cuts(owners: Sequence[str | None], threads: dict[str, int], tasks_per_thread
         inside = [start + round(j * (stop - start) / count) for j in range(1, count)]
         chosen += aligned(inside, start, stop, unit)[:-1]
     chosen.append(n)
-    return even_cuts(0, n, wanted) if len(chosen) - 1 > 2 * wanted else chosen
+    return chosen
 
 
 def alignment(n: int, count: int) -> int:
@@ -384,8 +415,9 @@ def aligned(positions: Sequence[int], start: int, stop: int, unit: int) -> list[
     return sorted({start, stop} | inside)
 
 
-#: A span's plan and the futures of the held keys it needs from other workers.
-Span = tuple[SpanPlan, dict[Hashable, "Future"]]
+#: What one task of a pass passes over: the plans of one or more spans, all placed on
+#: the same worker, and the futures of the held keys they need from other workers.
+Span = tuple[tuple[SpanPlan, ...], dict[Hashable, "Future"]]
 
 
 def plan_spans(
@@ -396,7 +428,14 @@ def plan_spans(
     split_every: int = SPLIT_EVERY,
     spans_per_worker: int = SPANS_PER_WORKER,
 ) -> list[Span]:
-    """The spans of a pass over the blocks of ``x`` on ``client``'s workers."""
+    """The tasks of a pass over the blocks of ``x`` on ``client``'s workers.
+
+    One task per span, cut by :func:`cuts`; when the held blocks lie scattered in more
+    runs than twice the tasks wanted (the scheduler places a persisted array's blocks
+    by its own heuristics: 41 runs for 64 blocks on 4 workers), one task takes all the
+    spans of one worker, so that the tasks still follow the workers and no held block
+    crosses the network.
+    """
     blocks, held = recipes(x)
     reader = reader_of(x)
     weight_blocks = None
@@ -431,14 +470,27 @@ def plan_spans(
             threads.get(worker or host, 1),
             host,
         )
-        spans.append((plan, {key: held[key] for key in needed if owner[key] != worker}))
-    return spans
+        spans.append(((plan,), {key: held[key] for key in needed if owner[key] != worker}))
+    wanted = max(1, min(len(blocks), spans_per_worker * len(threads)))
+    return spans if len(spans) <= 2 * wanted else by_worker(spans)
 
 
-def placed_on(plan: SpanPlan) -> dict[str, Any]:
-    """``Client.submit``'s keywords that keep a span's task on the worker that holds its
-    blocks (a loose restriction would let idle workers steal it), or send it to its host
-    (loosely: the spans of blocks not held, one per worker)."""
+def by_worker(spans: Sequence[Span]) -> list[Span]:
+    """``spans`` of one plan each gathered into one task per worker (or host), in the
+    order of their first spans."""
+    tasks: dict[str | None, Span] = {}
+    for plans, remote in spans:
+        where = plans[0].worker or plans[0].host
+        before, fetched = tasks.get(where, ((), {}))
+        tasks[where] = ((*before, *plans), {**fetched, **remote})
+    return list(tasks.values())
+
+
+def placed_on(plans: Sequence[SpanPlan]) -> dict[str, Any]:
+    """``Client.submit``'s keywords that keep a task's spans on the worker that holds
+    their blocks (a loose restriction would let idle workers steal it), or send it to
+    its host (loosely: the spans of blocks not held, one per worker)."""
+    plan = plans[0]
     if plan.worker is not None:
         return {"workers": [plan.worker]}
     return {} if plan.host is None else {"workers": [plan.host], "allow_other_workers": True}

@@ -34,6 +34,7 @@ import dask.multiprocessing
 import numpy as np
 import pytest
 import zarr
+from dask.highlevelgraph import HighLevelGraph
 from dask.utils import key_split
 from distributed import Client, LocalCluster, get_task_stream
 from distributed.diagnostics.plugin import SchedulerPlugin
@@ -275,6 +276,38 @@ def test_a_persisted_store_is_read_where_it_is_held(tmp_path, two_workers) -> No
     held = fit_big(path, client)
     received = sum(client.run(bytes_received).values()) - before
     assert received < 2**20, received  # centres and partial results only; a block: 6.4 MB
+    np.testing.assert_array_equal(held.cluster_centers_, threads.cluster_centers_)
+    assert held.inertia_ == threads.inertia_
+
+
+def test_blocks_a_user_persisted_are_read_where_the_scheduler_put_them(
+    tmp_path, two_workers
+) -> None:
+    # X persisted by the user, its blocks scattered over the workers (as Client.persist
+    # may place them; here every other block on each worker, the most scattered): each
+    # worker's one task takes all its runs, no block crosses the network or moves
+    _, client = two_workers
+    path = write_big(str(tmp_path / "big.zarr"))
+    with dask.config.set(scheduler="threads"):
+        threads = KMeans(8, max_iter=8, tol=0, init_rounds=2, random_state=1).fit(path)
+    client.wait_for_workers(2)
+    workers = sorted(client.nthreads())
+    lazy = da.from_zarr(path)
+    futures = []
+    for i in range(lazy.numblocks[0]):
+        block = client.persist(lazy.blocks[i], workers=[workers[i % 2]])
+        futures += list(dict(block.__dask_graph__()).values())
+    layer = {("scattered", i, 0): future for i, future in enumerate(futures)}
+    graph = HighLevelGraph.from_collections("scattered", layer, dependencies=[])
+    x = da.Array(graph, "scattered", lazy.chunks, meta=lazy._meta)
+    client.gather(futures)
+    placed = client.who_has(futures)
+    before = sum(client.run(bytes_received).values())
+    with client.as_current():
+        held = KMeans(8, max_iter=8, tol=0, init_rounds=2, random_state=1).fit(x)
+    received = sum(client.run(bytes_received).values()) - before
+    assert received < 2**20, received  # centres and partial results only; a block: 6.4 MB
+    assert client.who_has(futures) == placed
     np.testing.assert_array_equal(held.cluster_centers_, threads.cluster_centers_)
     assert held.inertia_ == threads.inertia_
 

@@ -8,8 +8,9 @@ of one block at a time, on both engines, in bounded memory. On a LocalCluster of
 worker processes of 2 threads (one per module): a pass over 5,000 blocks held in the
 workers' memory and over a store of 5,000 chunks submits one task per worker, whose
 parts run on the worker's threads, and equals the pass on threads bitwise, also when a
-worker is killed mid-pass; a fit over held blocks that loses a worker ends as an
-undisturbed one. Through span loops resident on the workers (dkmeans.passes), a pass
+worker is killed mid-pass; blocks held in many runs dealt to the workers in turn are
+still one task per worker, none fetched; a fit over held blocks that loses a worker ends
+as an undisturbed one. Through span loops resident on the workers (dkmeans.passes), a pass
 takes no task at all and gives the same bits, also when a worker holding a loop dies
 (the pass is repeated as span tasks), and a whole fit through them equals one on threads;
 the loops call each other in a tree that visits
@@ -94,8 +95,10 @@ def leaf(node: tuple[int, int]) -> Expr | None:
     n_blocks=st.integers(1, 700),
     fractions=st.lists(st.floats(0, 1), max_size=12),
     split_every=st.sampled_from([2, 3, 8]),
+    shuffle=st.randoms(use_true_random=False),
 )
-def test_spans_combine_exactly_as_the_tree(n_blocks, fractions, split_every) -> None:
+def test_spans_combine_exactly_as_the_tree(n_blocks, fractions, split_every, shuffle) -> None:
+    # in any order: a task's spans are one worker's runs, and tasks merge in any groups
     edges = sorted({0, n_blocks, *(int(f * n_blocks) for f in fractions)})
     spans = []
     for start, stop in pairwise(edges):
@@ -104,6 +107,7 @@ def test_spans_combine_exactly_as_the_tree(n_blocks, fractions, split_every) -> 
         assert covered == list(range(start, stop))
         values = node_values(nodes, leaf, n_blocks, split_every)
         spans.append(list(zip(nodes, values, strict=True)))
+    shuffle.shuffle(spans)
     while len(spans) > 1:
         spans = [merge_spans(n_blocks, split_every, *g) for g in tree_level(spans, split_every)]
     ((_, root),) = spans[0]
@@ -162,12 +166,28 @@ def test_cuts_follow_the_runs_of_each_worker() -> None:
         assert abs(owned[worker] - 2 * count) <= 1
 
 
-def test_cuts_of_unheld_or_scattered_blocks_are_even() -> None:
-    for owners in ([None] * 10_000, ["a", "b"] * 5000):
-        edges = cuts(owners, {"a": 2, "b": 2}, tasks_per_thread=2)
-        sizes = np.diff(edges)
-        assert len(sizes) == 8 and sizes.max() - sizes.min() <= 64
-        assert all(e % 64 == 0 for e in edges[:-1])  # few tree nodes per span
+def test_cuts_of_unheld_blocks_are_even() -> None:
+    edges = cuts([None] * 10_000, {"a": 2, "b": 2}, tasks_per_thread=2)
+    sizes = np.diff(edges)
+    assert len(sizes) == 8 and sizes.max() - sizes.min() <= 64
+    assert all(e % 64 == 0 for e in edges[:-1])  # few tree nodes per span
+
+
+def test_scattered_runs_are_one_task_per_worker() -> None:
+    owners = ["a", "b", "b", "c", "a", "a", "c", "b"] * 10
+    spans = [
+        ((SpanPlan(a, b, len(owners), SPLIT_EVERY, (), None, (), (), 4, owners[a]),), {})
+        for a, b in pairwise(cuts(owners, {"a": 1, "b": 1, "c": 1}, tasks_per_thread=1))
+    ]
+    assert len(spans) == 60  # one per run: a, bb, c, aa, c, b
+    tasks = dkmeans.spans.by_worker(spans)
+    assert [plans[0].worker for plans, _ in tasks] == ["a", "b", "c"]
+    for plans, _ in tasks:  # every run of the worker's, in order, and only its
+        starts = [plan.start for plan in plans]
+        assert starts == sorted(starts)
+        worker = plans[0].worker
+        assert sum(plan.stop - plan.start for plan in plans) == owners.count(worker)
+        assert all(set(owners[p.start : p.stop]) == {worker} for p in plans)
 
 
 @settings(max_examples=40, deadline=None)
@@ -264,11 +284,11 @@ def test_a_task_takes_nodes_of_blocks_at_once_in_bounded_memory(monkeypatch) -> 
     monkeypatch.setattr(dkmeans.spans, "BATCH_BYTES", 2**16)  # nodes of 8 to 64 blocks
     kernel = prepared_kernel(pass_statistics, None, check=True)
     args = (centers, bounds)
-    ((_, stats),) = span_pass(plan, kernel, args, options, fetched)
+    ((_, stats),) = span_pass((plan,), kernel, args, options, fetched)
     assert same_stats(stats, reference)
     tracemalloc.start()
     try:
-        span_pass(plan, kernel, args, options, fetched)
+        span_pass((plan,), kernel, args, options, fetched)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -278,7 +298,7 @@ def test_a_task_takes_nodes_of_blocks_at_once_in_bounded_memory(monkeypatch) -> 
     blocks[1234][0, 2] = np.nan
     plan, fetched = plan_of(blocks)
     with pytest.raises(ValueError, match=r"block 1234 \(rows"):
-        span_pass(plan, kernel, args, options, fetched)
+        span_pass((plan,), kernel, args, options, fetched)
 
 
 @dataclass
@@ -311,7 +331,7 @@ def test_held_blocks_come_from_memory_fetched_or_spilled_in_order(monkeypatch) -
     )
     centers, bounds = rng.normal(size=(4, 3)), np.array([0, 4])
     kernel = prepared_kernel(pass_statistics, None, check=False)
-    ((_, stats),) = span_pass(plan, kernel, (centers, bounds), {}, fetched)
+    ((_, stats),) = span_pass((plan,), kernel, (centers, bounds), {}, fetched)
     reference = one_at_a_time(blocks, [None] * len(blocks), centers, bounds)
     assert same_stats(stats, reference)
     del buffer[keys[7]], in_memory[keys[7]]
@@ -347,7 +367,7 @@ def test_a_task_reads_a_node_of_stored_blocks_in_one_call(tmp_path) -> None:
     kernel = prepared_kernel(pass_statistics, None, check=True)
     results = [
         span_pass(
-            SpanPlan(0, 120, 120, SPLIT_EVERY, tuple(blocks), None, offsets, sizes, 16, None, r),
+            (SpanPlan(0, 120, 120, SPLIT_EVERY, tuple(blocks), None, offsets, sizes, 16, None, r),),
             kernel,
             (centers, bounds),
             {"with_moments": True},
@@ -418,15 +438,16 @@ def blocks_of(x: np.ndarray) -> list[np.ndarray]:
     return [x[i : i + BLOCK_ROWS] for i in range(0, len(x), BLOCK_ROWS)]
 
 
-def held(client: Client, blocks: list[np.ndarray]) -> da.Array:
-    """``blocks`` in the workers' memory, in one contiguous run per worker, as a Dask
-    array (scattered: far fewer scheduler round trips than computing them)."""
+def held(client: Client, blocks: list[np.ndarray], runs: int = 0) -> da.Array:
+    """``blocks`` in the workers' memory, as a Dask array (scattered: far fewer scheduler
+    round trips than computing them): in one contiguous run per worker, or in ``runs``
+    runs of about equal length, dealt to the workers in turn."""
     workers = sorted(client.nthreads())
-    per = -(-len(blocks) // len(workers))
+    edges = np.linspace(0, len(blocks), (runs or len(workers)) + 1).round().astype(int)
     futures = []
-    for j, worker in enumerate(workers):
-        futures += client.scatter(blocks[j * per : (j + 1) * per], workers=[worker])
-    name = "held-blocks"
+    for j, (start, stop) in enumerate(pairwise(edges)):
+        futures += client.scatter(blocks[start:stop], workers=[workers[j % len(workers)]])
+    name = f"held-blocks-{runs}"
     layer = {(name, i, 0): future for i, future in enumerate(futures)}
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
     chunks = ((BLOCK_ROWS,) * len(blocks), (FEATURES,))
@@ -478,8 +499,9 @@ def one_task_per_worker(source: DaskSource, finished: list[str]) -> None:
     a few tasks more (the centres, the combines)."""
     assert finished.count("pass_statistics") == WORKERS < WORKERS * THREADS
     assert len(finished) <= WORKERS + 2
-    for (plan, _), _ in source.spans.spans:
-        assert plan.threads == THREADS and len(plan.parts) == 2 * THREADS + 1
+    for (plans, _), _ in source.spans.spans:
+        for plan in plans:
+            assert plan.threads == THREADS and len(plan.parts) == 2 * THREADS + 1
 
 
 def test_a_pass_over_held_blocks_is_one_task_per_worker(cluster, rows, threads_pass) -> None:
@@ -497,6 +519,28 @@ def test_a_pass_over_held_blocks_is_one_task_per_worker(cluster, rows, threads_p
     # spans run where their blocks are, cut at the edges of the workers' runs: no block
     # comes from another worker
     assert sum(len(remote) for (_, remote), _ in source.spans.spans) == 0
+    client.cancel(x)
+
+
+def test_a_pass_over_scattered_held_blocks_is_one_task_per_worker(
+    cluster, rows, threads_pass
+) -> None:
+    # 64 runs dealt to the workers in turn: a worker's task takes all of its runs
+    scheduler, client = cluster
+    x = held(client, blocks_of(rows), runs=64)
+    with client.as_current():
+        source = DaskSource(x)
+        source.map_reduce(pass_statistics, CENTERS, ONE_RUN)  # plans the spans
+        plugin = FinishedTasks()
+        stats = counted(
+            scheduler, plugin, lambda: source.map_reduce(pass_statistics, CENTERS, ONE_RUN)
+        )
+    assert same_stats(stats, threads_pass)
+    assert plugin.finished.count("pass_statistics") == WORKERS
+    assert len(plugin.finished) <= WORKERS + 2
+    tasks = source.spans.spans
+    assert sorted(len(plans) for (plans, _), _ in tasks) == [16] * WORKERS
+    assert sum(len(remote) for (_, remote), _ in tasks) == 0  # no block from another worker
     client.cancel(x)
 
 
@@ -589,10 +633,11 @@ class RecordingClient:
 def test_resident_loops_call_each_other_in_a_shallow_tree_of_the_spans_in_order(
     n_spans, split_every
 ) -> None:
-    spans = [
-        ((SpanPlan(i, i + 1, n_spans, split_every, (), None, (i,), (1,), 4, None), {}), f"plan-{i}")
+    plans = [
+        (SpanPlan(i, i + 1, n_spans, split_every, (), None, (i,), (1,), 4, None),)
         for i in range(n_spans)
     ]
+    spans = [((plan, {}), f"plan-{i}") for i, plan in enumerate(plans)]
     client = RecordingClient()
     futures = loop_tree(client, spans, split_every, "token")
     assert futures[0] == 0 and sorted(futures) == list(range(n_spans))
