@@ -446,7 +446,9 @@ def held(client: Client, blocks: list[np.ndarray], runs: int = 0) -> da.Array:
     edges = np.linspace(0, len(blocks), (runs or len(workers)) + 1).round().astype(int)
     futures = []
     for j, (start, stop) in enumerate(pairwise(edges)):
-        futures += client.scatter(blocks[start:stop], workers=[workers[j % len(workers)]])
+        futures += client.scatter(
+            blocks[start:stop], workers=[workers[j % len(workers)]], hash=False
+        )
     name = f"held-blocks-{runs}"
     layer = {(name, i, 0): future for i, future in enumerate(futures)}
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
@@ -522,12 +524,21 @@ def test_a_pass_over_held_blocks_is_one_task_per_worker(cluster, rows, threads_p
     client.cancel(x)
 
 
-def test_a_pass_over_scattered_held_blocks_is_one_task_per_worker(
-    cluster, rows, threads_pass
-) -> None:
-    # 64 runs dealt to the workers in turn: a worker's task takes all of its runs
-    scheduler, client = cluster
+@pytest.fixture(scope="module")
+def scattered(cluster, rows) -> Iterator[da.Array]:
+    """The blocks of ``rows`` held in 64 runs dealt to the workers in turn."""
+    _, client = cluster
     x = held(client, blocks_of(rows), runs=64)
+    yield x
+    client.cancel(x)
+
+
+def test_a_pass_over_scattered_held_blocks_is_one_task_per_worker(
+    cluster, scattered, threads_pass
+) -> None:
+    # a worker's task takes all of its runs
+    scheduler, client = cluster
+    x = scattered
     with client.as_current():
         source = DaskSource(x)
         source.map_reduce(pass_statistics, CENTERS, ONE_RUN)  # plans the spans
@@ -541,7 +552,6 @@ def test_a_pass_over_scattered_held_blocks_is_one_task_per_worker(
     tasks = source.spans.spans
     assert sorted(len(plans) for (plans, _), _ in tasks) == [16] * WORKERS
     assert sum(len(remote) for (_, remote), _ in tasks) == 0  # no block from another worker
-    client.cancel(x)
 
 
 def test_a_pass_over_a_store_of_small_chunks_reads_them_in_the_tasks(
@@ -653,14 +663,16 @@ def test_resident_loops_call_each_other_in_a_shallow_tree_of_the_spans_in_order(
     assert height(0) <= depth(n_spans, split_every) + 1
 
 
-@pytest.mark.parametrize("kind", ["held", "stored"])
+@pytest.mark.parametrize("kind", ["held", "scattered", "stored"])
 def test_a_pass_through_resident_loops_takes_no_task(
-    cluster, rows, store, threads_pass, kind
+    cluster, rows, store, threads_pass, kind, request
 ) -> None:
     scheduler, client = cluster
     client.wait_for_workers(WORKERS)
     if kind == "held":
         x = held(client, blocks_of(rows))
+    elif kind == "scattered":
+        x = request.getfixturevalue("scattered")
     else:
         x = dkmeans.io.check_data(dkmeans.io.to_dask_array(store))
     with client.as_current():
@@ -676,6 +688,7 @@ def test_a_pass_through_resident_loops_takes_no_task(
     assert same_stats(first, threads_pass) and same_stats(stats, threads_pass)
     if kind == "held":
         client.cancel(x)
+    if kind != "stored":
         return
     # a worker that holds a loop dies: the pass that finds it gone plans the spans again
     # and is repeated as span tasks, with the same bits; the next pass starts new loops
