@@ -157,7 +157,7 @@ def loop_tree(
             plan_future,
             children,
             actor=True,
-            key=(f"span-loop-{token}", first),
+            key=(f"span-loop-{token}", plans[0].start, plans[-1].stop),
             **placed_on(plans),
         )
         futures.append(future)
@@ -249,11 +249,16 @@ class SpanPasses:
                     self.client.submit(
                         given,
                         plans,
-                        key=(f"span-plan-{token}", i, str(plans[0].worker)),
+                        key=(
+                            f"span-plan-{token}",
+                            plans[0].start,
+                            plans[-1].stop,
+                            str(plans[0].worker),
+                        ),
                         **placed_on(plans),
                     ),
                 )
-                for i, (plans, remote) in enumerate(spans)
+                for plans, remote in spans
             ]
             self.loops = None
         return self.spans
@@ -294,10 +299,10 @@ class SpanPasses:
                 shared,
                 kwargs,
                 remote,
-                key=(f"{label}-{token}", i),
+                key=(f"{label}-{token}", plans[0].start, plans[-1].stop),
                 **placed_on(plans),
             )
-            for i, ((plans, remote), plan_future) in enumerate(spans)
+            for (plans, remote), plan_future in spans
         ]
         depth = 0
         n_blocks = len(self.row_offsets)
