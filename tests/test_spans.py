@@ -152,6 +152,28 @@ def test_an_in_process_pass_holds_a_window_of_blocks_results_not_all() -> None:
     assert Counted.most <= dkmeans.sources.FOLD_WINDOW + 2 * depth(n_blocks)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(st.integers(0, 9), min_size=1, max_size=8),
+    width=st.sampled_from([(), (1,), (3,)]),
+    dtype=st.sampled_from(["float16", "float32", "float64", "int64"]),
+    fortran=st.lists(st.booleans(), min_size=8, max_size=8),
+)
+def test_blocks_one_after_another_are_their_concatenation(rows, width, dtype, fortran) -> None:
+    rng = np.random.default_rng(len(rows))
+    values = [
+        np.asfortranarray(block) if f else block
+        for block, f in zip(
+            (rng.normal(size=(n, *width)).astype(dtype) for n in rows), fortran, strict=False
+        )
+    ]
+    joined = dkmeans.spans.one_after_another(values)
+    expected = np.concatenate(values)
+    assert joined.dtype == expected.dtype and joined.shape == expected.shape
+    np.testing.assert_array_equal(joined, expected)
+    assert joined.flags.writeable
+
+
 def test_cuts_follow_the_runs_of_each_worker() -> None:
     threads = {"a": 1, "b": 2, "c": 1}
     owners = ["a"] * 3000 + ["b"] * 5000 + ["c"] * 1000 + ["a"] * 1000
