@@ -528,52 +528,57 @@ def one_task_per_worker(source: DaskSource, finished: list[str]) -> None:
             assert plan.threads == THREADS and len(plan.parts) == 2 * THREADS + 1
 
 
-def test_a_pass_over_held_blocks_is_one_task_per_worker(cluster, rows, threads_pass) -> None:
+def second_pass(cluster, x: da.Array) -> tuple[DaskSource, Any, list[str]]:
+    """A source over ``x``, its second pass, and the names of that pass's tasks (the
+    first plans the spans)."""
     scheduler, client = cluster
-    x = held(client, blocks_of(rows))
     with client.as_current():
         source = DaskSource(x)
-        source.map_reduce(pass_statistics, CENTERS, ONE_RUN)  # plans the spans
+        source.map_reduce(pass_statistics, CENTERS, ONE_RUN)
         plugin = FinishedTasks()
         stats = counted(
             scheduler, plugin, lambda: source.map_reduce(pass_statistics, CENTERS, ONE_RUN)
         )
+    return source, stats, plugin.finished
+
+
+def test_a_pass_over_held_blocks_is_one_task_per_worker(cluster, rows, threads_pass) -> None:
+    _, client = cluster
+    x = held(client, blocks_of(rows))
+    source, stats, finished = second_pass(cluster, x)
     assert same_stats(stats, threads_pass)
-    one_task_per_worker(source, plugin.finished)
+    one_task_per_worker(source, finished)
     # spans run where their blocks are, cut at the edges of the workers' runs: no block
     # comes from another worker
     assert sum(len(remote) for (_, remote), _ in source.spans.spans) == 0
     client.cancel(x)
 
 
-@pytest.fixture(scope="module")
-def scattered(cluster, rows) -> Iterator[da.Array]:
-    """The blocks of ``rows`` held in 64 runs dealt to the workers in turn."""
-    _, client = cluster
-    x = held(client, blocks_of(rows), runs=64)
-    yield x
-    client.cancel(x)
-
-
 def test_a_pass_over_scattered_held_blocks_is_one_task_per_worker(
-    cluster, scattered, threads_pass
+    cluster, rows, threads_pass
 ) -> None:
-    # a worker's task takes all of its runs
+    # blocks held in 64 runs dealt to the workers in turn: a worker's task takes all its
+    # runs, and so does its resident loop
     scheduler, client = cluster
-    x = scattered
-    with client.as_current():
-        source = DaskSource(x)
-        source.map_reduce(pass_statistics, CENTERS, ONE_RUN)  # plans the spans
-        plugin = FinishedTasks()
-        stats = counted(
-            scheduler, plugin, lambda: source.map_reduce(pass_statistics, CENTERS, ONE_RUN)
-        )
+    client.wait_for_workers(WORKERS)
+    x = held(client, blocks_of(rows), runs=64)
+    source, stats, finished = second_pass(cluster, x)
     assert same_stats(stats, threads_pass)
-    assert plugin.finished.count("pass_statistics") == WORKERS
-    assert len(plugin.finished) <= WORKERS + 2
+    assert finished.count("pass_statistics") == WORKERS
+    assert len(finished) <= WORKERS + 2
     tasks = source.spans.spans
     assert sorted(len(plans) for (plans, _), _ in tasks) == [16] * WORKERS
     assert sum(len(remote) for (_, remote), _ in tasks) == 0  # no block from another worker
+    source.spans.resident_from = 1  # loops whatever the tasks (64 by default)
+    with client.as_current():
+        first = source.map_reduce(pass_statistics, CENTERS, ONE_RUN)  # starts the loops
+        plugin = FinishedTasks()
+        again = counted(
+            scheduler, plugin, lambda: source.map_reduce(pass_statistics, CENTERS, ONE_RUN)
+        )
+    assert len(source.spans.loops) == WORKERS and plugin.finished == []
+    assert same_stats(first, threads_pass) and same_stats(again, threads_pass)
+    client.cancel(x)
 
 
 def test_a_pass_over_a_store_of_small_chunks_reads_them_in_the_tasks(
@@ -685,16 +690,14 @@ def test_resident_loops_call_each_other_in_a_shallow_tree_of_the_spans_in_order(
     assert height(0) <= depth(n_spans, split_every) + 1
 
 
-@pytest.mark.parametrize("kind", ["held", "scattered", "stored"])
+@pytest.mark.parametrize("kind", ["held", "stored"])
 def test_a_pass_through_resident_loops_takes_no_task(
-    cluster, rows, store, threads_pass, kind, request
+    cluster, rows, store, threads_pass, kind
 ) -> None:
     scheduler, client = cluster
     client.wait_for_workers(WORKERS)
     if kind == "held":
         x = held(client, blocks_of(rows))
-    elif kind == "scattered":
-        x = request.getfixturevalue("scattered")
     else:
         x = dkmeans.io.check_data(dkmeans.io.to_dask_array(store))
     with client.as_current():
@@ -710,7 +713,6 @@ def test_a_pass_through_resident_loops_takes_no_task(
     assert same_stats(first, threads_pass) and same_stats(stats, threads_pass)
     if kind == "held":
         client.cancel(x)
-    if kind != "stored":
         return
     # a worker that holds a loop dies: the pass that finds it gone plans the spans again
     # and is repeated as span tasks, with the same bits; the next pass starts new loops
