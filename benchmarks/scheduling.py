@@ -5,7 +5,10 @@ the point is the scheduler's load, not the compute), the same float32 array (def
 400,000 x 32, 51 MB) is cut into each number of row blocks given (1,000 / 10,000 /
 50,000: 400 / 40 / 8 rows a block) and passed over with ``pass_statistics`` (k = 16):
 
-- *held*: the blocks scattered into the workers' memory (as a persisted array);
+- *held*: the blocks scattered into the workers' memory (as a persisted array), one
+  contiguous run per worker;
+- *scattered*: the same, in runs of ``--run-blocks`` blocks dealt to the workers in turn
+  (as ``Client.persist`` scatters a persisted array: a worker's task takes all its runs);
 - *streamed*: a Zarr store with one stored chunk per block, read at every pass;
 
 each by three designs (``--designs``):
@@ -96,17 +99,19 @@ def moved(centers: np.ndarray) -> np.ndarray:
     return centers + np.random.default_rng().uniform(0, 1e-9, centers.shape)
 
 
-def held(client: Client, rows: np.ndarray, n_blocks: int) -> da.Array:
-    """``rows`` cut into ``n_blocks`` blocks held in the workers' memory, a contiguous run
-    per worker (scattered: persisting 50,000 tasks costs the scheduler a minute)."""
+def held(client: Client, rows: np.ndarray, n_blocks: int, run_blocks: int = 0) -> da.Array:
+    """``rows`` cut into ``n_blocks`` blocks held in the workers' memory (scattered:
+    persisting 50,000 tasks costs the scheduler a minute): a contiguous run per worker, or
+    runs of ``run_blocks`` blocks dealt to the workers in turn."""
     size = len(rows) // n_blocks
     blocks = [rows[i * size : (i + 1) * size] for i in range(n_blocks)]
     workers = sorted(client.nthreads())
-    per = -(-n_blocks // len(workers))
+    per = run_blocks or -(-n_blocks // len(workers))
     futures = []
-    for j, worker in enumerate(workers):
-        futures += client.scatter(blocks[j * per : (j + 1) * per], workers=[worker])
-    name = f"held-{n_blocks}"
+    for j, start in enumerate(range(0, n_blocks, per)):
+        worker = workers[j % len(workers)]
+        futures += client.scatter(blocks[start : start + per], workers=[worker], hash=False)
+    name = f"held-{n_blocks}-{run_blocks}"
     layer = {(name, i, 0): future for i, future in enumerate(futures)}
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
     return da.Array(graph, name, ((size,) * n_blocks, (rows.shape[1],)), rows.dtype)
@@ -294,6 +299,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, nargs="+", default=[1000, 10000, 50000])
     parser.add_argument("--kinds", nargs="+", default=["held", "streamed"])
+    parser.add_argument("--run-blocks", type=int, default=8, help="blocks per scattered run")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="threads per worker")
     parser.add_argument("--rows", type=int, default=400_000)
@@ -322,6 +328,11 @@ def main() -> None:
             if "held" in args.kinds:
                 x = held(client, rows, n_blocks)
                 points += blocks_point(cluster, client, x, "held", args)
+                written(args, points)
+                client.cancel(x)
+            if "scattered" in args.kinds:
+                x = held(client, rows, n_blocks, args.run_blocks)
+                points += blocks_point(cluster, client, x, "scattered", args)
                 written(args, points)
                 client.cancel(x)
             if "streamed" in args.kinds:
