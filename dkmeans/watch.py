@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,8 @@ POLL_SECONDS = 1.0
 #: A pass fails when no worker has been running (all paused, or all gone after some
 #: died) for this many seconds: a paused worker whose memory is not data never resumes.
 STALLED_SECONDS = 60.0
+#: Times a pass whose future the scheduler cancelled (not the fit) is submitted again.
+CANCELLED_RESUBMITS = 2
 
 
 class ClusterError(RuntimeError):
@@ -287,6 +290,7 @@ def result(
 
     address = getattr(client.scheduler, "address", "?")
     future = None
+    resubmits = CANCELLED_RESUBMITS
     try:
         watch = PassWatch(client, blocks, what)
         future = submit()
@@ -297,6 +301,16 @@ def result(
                 watch.check()
                 if check is not None:
                     check()
+            except (CancelledError, UnboundLocalError):
+                # the pass's future was cancelled under it (seen once in a CI run of
+                # concurrent fits on one client); waited for with a timeout, distributed
+                # then raises UnboundLocalError (dask/distributed#8514). A pass is a pure
+                # function of its inputs: it is submitted again
+                if not future.cancelled() or not resubmits:
+                    raise
+                resubmits -= 1
+                future.release()
+                future = submit()
     except KilledWorker as error:
         tries = error.allowed_failures + 1
         raise watch.failure(f"died {_times(tries)} running the same task") from error

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 
@@ -124,6 +125,29 @@ def test_paused_workers_fail_the_pass(small_workers, monkeypatch) -> None:
     )
     with small_workers.as_current():
         assert one_pass(source) == 2000  # resumed, the same source works again
+
+
+def sleep_then(seconds: float, value: int) -> int:
+    time.sleep(seconds)
+    return value
+
+
+def test_a_pass_whose_future_is_cancelled_under_it_is_submitted_again(small_workers) -> None:
+    # the scheduler cancels a pass's future while it is waited for (here: the client
+    # cancels it from another thread): the pass is submitted again and its result returned
+    small_workers.wait_for_workers(1, timeout=30)
+    with small_workers.as_current():
+        blocks = DaskSource(zeros(2000, 1000)).blocks
+    submitted = []
+
+    def submit():
+        submitted.append(small_workers.submit(sleep_then, 2.0, len(submitted), pure=False))
+        if len(submitted) == 1:
+            threading.Timer(0.5, small_workers.cancel, [submitted[0]]).start()
+        return submitted[-1]
+
+    assert watch.result(small_workers, submit, blocks, "pass 1 (test)") == 1
+    assert len(submitted) == 2 and submitted[0].cancelled()
 
 
 def test_a_worker_that_dies_fails_the_pass_naming_limit_and_blocks(small_workers) -> None:
