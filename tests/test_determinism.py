@@ -271,7 +271,7 @@ def test_a_persisted_store_is_read_where_it_is_held(tmp_path, two_workers) -> No
     path = write_big(str(tmp_path / "big.zarr"))
     with dask.config.set(scheduler="threads"):
         threads = KMeans(8, max_iter=8, tol=0, init_rounds=2, random_state=1).fit(path)
-    client.wait_for_workers(2)
+    client.wait_for_workers(2, timeout=120)
     before = sum(client.run(bytes_received).values())
     held = fit_big(path, client)
     received = sum(client.run(bytes_received).values()) - before
@@ -290,7 +290,7 @@ def test_blocks_a_user_persisted_are_read_where_the_scheduler_put_them(
     path = write_big(str(tmp_path / "big.zarr"))
     with dask.config.set(scheduler="threads"):
         threads = KMeans(8, max_iter=8, tol=0, init_rounds=2, random_state=1).fit(path)
-    client.wait_for_workers(2)
+    client.wait_for_workers(2, timeout=120)
     workers = sorted(client.nthreads())
     lazy = da.from_zarr(path)
     futures = []
@@ -318,7 +318,7 @@ def test_fit_survives_losing_a_worker(tmp_path, two_workers) -> None:
     path = write_big(str(tmp_path / "big.zarr"))
     undisturbed = fit_big(path, client)
 
-    client.wait_for_workers(2)
+    client.wait_for_workers(2, timeout=120)
     pids = client.run(os.getpid)
     # mid-way through the third Lloyd pass (the first pass_statistics pass weights the
     # k-means|| candidates): a pass is one span task per worker (dkmeans/spans.py); X is
@@ -329,7 +329,7 @@ def test_fit_survives_losing_a_worker(tmp_path, two_workers) -> None:
 
     assert killer.killed
     assert killer.finished > 4 * tasks_per_pass  # passes went on after the kill
-    client.wait_for_workers(2)
+    client.wait_for_workers(2, timeout=120)
     assert min(pids.values()) not in client.run(os.getpid).values()
     np.testing.assert_array_equal(disturbed.cluster_centers_, undisturbed.cluster_centers_)
     assert disturbed.inertia_ == undisturbed.inertia_

@@ -560,7 +560,7 @@ def test_a_pass_over_scattered_held_blocks_is_one_task_per_worker(
     # blocks held in 64 runs dealt to the workers in turn: a worker's task takes all its
     # runs, and so does its resident loop
     scheduler, client = cluster
-    client.wait_for_workers(WORKERS)
+    client.wait_for_workers(WORKERS, timeout=120)
     x = held(client, blocks_of(rows), runs=64)
     source, stats, finished = second_pass(cluster, x)
     assert same_stats(stats, threads_pass)
@@ -623,7 +623,7 @@ def killing(
     killer = FinishedTasks(kill_when, min(pids.values()))
     result = counted(cluster, killer, action)
     assert killer.killed, Counter(killer.finished)
-    client.wait_for_workers(WORKERS)
+    client.wait_for_workers(WORKERS, timeout=120)
     return result
 
 
@@ -636,7 +636,7 @@ def test_a_fit_that_loses_a_worker_ends_as_an_undisturbed_one(cluster) -> None:
     lazy = da.from_array(data, chunks=(1000, 8))
     with dask.config.set(scheduler="threads"):
         threads = fit(lazy, persist=False)
-    client.wait_for_workers(WORKERS)
+    client.wait_for_workers(WORKERS, timeout=120)
     with client.as_current():
         x = client.persist(lazy)  # recomputable: a lost worker's blocks come back
         wait(x)
@@ -695,7 +695,7 @@ def test_a_pass_through_resident_loops_takes_no_task(
     cluster, rows, store, threads_pass, kind
 ) -> None:
     scheduler, client = cluster
-    client.wait_for_workers(WORKERS)
+    client.wait_for_workers(WORKERS, timeout=120)
     if kind == "held":
         x = held(client, blocks_of(rows))
     else:
@@ -721,7 +721,7 @@ def test_a_pass_through_resident_loops_takes_no_task(
     with client.as_current():
         again = source.map_reduce(pass_statistics, CENTERS, ONE_RUN)
         assert same_stats(again, threads_pass) and source.spans.loops is None
-        client.wait_for_workers(WORKERS)
+        client.wait_for_workers(WORKERS, timeout=120)
         after = source.map_reduce(pass_statistics, CENTERS, ONE_RUN)
     assert same_stats(after, threads_pass)
     assert source.spans.loops is not None and source.spans.loops != loops
@@ -729,7 +729,7 @@ def test_a_pass_through_resident_loops_takes_no_task(
 
 def test_a_fit_through_resident_loops_equals_one_on_threads(cluster) -> None:
     scheduler, client = cluster
-    client.wait_for_workers(WORKERS)
+    client.wait_for_workers(WORKERS, timeout=120)
     rng = np.random.default_rng(5)
     data = (rng.normal(size=(8 * 2000, 8)) + 2.0 * rng.integers(3, size=(8 * 2000, 1))).astype(
         np.float32
