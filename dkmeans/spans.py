@@ -396,7 +396,7 @@ def cuts(owners: Sequence[str | None], threads: dict[str, int], tasks_per_thread
     (:func:`plan_spans` gives a worker's runs to one task).
     """
     n = len(owners)
-    wanted = max(1, min(n, tasks_per_thread * sum(threads.values())))
+    wanted = tasks_wanted(n, threads, tasks_per_thread)
     unit = alignment(n, wanted)
     share = Counter(owners)
     edges = [0, *(i for i in range(1, n) if owners[i] != owners[i - 1]), n]
@@ -409,6 +409,12 @@ def cuts(owners: Sequence[str | None], threads: dict[str, int], tasks_per_thread
         chosen += aligned(inside, start, stop, unit)[:-1]
     chosen.append(n)
     return chosen
+
+
+def tasks_wanted(n_blocks: int, threads: dict[str, int], tasks_per_thread: int) -> int:
+    """Spans a pass is cut into: ``tasks_per_thread`` per worker thread, at most one per
+    block, at least one."""
+    return max(1, min(n_blocks, tasks_per_thread * sum(threads.values())))
 
 
 def alignment(n: int, count: int) -> int:
@@ -468,7 +474,8 @@ def plan_spans(
     spans = []
     threads = client.nthreads()
     hosts = sorted(threads)
-    edges = cuts(owners, dict.fromkeys(threads, 1), spans_per_worker)
+    one_each = dict.fromkeys(threads, 1)  # one task per worker: its threads run its parts
+    edges = cuts(owners, one_each, spans_per_worker)
     for i, (start, stop) in enumerate(pairwise(edges)):
         ((worker, _),) = Counter(owners[start:stop]).most_common(1)
         host = None if worker is not None or not hosts else hosts[i % len(hosts)]
@@ -491,19 +498,20 @@ def plan_spans(
             host,
         )
         spans.append(((plan,), {key: held[key] for key in needed if owner[key] != worker}))
-    wanted = max(1, min(len(blocks), spans_per_worker * len(threads)))
+    wanted = tasks_wanted(len(blocks), one_each, spans_per_worker)
     return spans if len(spans) <= 2 * wanted else by_worker(spans)
 
 
 def by_worker(spans: Sequence[Span]) -> list[Span]:
     """``spans`` of one plan each gathered into one task per worker (or host), in the
     order of their first spans."""
-    tasks: dict[str | None, Span] = {}
+    plans_of: dict[str | None, list[SpanPlan]] = {}
+    fetched_by: dict[str | None, dict[Hashable, Future]] = {}
     for plans, remote in spans:
         where = plans[0].worker or plans[0].host
-        before, fetched = tasks.get(where, ((), {}))
-        tasks[where] = ((*before, *plans), {**fetched, **remote})
-    return list(tasks.values())
+        plans_of.setdefault(where, []).extend(plans)
+        fetched_by.setdefault(where, {}).update(remote)
+    return [(tuple(plans), fetched_by[where]) for where, plans in plans_of.items()]
 
 
 def placed_on(plans: Sequence[SpanPlan]) -> dict[str, Any]:
