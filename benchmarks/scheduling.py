@@ -53,6 +53,7 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
+import psutil
 import zarr
 from dask.highlevelgraph import HighLevelGraph
 from distributed import Client, LocalCluster
@@ -159,18 +160,41 @@ def file_floor(x: da.Array) -> dict[str, float]:
     return {"files": len(files), "floor_cpu_s": min(cpu), "floor_s": min(wall)}
 
 
-def timed_passes(cluster: LocalCluster, run: Callable[[], Any], repeats: int) -> tuple[float, int]:
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds so far of the worker processes (every child of this process, summed)
+    and of this process (the scheduler and the client)."""
+    me = psutil.Process()
+    children = 0.0
+    for child in me.children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        children += times.user + times.system
+    times = me.cpu_times()
+    return children, times.user + times.system
+
+
+def timed_passes(
+    cluster: LocalCluster, run: Callable[[], Any], repeats: int
+) -> tuple[float, int, tuple[float, float]]:
     """Median seconds of ``repeats`` runs of ``run`` (after one warm-up that plans the
-    spans and compiles the kernels) and the tasks of the first."""
+    spans and compiles the kernels), the tasks of the first, and the CPU seconds per run
+    of the workers and of this process (:func:`cpu_seconds`; on a machine with fewer
+    cores than workers the wall time says how the processes shared the cores, the CPU
+    what a pass costs them)."""
     run()
     counter = FinishedTasks()
     cluster.scheduler.add_plugin(counter, name="count-tasks")
+    before = cpu_seconds()
     try:
         times = [seconds_of(run)]
     finally:
         cluster.scheduler.remove_plugin(name="count-tasks")
     times += [seconds_of(run) for _ in range(repeats - 1)]
-    return statistics.median(times), counter.count
+    after = cpu_seconds()
+    per_run = ((after[0] - before[0]) / repeats, (after[1] - before[1]) / repeats)
+    return statistics.median(times), counter.count, per_run
 
 
 def blocks_point(
@@ -192,7 +216,7 @@ def blocks_point(
     points = []
     for design, run in designs.items():
         load_before = os.getloadavg()[0]
-        seconds, tasks = timed_passes(cluster, run, args.repeats)
+        seconds, tasks, (workers_cpu, main_cpu) = timed_passes(cluster, run, args.repeats)
         points.append(
             {
                 **(file_floor(x) if kind == "streamed" else {}),
@@ -205,13 +229,17 @@ def blocks_point(
                 "tasks": tasks,
                 "spans": len(source.spans.spans),
                 "pass_s": seconds,
+                "workers_cpu_s": workers_cpu,
+                "scheduler_and_client_cpu_s": main_cpu,
                 "load": [load_before, os.getloadavg()[0]],
             }
         )
         floor = points[-1].get("floor_s")
         print(
             f"{kind:8} {design:5} {x.numblocks[0]:7,} blocks: {1e3 * seconds:8.0f} ms per pass, "
-            f"{tasks:6,} tasks (load {load_before:.1f} -> {os.getloadavg()[0]:.1f})"
+            f"{tasks:6,} tasks, CPU {1e3 * workers_cpu:.0f} ms workers + "
+            f"{1e3 * main_cpu:.0f} ms scheduler and client "
+            f"(load {load_before:.1f} -> {os.getloadavg()[0]:.1f})"
             + ("" if floor is None else f"; its chunk files read once: {1e3 * floor:.0f} ms"),
             flush=True,
         )
