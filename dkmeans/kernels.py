@@ -266,6 +266,10 @@ def gemm_by_centers(n_centers: int, n_features: int, dtype: np.dtype) -> bool:
     return not (narrow_gemm and n_centers < min(32, n_features))
 
 
+#: Moments not asked for (:class:`~dkmeans.loops.PassOutputs`): of no features.
+NO_MOMENTS = MomentSums(count=np.zeros(0), mean=np.zeros(0), m2=np.zeros(0))
+
+
 def _merge_moments_numpy(xs: np.ndarray, moments: MomentSums) -> None:
     """NumPy twin of :func:`~dkmeans.loops.merge_moments`."""
     count, mean, m2 = moments
@@ -349,7 +353,7 @@ def _assign(
                 per_row=out.per_row if per_row else None,
                 totals=out.totals if accumulate else None,
                 far=out.far if track_far else None,
-                moments=moment_sums if moments else None,
+                moments=moment_sums if moments else NO_MOMENTS,
             ),
             screen=screen,
             groups=groups,
@@ -624,10 +628,11 @@ def pass_statistics_of_blocks(
         counts=np.zeros((levels + 1, n_centers)),
         inertia=np.zeros((levels + 1, n_centers)),
     )
+    stacked_blocks = n_blocks if with_moments else 0  # none: not asked for
     moments = MomentSums(
-        count=np.zeros((n_blocks, 1)),
-        mean=np.zeros((n_blocks, n_features)),
-        m2=np.zeros((n_blocks, n_features)),
+        count=np.zeros((stacked_blocks, 1)),
+        mean=np.zeros((stacked_blocks, n_features)),
+        m2=np.zeros((stacked_blocks, n_features)),
     )
     shift = None if shift is None else np.asarray(shift, dtype=dtype)
     loops.assign_blocks(
@@ -638,7 +643,7 @@ def pass_statistics_of_blocks(
             per_row=None,
             totals=totals,
             far=out.far if capacity else None,
-            moments=moments if with_moments else None,
+            moments=moments,
         ),
         step=sub_block_rows(n_centers, n_features),
         by_centers=gemm_by_centers(n_centers, n_features, dtype),

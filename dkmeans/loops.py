@@ -114,12 +114,17 @@ class MomentSums(NamedTuple):
 
 
 class PassOutputs(NamedTuple):
-    """What one compiled pass over a block fills in; a member of None is compiled out."""
+    """What one compiled pass over a block fills in; a member of None is compiled out.
+
+    ``moments`` of no features (:func:`no_moments`) are not asked for: a test at run
+    time, once per sub-block, so that the kernel has one compiled form whether a pass
+    asks for them or not (the first pass of a fit does; numba compiles every combination
+    of None and not None anew, ~3 s a fit's dtype)."""
 
     per_row: RowResults | None
     totals: Totals | None
     far: FarSlots | None
-    moments: MomentSums | None
+    moments: MomentSums
 
 
 class Screen(NamedTuple):
@@ -730,11 +735,11 @@ def keep_far(far, run, squared, row, label):
 @_compile
 def merge_moments(xs, moments):
     """Merge the per-feature moments of ``xs`` into ``moments`` (:class:`MomentSums`) in
-    place; None is compiled out.
+    place; nothing for moments of no features (:func:`no_moments`).
 
     Two passes over the (cached) sub-block, then Chan et al.'s pairwise update.
     """
-    if moments is None:
+    if len(moments.mean) == 0:
         return
     n_rows, n_features = xs.shape
     if n_rows == 0:
@@ -1124,10 +1129,17 @@ def chosen_distances(xs, centers, chosen, out):
 
 @_compile
 def moments_of_block(moments, b):
-    """Block ``b``'s :class:`MomentSums` of moments stacked by block, or None for None."""
-    if moments is None:
-        return None
+    """Block ``b``'s :class:`MomentSums` of moments stacked by block, or :func:`no_moments`
+    for moments of no blocks."""
+    if len(moments.count) == 0:
+        return no_moments()
     return MomentSums(count=moments.count[b], mean=moments.mean[b], m2=moments.m2[b])
+
+
+@_compile
+def no_moments():
+    """:class:`MomentSums` of no features: moments not asked for."""
+    return MomentSums(count=np.zeros(0), mean=np.zeros(0), m2=np.zeros(0))
 
 
 @_compile
@@ -1191,9 +1203,10 @@ def assign_blocks(block, edges, centres, out, step, by_centers, split_every):
 
     ``out`` (:class:`PassOutputs` without per-row results): ``totals`` holds one entry
     per level of that tree (:func:`fold_totals`; the last receives the combined totals),
-    ``moments`` one entry per block, and ``far`` the far points of all blocks, as rows
-    of ``block``: one set of slots that sees the blocks' rows in order keeps what the
-    blocks' own slots, merged, would (the farthest rows, ties to the earlier). Scratch
+    ``moments`` one entry per block (or none: not asked for), and ``far`` the far points
+    of all blocks, as rows of ``block``: one set of slots that sees the blocks' rows in
+    order keeps what the blocks' own slots, merged, would (the farthest rows, ties to
+    the earlier). Scratch
     is allocated once for all blocks: per block it cost more than the arithmetic of a
     block of 8 rows, and so did a stack of every block's totals folded afterwards."""
     n_blocks = len(edges) - 1
@@ -1206,7 +1219,9 @@ def assign_blocks(block, edges, centres, out, step, by_centers, split_every):
     # the leaf's outputs made once, not per block: a view or a tuple of arrays made per
     # block costs a pair of atomic reference counts per array (22% of a pass over blocks
     # of 8 rows), and so did slicing the block
-    leaf = PassOutputs(per_row=None, totals=entry_totals(out.totals, 0), far=out.far, moments=None)
+    leaf = PassOutputs(
+        per_row=None, totals=entry_totals(out.totals, 0), far=out.far, moments=no_moments()
+    )
     for b in range(n_blocks):
         lo, hi = edges[b], edges[b + 1]
         clear_entry(totals=out.totals, entry=0)
@@ -1232,8 +1247,8 @@ def assign_blocks(block, edges, centres, out, step, by_centers, split_every):
 def block_moments(block, rows, step, buffer, moments):
     """:func:`merge_moments` of rows ``rows[0]:rows[1]`` of ``block`` as seen
     (:func:`rows_seen`), sub-block by sub-block as :func:`assign_rows` merges them;
-    nothing for ``moments`` of None (compiled out)."""
-    if moments is None:
+    nothing for moments of no features (:func:`no_moments`)."""
+    if len(moments.mean) == 0:
         return
     first, last = rows
     for start in range(first, last, step):

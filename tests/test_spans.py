@@ -264,6 +264,7 @@ def one_at_a_time(blocks: list[np.ndarray], weights, centers, bounds, **options)
         {"with_moments": True},
         {"far_capacity": 2},
         {"far_capacity": 0, "shift": np.full(5, 0.5), "dtype": np.float16, "weighted": True},
+        {"with_moments": True, "shift": np.full(5, 0.5), "dtype": np.float16},
     ],
 )
 def test_blocks_at_once_give_the_bits_of_blocks_one_at_a_time(implementation, options) -> None:
