@@ -266,10 +266,6 @@ def gemm_by_centers(n_centers: int, n_features: int, dtype: np.dtype) -> bool:
     return not (narrow_gemm and n_centers < min(32, n_features))
 
 
-#: Moments not asked for (:class:`~dkmeans.loops.PassOutputs`): of no features.
-NO_MOMENTS = MomentSums(count=np.zeros(0), mean=np.zeros(0), m2=np.zeros(0))
-
-
 def _merge_moments_numpy(xs: np.ndarray, moments: MomentSums) -> None:
     """NumPy twin of :func:`~dkmeans.loops.merge_moments`."""
     count, mean, m2 = moments
@@ -328,7 +324,8 @@ def _assign(
     out = _Accumulator.empty(
         len(x) if per_row else 0, n_runs, n_centers, n_features, far_capacity * track_far
     )
-    moment_sums = MomentSums(count=np.zeros(1), mean=np.zeros(n_features), m2=np.zeros(n_features))
+    width = n_features if moments else 0  # moments of no features: not asked for
+    moment_sums = MomentSums(count=np.zeros(1), mean=np.zeros(width), m2=np.zeros(width))
     step = sub_block_rows(n_centers, n_features)
     screen = groups = None
     if results_of_rows is not None:
@@ -353,7 +350,7 @@ def _assign(
                 per_row=out.per_row if per_row else None,
                 totals=out.totals if accumulate else None,
                 far=out.far if track_far else None,
-                moments=moment_sums if moments else NO_MOMENTS,
+                moments=moment_sums,
             ),
             screen=screen,
             groups=groups,

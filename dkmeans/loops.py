@@ -119,7 +119,7 @@ class PassOutputs(NamedTuple):
     ``moments`` of no features (:func:`no_moments`) are not asked for: a test at run
     time, once per sub-block, so that the kernel has one compiled form whether a pass
     asks for them or not (the first pass of a fit does; numba compiles every combination
-    of None and not None anew, ~3 s a fit's dtype)."""
+    of None and not None anew: 2-3 s a dtype in a fresh process)."""
 
     per_row: RowResults | None
     totals: Totals | None
@@ -1129,10 +1129,7 @@ def chosen_distances(xs, centers, chosen, out):
 
 @_compile
 def moments_of_block(moments, b):
-    """Block ``b``'s :class:`MomentSums` of moments stacked by block, or :func:`no_moments`
-    for moments of no blocks."""
-    if len(moments.count) == 0:
-        return no_moments()
+    """Block ``b``'s :class:`MomentSums` of moments stacked by block."""
     return MomentSums(count=moments.count[b], mean=moments.mean[b], m2=moments.m2[b])
 
 
@@ -1206,9 +1203,9 @@ def assign_blocks(block, edges, centres, out, step, by_centers, split_every):
     ``moments`` one entry per block (or none: not asked for), and ``far`` the far points
     of all blocks, as rows of ``block``: one set of slots that sees the blocks' rows in
     order keeps what the blocks' own slots, merged, would (the farthest rows, ties to
-    the earlier). Scratch
-    is allocated once for all blocks: per block it cost more than the arithmetic of a
-    block of 8 rows, and so did a stack of every block's totals folded afterwards."""
+    the earlier). Scratch is allocated once for all blocks: per block it cost more than
+    the arithmetic of a block of 8 rows, and so did a stack of every block's totals
+    folded afterwards."""
     n_blocks = len(edges) - 1
     largest = 0
     for b in range(n_blocks):
@@ -1236,20 +1233,18 @@ def assign_blocks(block, edges, centres, out, step, by_centers, split_every):
             scratch=scratch,
             rows=(lo, hi),
         )
-        block_moments(
-            block=block, rows=(lo, hi), step=step, buffer=scratch.moved,
-            moments=moments_of_block(out.moments, b),
-        )  # fmt: skip
+        if len(out.moments.count) > 0:  # a block's moments asked for: its entry, no copy
+            block_moments(
+                block=block, rows=(lo, hi), step=step, buffer=scratch.moved,
+                moments=moments_of_block(out.moments, b),
+            )  # fmt: skip
         fold_totals(totals=out.totals, b=b, n_blocks=n_blocks, split_every=split_every)
 
 
 @_compile
 def block_moments(block, rows, step, buffer, moments):
     """:func:`merge_moments` of rows ``rows[0]:rows[1]`` of ``block`` as seen
-    (:func:`rows_seen`), sub-block by sub-block as :func:`assign_rows` merges them;
-    nothing for moments of no features (:func:`no_moments`)."""
-    if len(moments.mean) == 0:
-        return
+    (:func:`rows_seen`), sub-block by sub-block as :func:`assign_rows` merges them."""
     first, last = rows
     for start in range(first, last, step):
         stop = min(start + step, last)
