@@ -21,6 +21,7 @@ import numpy as np
 
 from . import streams
 from .engine import numba
+from .lanes import LANE_BYTES, nearest_in_lanes
 
 
 def _compile(function):
@@ -350,12 +351,27 @@ if numba is not None:
 def argmin_per_row(partial, centers_sq, lo, hi, scan):
     """:func:`argmin_rows` (without the second value) of ``partial[i, j]``, rows by
     centres: a scan along every row's centres, which costs less for few centres than
-    the slower GEMM by centres saves."""
+    the slower GEMM by centres saves. Whole vectors of centres are compared in lanes
+    (:func:`~dkmeans.lanes.nearest_in_lanes`: 16 float32 centres in 8-9 ns a row against
+    13-18 ns one at a time, 5,461 rows of noise); the last few one at a time."""
+    lanes = LANE_BYTES // max(partial.itemsize, centers_sq.itemsize)
+    wide = (hi - lo) // lanes
+    if wide:
+        nearest_in_lanes(partial, centers_sq, lo, wide, scan.best_value, scan.best_index)
+    start = lo + wide * lanes
+    if wide and start == hi:
+        return
     for i in range(partial.shape[0]):
         # unsigned indices: numba drops its negative-index check (1.7 vs 2.6 ms)
-        best, stop = np.uint64(lo), np.uint64(hi)
-        value_of_best = partial[i, best] + centers_sq[best]
-        for j in range(best + np.uint64(1), stop):
+        stop = np.uint64(hi)
+        if wide:
+            best, value_of_best = np.uint64(lo + scan.best_index[i]), scan.best_value[i]
+            first = np.uint64(start)
+        else:
+            best = np.uint64(lo)
+            value_of_best = partial[i, best] + centers_sq[best]
+            first = best + np.uint64(1)
+        for j in range(first, stop):
             value = partial[i, j] + centers_sq[j]
             if value < value_of_best:
                 best, value_of_best = j, value
