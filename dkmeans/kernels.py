@@ -250,19 +250,28 @@ def _assign_numpy(
             totals.sums[lo:hi] += cluster_sums(xs, best, weights, hi - lo)
 
 
-def gemm_by_centers(n_centers: int, n_features: int, dtype: np.dtype) -> bool:
+def gemm_by_centers(n_centers: int, n_features: int, dtype: np.dtype, n_runs: int = 1) -> bool:
     """Whether a sub-block's GEMM is laid out centres by rows, and scanned along the rows
     (:func:`~dkmeans.loops.argmin_rows`), rather than rows by centres and scanned row by row
-    (:func:`~dkmeans.loops.argmin_per_row`). Both give the same nearest centres.
+    (:func:`~dkmeans.loops.argmin_per_row`), for ``n_centers`` centres stacked from
+    ``n_runs`` runs. Both give the same nearest centres.
 
-    By centres, the scan is vectorised and never mispredicts, but OpenBLAS's sgemm runs
-    slower for few centres against rows of 16 to 64 float32 features (2.5x for 10
-    centres and d=32, one thread). Measured over whole passes (250,000 rows, one
-    thread), rows by centres won only there, by up to 1.8x (d=32), against up
-    to 2.3x for centres by rows at d=2, 1.4x at k=32 and d=8, 1.2x for float64 at
-    d=64, and 1.3x for ten runs of ten centres at d=32 (``python -m benchmarks.layouts``).
+    OpenBLAS's sgemm runs slower by centres for few centres against rows of 16 or more
+    float32 features (2.5x for 10 centres and d=32, one thread), and the row-by-row scan
+    compares a run's centres in lanes (:mod:`dkmeans.lanes`). Whole passes over 250,000
+    rows of noise, one thread, median of 5-15 alternating pairs, rows by centres against
+    centres by rows: float32, one run, d = 16 to 256 and k = 8 to 256: 0.70-0.95; at
+    k = 512 and 1,024, at d <= 8 and at d = 768, k = 256: 0.92-1.2; float64: 1.02-1.42
+    (d = 2 to 128, k = 8 to 64). Runs of sizes that fill no whole lanes are scanned one
+    centre at a time: ten runs of 10 or 25 centres took 1.13-1.37x as long rows by
+    centres, of 16 centres 0.97-1.08x; there the layout is rows by centres only for fewer
+    centres than features and than 32 (d = 16 to 64), as before the lanes
+    (``python -m benchmarks.layouts``).
     """
-    narrow_gemm = np.dtype(dtype) == np.float32 and 16 <= n_features <= 64
+    float32 = np.dtype(dtype) == np.float32
+    if float32 and n_runs == 1 and 16 <= n_features <= 256 and n_centers <= 256:
+        return False
+    narrow_gemm = float32 and 16 <= n_features <= 64
     return not (narrow_gemm and n_centers < min(32, n_features))
 
 
@@ -355,7 +364,7 @@ def _assign(
             screen=screen,
             groups=groups,
             step=step,
-            by_centers=gemm_by_centers(n_centers, n_features, dtype),
+            by_centers=gemm_by_centers(n_centers, n_features, dtype, len(bounds) - 1),
         )
     else:
         w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -643,7 +652,7 @@ def pass_statistics_of_blocks(
             moments=moments,
         ),
         step=sub_block_rows(n_centers, n_features),
-        by_centers=gemm_by_centers(n_centers, n_features, dtype),
+        by_centers=gemm_by_centers(n_centers, n_features, dtype, len(bounds) - 1),
         split_every=split_every,
     )
     far = tuple(

@@ -175,7 +175,9 @@ def _measure_block(
         counts=NO_COUNTS if counts is None else counts,
         draws=no_draws() if draws is None else draws,
         step=step,
-        by_centers=kernels.gemm_by_centers(len(centers_sq), x.shape[1], dtype),
+        by_centers=kernels.gemm_by_centers(
+            len(centers_sq), x.shape[1], dtype, len(candidates.bounds) - 1
+        ),
     )
 
 
