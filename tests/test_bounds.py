@@ -126,6 +126,38 @@ def test_passes_use_the_bounds_only_while_they_skip_enough_rows():
     assert skipped_fraction(row_bounds.memory, np.full(16, 100.0), run_bounds) == 0.0
 
 
+def test_kept_bounds_are_not_measured_again_after_larger_drifts(monkeypatch):
+    """Bounds that did not pay after one drift cannot pay after a drift at least as
+    large for every centre: the rows' bounds are not measured again then, and are
+    measured again once any centre has drifted less."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40_000, 32))
+    centers = x[:16].copy()
+    source = InMemorySource.of_array(x)
+    row_bounds = RowBounds(source, [centers])
+    row_bounds.sample = None  # no renewal predicted: every pass measures the kept bounds
+    run_bounds = np.array([0, 16])
+    made = row_bounds.for_pass([0], centers, run_bounds)
+    source.map_reduce(pass_statistics, centers, run_bounds, distance_bounds=made)
+    measured = []
+
+    def counted(*args, **kwargs):
+        measured.append(kwargs.get("drift", args[1]).copy())
+        return skipped_fraction(*args, **kwargs)
+
+    monkeypatch.setattr(lloyd_module, "skipped_fraction", counted)
+    direction = rng.normal(size=centers.shape)
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    drifts = (1.0, 2.0, 1.5, 0.5)
+    used = [
+        row_bounds.for_pass([0], centers + drift * direction, run_bounds) is not None
+        for drift in drifts
+    ]
+    assert used[:3] == [False] * 3
+    np.testing.assert_allclose([m.max() for m in measured], [1.0, 0.5])
+    assert len(row_bounds.memory.blocks) == 1  # the bounds are still those of the first pass
+
+
 @pytest.mark.parametrize("near_paying", [False, True])
 def test_renewals_that_would_not_pay_are_predicted_and_skipped(near_paying, monkeypatch):
     """Data in memory: a renewal of Hamerly's bounds is first predicted on a sample of
