@@ -71,7 +71,8 @@ def main() -> None:
                         layout: pass_seconds(x, centers, bounds, layout == "centres", args.repeats)
                         for layout in ("centres", "rows")
                     }
-                    picked = "centres" if kernels.gemm_by_centers(n_centers, d, dtype) else "rows"
+                    by_centres = kernels.gemm_by_centers(n_centers, d, dtype, args.runs)
+                    picked = "centres" if by_centres else "rows"
                     ratio = seconds["rows"] / seconds["centres"]
                     results.append(
                         {
