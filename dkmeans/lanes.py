@@ -11,6 +11,10 @@ branch (the smallest value, then the lowest index holding it). It gives the inde
 value the sequential scan gives (ties: the lowest index) for values that are not NaN.
 
 Without numba, :func:`nearest_in_lanes` is the same in NumPy.
+
+numba's on-disk cache checks only the file of the function it compiled: after editing
+this module, touch :mod:`dkmeans.loops` (or clear its ``__pycache__``), or the cached
+loops keep the IR they were compiled with.
 """
 
 from __future__ import annotations
