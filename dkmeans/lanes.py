@@ -32,15 +32,20 @@ def lanes_of(partial, centers_sq) -> int:
     return LANE_BYTES // max(partial.itemsize, centers_sq.itemsize)
 
 
-def nearest_in_lanes(partial, centers_sq, lo, n_vectors, best_value, best_index):
+def nearest_in_lanes(partial, centers_sq, lo, n_vectors, best_value, best_index, second):
     """For every row ``i`` of ``partial`` (2-D, C order), the first ``j`` below
     ``n_vectors * lanes_of(partial, centers_sq)`` with the smallest
     ``partial[i, lo + j] + centers_sq[lo + j]`` (in the wider dtype of the two), into
-    ``best_index[i]``, and that value into ``best_value[i]``. ``n_vectors`` is at least 1."""
+    ``best_index[i]``, and that value into ``best_value[i]``; with ``second`` (None: not
+    computed), the second smallest of those values into ``second[i]``. ``n_vectors`` is
+    at least 1."""
     width = n_vectors * lanes_of(partial, centers_sq)
     values = partial[:, lo : lo + width] + centers_sq[lo : lo + width]
-    best_index[: len(partial)] = values.argmin(axis=1)
-    best_value[: len(partial)] = values[np.arange(len(partial)), best_index[: len(partial)]]
+    n_rows = len(partial)
+    best_index[:n_rows] = values.argmin(axis=1)
+    best_value[:n_rows] = values[np.arange(n_rows), best_index[:n_rows]]
+    if second is not None:
+        second[:n_rows] = np.partition(values, 1, axis=1)[:, 1]
 
 
 if numba is not None:
@@ -48,7 +53,9 @@ if numba is not None:
     from numba import types
 
     @numba.extending.intrinsic
-    def _nearest_in_lanes(typingctx, partial, centers_sq, lo, n_vectors, best_value, best_index):
+    def _nearest_in_lanes(
+        typingctx, partial, centers_sq, lo, n_vectors, best_value, best_index, second
+    ):
         float_types = (types.float32, types.float64)
         if not (
             isinstance(partial, types.Array)
@@ -61,7 +68,7 @@ if numba is not None:
         ):
             return None
         index = types.int64
-        signature = types.none(partial, centers_sq, index, index, best_value, best_index)
+        signature = types.none(partial, centers_sq, index, index, best_value, best_index, second)
 
         def codegen(context, builder, signature, args):
             return _lanes_codegen(context, builder, signature, args)
@@ -70,7 +77,10 @@ if numba is not None:
 
     def _lanes_codegen(context, builder, signature, args):
         """The IR of :func:`nearest_in_lanes`: a loop over the rows, in it a loop over
-        the vectors of centres, then the branch-free reduction of the lanes."""
+        the vectors of centres, then the branch-free reduction of the lanes. With a
+        ``second`` array, every lane also keeps its second smallest value (as
+        :func:`~dkmeans.loops.fold_candidate` does), and the row's second smallest is the
+        smallest of the winning lane's second and the other lanes' smallest."""
         partial_type, centers_type = signature.args[0], signature.args[1]
         value_dtype = max(partial_type.dtype, centers_type.dtype, key=lambda t: t.bitwidth)
         bits = value_dtype.bitwidth
@@ -79,7 +89,8 @@ if numba is not None:
         index_type = ir.IntType(bits)  # indices as wide as the values: one register each
         index_vector = ir.VectorType(index_type, lanes)
         i32, i64 = ir.IntType(32), ir.IntType(64)
-        partial_value, centers_value, lo, n_vectors, value_out, index_out = args
+        partial_value, centers_value, lo, n_vectors, value_out, index_out, second_out = args
+        with_second = not isinstance(signature.args[6], types.NoneType)
         partial = context.make_array(partial_type)(context, builder, partial_value)
         centers_sq = context.make_array(centers_type)(context, builder, centers_value).data
         best_values = context.make_array(signature.args[4])(context, builder, value_out).data
@@ -130,6 +141,7 @@ if numba is not None:
         row = builder.gep(partial.data, [builder.add(builder.mul(i, n_columns), lo)])
         first_values = values_at(row, zero)
         first_indices = ir.Constant(index_vector, list(range(lanes)))
+        no_seconds = ir.Constant(float_vector, [float("inf")] * lanes)
         builder.cbranch(builder.icmp_signed(">", n_vectors, one), vectors, reduce)
 
         # each lane keeps its nearest centre: strictly nearer replaces, so ties keep the first
@@ -139,12 +151,20 @@ if numba is not None:
             builder.phi(float_vector),
             *(builder.phi(index_vector) for _ in range(2)),
         )
+        lane_seconds = builder.phi(float_vector)
+        lane_seconds.add_incoming(no_seconds, rows)
         vector.add_incoming(one, rows)
         lane_values.add_incoming(first_values, rows)
         lane_indices.add_incoming(first_indices, rows)
         positions.add_incoming(ir.Constant(index_vector, list(range(lanes, 2 * lanes))), rows)
         candidates = values_at(row, vector)
         nearer = builder.fcmp_ordered("<", candidates, lane_values)
+        # the second smallest: the smaller of it and the larger of the candidate and best
+        larger = builder.select(nearer, lane_values, candidates)
+        new_seconds = builder.select(
+            builder.fcmp_ordered("<", larger, lane_seconds), larger, lane_seconds
+        )
+        lane_seconds.add_incoming(new_seconds, vectors)
         new_values = builder.select(nearer, candidates, lane_values)
         new_indices = builder.select(nearer, positions, lane_indices)
         next_vector = builder.add(vector, one)
@@ -163,6 +183,9 @@ if numba is not None:
         final_indices.add_incoming(first_indices, rows)
         final_values.add_incoming(new_values, vectors)
         final_indices.add_incoming(new_indices, vectors)
+        final_seconds = builder.phi(float_vector)
+        final_seconds.add_incoming(no_seconds, rows)
+        final_seconds.add_incoming(new_seconds, vectors)
         smallest = butterfly(final_values, lambda a, b: builder.fcmp_ordered("<", a, b))
         holding = builder.fcmp_ordered("==", final_values, smallest)
         absent = ir.Constant(index_vector, [2 ** (bits - 1) - 1] * lanes)
@@ -184,6 +207,17 @@ if numba is not None:
             builder.gep(best_values, [i]),
         )
         builder.store(index, builder.gep(best_indices, [i]))
+        if with_second:
+            # the winning lane offers its second smallest, every other lane its smallest
+            winner = builder.icmp_signed("==", final_indices, lowest)
+            offered = builder.select(winner, final_seconds, final_values)
+            second = butterfly(offered, lambda a, b: builder.fcmp_ordered("<", a, b))
+            second = builder.extract_element(second, ir.Constant(i32, 0))
+            seconds = context.make_array(signature.args[6])(context, builder, second_out).data
+            builder.store(
+                context.cast(builder, second, value_dtype, signature.args[6].dtype),
+                builder.gep(seconds, [i]),
+            )
         next_i = builder.add(i, one)
         i.add_incoming(next_i, reduce)
         builder.cbranch(builder.icmp_signed("<", next_i, n_rows), rows, done)
@@ -191,8 +225,10 @@ if numba is not None:
         return context.get_dummy_value()
 
     @numba.extending.overload(nearest_in_lanes, jit_options={"nogil": True})
-    def _nearest_in_lanes_compiled(partial, centers_sq, lo, n_vectors, best_value, best_index):
-        def compiled(partial, centers_sq, lo, n_vectors, best_value, best_index):
-            _nearest_in_lanes(partial, centers_sq, lo, n_vectors, best_value, best_index)
+    def _nearest_in_lanes_compiled(
+        partial, centers_sq, lo, n_vectors, best_value, best_index, second
+    ):
+        def compiled(partial, centers_sq, lo, n_vectors, best_value, best_index, second):
+            _nearest_in_lanes(partial, centers_sq, lo, n_vectors, best_value, best_index, second)
 
         return compiled

@@ -348,16 +348,17 @@ if numba is not None:
 
 
 @_compile
-def argmin_per_row(partial, centers_sq, lo, hi, scan):
-    """:func:`argmin_rows` (without the second value) of ``partial[i, j]``, rows by
-    centres: a scan along every row's centres, which costs less for few centres than
-    the slower GEMM by centres saves. Whole vectors of centres are compared in lanes
+def argmin_per_row(partial, centers_sq, lo, hi, scan, second):
+    """:func:`argmin_rows` of ``partial[i, j]``, rows by centres (with ``second``, None:
+    compiled out, the second smallest value of every row; ``inf`` for one centre): a
+    scan along every row's centres, which costs less for few centres than the slower
+    GEMM by centres saves. Whole vectors of centres are compared in lanes
     (:func:`~dkmeans.lanes.nearest_in_lanes`: 16 float32 centres in 8-9 ns a row against
     13-18 ns one at a time, 5,461 rows of noise); the last few one at a time."""
     lanes = LANE_BYTES // max(partial.itemsize, centers_sq.itemsize)
     wide = (hi - lo) // lanes
     if wide:
-        nearest_in_lanes(partial, centers_sq, lo, wide, scan.best_value, scan.best_index)
+        nearest_in_lanes(partial, centers_sq, lo, wide, scan.best_value, scan.best_index, second)
     start = lo + wide * lanes
     if wide and start == hi:
         return
@@ -366,17 +367,23 @@ def argmin_per_row(partial, centers_sq, lo, hi, scan):
         stop = np.uint64(hi)
         if wide:
             best, value_of_best = np.uint64(lo + scan.best_index[i]), scan.best_value[i]
+            runner_up = np.inf if second is None else second[i]
             first = np.uint64(start)
         else:
             best = np.uint64(lo)
             value_of_best = partial[i, best] + centers_sq[best]
+            runner_up = np.inf
             first = best + np.uint64(1)
         for j in range(first, stop):
             value = partial[i, j] + centers_sq[j]
+            if second is not None:
+                runner_up = min(runner_up, max(value, value_of_best))
             if value < value_of_best:
                 best, value_of_best = j, value
         scan.best_value[i] = value_of_best
         scan.best_index[i] = np.int64(best) - lo
+        if second is not None:
+            second[i] = runner_up
 
 
 @_compile_inline
@@ -449,7 +456,7 @@ def argmin_run(partial, by_centers, centres, lo, hi, scan):
     if by_centers:
         argmin_rows(partial_t=partial, centers_sq=centers_sq, lo=lo, hi=hi, scan=scan, second=None)
     else:
-        argmin_per_row(partial=partial, centers_sq=centers_sq, lo=lo, hi=hi, scan=scan)
+        argmin_per_row(partial=partial, centers_sq=centers_sq, lo=lo, hi=hi, scan=scan, second=None)
 
 
 @_compile
@@ -509,11 +516,12 @@ def screen_rows(start, stop, bounds, last, screen, nearest, gathered):
 
 
 @_compile
-def scan_nearest_two(xs, partial_t, centres, gathered, start, nearest, screen, scan):
+def scan_nearest_two(xs, partial, by_centers, centres, gathered, start, nearest, screen, scan):
     """Nearest centre of the gathered rows (ties: the lowest index, as
     :func:`scan_nearest`), and a lower bound on the distance to every other centre.
-    Column ``g`` of ``partial_t`` belongs to row ``gathered[g]`` of the block, which is
-    row ``gathered[g] - start`` of the sub-block ``xs``."""
+    Row ``g`` of the GEMM ``partial`` (a column of it laid out ``by_centers``, see
+    :func:`sub_block_gemm`) belongs to row ``gathered[g]`` of the block, which is row
+    ``gathered[g] - start`` of the sub-block ``xs``."""
     bounds, x_sq = centres.bounds, scan.x_sq
     n_features = xs.shape[1]
     for g in range(len(gathered)):
@@ -523,14 +531,24 @@ def scan_nearest_two(xs, partial_t, centres, gathered, start, nearest, screen, s
             row_sq += value * value
         x_sq[g] = row_sq
     for r in range(len(bounds) - 1):
-        argmin_rows(
-            partial_t=partial_t,
-            centers_sq=centres.squared_norms,
-            lo=bounds[r],
-            hi=bounds[r + 1],
-            scan=scan,
-            second=scan.second,
-        )
+        if by_centers:
+            argmin_rows(
+                partial_t=partial,
+                centers_sq=centres.squared_norms,
+                lo=bounds[r],
+                hi=bounds[r + 1],
+                scan=scan,
+                second=scan.second,
+            )
+        else:
+            argmin_per_row(
+                partial=partial,
+                centers_sq=centres.squared_norms,
+                lo=bounds[r],
+                hi=bounds[r + 1],
+                scan=scan,
+                second=scan.second,
+            )
         for g in range(len(gathered)):
             i = gathered[g]
             nearest[i - start, r] = bounds[r] + scan.best_index[g]
@@ -844,7 +862,7 @@ def assign_block(block, centres, out, screen, groups, step, by_centers):
     ``out.per_row`` then holds the rows' results of the last pass, and receives this
     pass's. With ``groups`` instead (:class:`GroupScreen`, see :func:`screen_groups`),
     Yinyang's group bounds screen the rows (:func:`scan_nearest_groups`). Without
-    either, ``by_centers`` chooses the GEMM's layout
+    group bounds, ``by_centers`` chooses the GEMM's layout
     (:func:`~dkmeans.kernels.gemm_by_centers`).
     With ``block.shift`` or ``block.widen`` (float16 rows), every sub-block is first
     copied, widened and minus the shift (:mod:`dkmeans.frame`), into a buffer that stays
@@ -912,11 +930,14 @@ def assign_rows(block, centres, out, screen, groups, step, by_centers, scratch, 
                 nearest=block_nearest,
                 gathered=gathered,
             )
-            # few rows: the GEMM of a copy of them; most: all rows, as without bounds
-            if 4 * n < stop - start:
+            # few rows: the GEMM of a copy of them, centres by rows; most: all rows, laid
+            # out as without bounds (rows by centres where that is faster: a pass that
+            # renews the bounds at 2M x 32, k = 16)
+            few = 4 * n < stop - start
+            if few:
                 for g in range(n):
                     scratch.gathered_rows[g] = xs[gathered[g] - start]
-                partial_t = sub_block_gemm(
+                measured = sub_block_gemm(
                     partial=partial,
                     centers_gemm=centres.gemm,
                     xs=scratch.gathered_rows[:n],
@@ -925,12 +946,13 @@ def assign_rows(block, centres, out, screen, groups, step, by_centers, scratch, 
             else:
                 n = stop - start
                 gathered[:n] = np.arange(start, stop)
-                partial_t = sub_block_gemm(
-                    partial=partial, centers_gemm=centres.gemm, xs=xs, by_centers=True
+                measured = sub_block_gemm(
+                    partial=partial, centers_gemm=centres.gemm, xs=xs, by_centers=by_centers
                 )
             scan_nearest_two(
                 xs=xs,
-                partial_t=partial_t,
+                partial=measured,
+                by_centers=few or by_centers,
                 centres=centres,
                 gathered=gathered[:n],
                 start=start,

@@ -130,14 +130,15 @@ def test_row_scan_finds_the_first_minimum_and_the_second_value(n_centers, n_rows
     lo=st.integers(0, 9),
     dtypes=st.sampled_from([(np.float32,) * 2, (np.float64,) * 2, (np.float32, np.float64)]),
     values=st.sampled_from(["few", "signed zeros", "normal"]),
+    with_second=st.booleans(),
     seed=st.integers(0, 2**16),
 )
 def test_scan_along_rows_gives_the_first_minimum_and_its_bits(
-    compiled, n_centers, n_rows, lo, dtypes, values, seed
+    compiled, n_centers, n_rows, lo, dtypes, values, with_second, seed
 ):
     # whole vectors of centres are compared in lanes, the rest one at a time: the index
     # and the value's bits (+0.0 or -0.0) are those of the first minimum of the row, in
-    # the wider dtype of the GEMM's and the centres' norms
+    # the wider dtype of the GEMM's and the centres' norms; and the second smallest value
     dtype, norms_dtype = dtypes
     rng = np.random.default_rng(seed)
     shape = (n_rows, lo + n_centers + 2)  # centres beyond hi that must not count
@@ -150,18 +151,23 @@ def test_scan_along_rows_gives_the_first_minimum_and_its_bits(
     partial[:, lo + n_centers :] = -100
     centers_sq = (rng.integers(0, 2, shape[1]) * (values == "few")).astype(norms_dtype)
     hi = lo + n_centers
+    second = np.empty(n_rows, norms_dtype) if with_second else None
     scan = loops.Scan(
         np.empty(n_rows, norms_dtype), np.empty(n_rows, np.int64), np.empty(0), np.empty(0)
     )
     scan_rows = loops.argmin_per_row
     if not compiled:  # the plain loops, with the NumPy form of the lanes
         scan_rows = getattr(scan_rows, "py_func", scan_rows)
-    scan_rows(partial, centers_sq, lo, hi, scan)
+    scan_rows(partial, centers_sq, lo, hi, scan, second)
     sums = partial[:, lo:hi] + centers_sq[lo:hi]
     expected = sums.argmin(axis=1)
     np.testing.assert_array_equal(scan.best_index, expected)
     first_minimum = sums[np.arange(n_rows), expected]
     np.testing.assert_array_equal(scan.best_value.view(np.uint8), first_minimum.view(np.uint8))
+    if with_second:  # the second smallest value, equal to the smallest where tied
+        ordered = np.sort(sums, axis=1)
+        expected_second = ordered[:, 1] if n_centers > 1 else np.full(n_rows, np.inf)
+        np.testing.assert_array_equal(second, expected_second)
 
 
 @pytest.mark.skipif(engine.numba is None, reason="the GEMM layouts are the compiled kernel's")
