@@ -448,15 +448,20 @@ def argmin_rows(partial_t, centers_sq, lo, hi, scan, second):
 
 
 @_compile
-def argmin_run(partial, by_centers, centres, lo, hi, scan):
+def argmin_run(partial, by_centers, centres, lo, hi, scan, second=None):
     """The nearest of the centres ``lo:hi`` of every row of a sub-block, into
-    ``scan.best_value`` and ``scan.best_index`` (within the run), from the GEMM of
+    ``scan.best_value`` and ``scan.best_index`` (within the run), and with ``second``
+    (None: compiled out) the second smallest value, from the GEMM of
     :func:`sub_block_gemm` in either layout."""
     centers_sq = centres.squared_norms
     if by_centers:
-        argmin_rows(partial_t=partial, centers_sq=centers_sq, lo=lo, hi=hi, scan=scan, second=None)
+        argmin_rows(
+            partial_t=partial, centers_sq=centers_sq, lo=lo, hi=hi, scan=scan, second=second
+        )
     else:
-        argmin_per_row(partial=partial, centers_sq=centers_sq, lo=lo, hi=hi, scan=scan, second=None)
+        argmin_per_row(
+            partial=partial, centers_sq=centers_sq, lo=lo, hi=hi, scan=scan, second=second
+        )
 
 
 @_compile
@@ -531,24 +536,15 @@ def scan_nearest_two(xs, partial, by_centers, centres, gathered, start, nearest,
             row_sq += value * value
         x_sq[g] = row_sq
     for r in range(len(bounds) - 1):
-        if by_centers:
-            argmin_rows(
-                partial_t=partial,
-                centers_sq=centres.squared_norms,
-                lo=bounds[r],
-                hi=bounds[r + 1],
-                scan=scan,
-                second=scan.second,
-            )
-        else:
-            argmin_per_row(
-                partial=partial,
-                centers_sq=centres.squared_norms,
-                lo=bounds[r],
-                hi=bounds[r + 1],
-                scan=scan,
-                second=scan.second,
-            )
+        argmin_run(
+            partial=partial,
+            by_centers=by_centers,
+            centres=centres,
+            lo=bounds[r],
+            hi=bounds[r + 1],
+            scan=scan,
+            second=scan.second,
+        )
         for g in range(len(gathered)):
             i = gathered[g]
             nearest[i - start, r] = bounds[r] + scan.best_index[g]
