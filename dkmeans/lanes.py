@@ -28,8 +28,13 @@ LANE_BYTES = 32
 
 
 def lanes_of(partial, centers_sq) -> int:
-    """Values compared at once: those of the wider of the two dtypes in one vector."""
+    """Values compared at once: those of the wider of the two dtypes in one vector
+    (callable from compiled loops too)."""
     return LANE_BYTES // max(partial.itemsize, centers_sq.itemsize)
+
+
+if numba is not None:
+    lanes_of = numba.extending.register_jitable(lanes_of)
 
 
 def nearest_in_lanes(partial, centers_sq, lo, n_vectors, best_value, best_index, second):

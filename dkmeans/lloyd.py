@@ -305,7 +305,6 @@ class RowBounds:
             return None
         if runs != self.runs:
             self.runs, self.previous, self.latest, self.full_passes = runs, stacked, stacked, 0
-            self.unpaid = None
             if self.groups_per_run:
                 self.groups = CentreGroups.of_centers(stacked, bounds, self.groups_per_run)
                 self.memory = group_bounds_memory(len(runs), self.groups.n_groups)

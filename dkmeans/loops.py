@@ -21,7 +21,7 @@ import numpy as np
 
 from . import streams
 from .engine import numba
-from .lanes import LANE_BYTES, nearest_in_lanes
+from .lanes import lanes_of, nearest_in_lanes
 
 
 def _compile(function):
@@ -355,7 +355,7 @@ def argmin_per_row(partial, centers_sq, lo, hi, scan, second):
     GEMM by centres saves. Whole vectors of centres are compared in lanes
     (:func:`~dkmeans.lanes.nearest_in_lanes`: 16 float32 centres in 8-9 ns a row against
     13-18 ns one at a time, 5,461 rows of noise); the last few one at a time."""
-    lanes = LANE_BYTES // max(partial.itemsize, centers_sq.itemsize)
+    lanes = lanes_of(partial, centers_sq)
     wide = (hi - lo) // lanes
     if wide:
         nearest_in_lanes(partial, centers_sq, lo, wide, scan.best_value, scan.best_index, second)
